@@ -1,0 +1,65 @@
+"""Latency and throughput of a classifier, measured the way pycoral does: the
+invoke loop on its own, then the whole folder pipeline, so the share of time
+spent outside ``invoke()`` is a number, not a guess."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from edge.classifier import Classifier
+from edge.pipeline import classify_files
+
+
+def percentiles(samples_ms: List[float]) -> Dict[str, float]:
+    values = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 4),
+        "p90_ms": round(float(np.percentile(values, 90)), 4),
+        "p99_ms": round(float(np.percentile(values, 99)), 4),
+        "mean_ms": round(float(values.mean()), 4),
+    }
+
+
+def invoke_latency(classifier: Classifier, runs: int = 100, warmup: int = 10, seed: int = 0) -> Dict[str, Any]:
+    """Time ``invoke()`` alone on a fixed image already in the input tensor."""
+    rng = np.random.default_rng(seed)
+    size = classifier.image_size
+    classifier.set_input(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    for _ in range(warmup):
+        classifier.invoke()
+    samples = []
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        classifier.invoke()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    result = percentiles(samples)
+    result["images_per_s"] = round(len(samples) / (sum(samples) / 1000.0), 2)
+    result["runs"] = len(samples)
+    return result
+
+
+def folder_throughput(classifier: Classifier, paths: List[Path], k: int = 3) -> Dict[str, Any]:
+    """End-to-end images/s over a folder: decode (overlapped), invoke, top-k."""
+    start = time.perf_counter()
+    decode_ms, invoke_ms, errors = [], [], 0
+    for result in classify_files(classifier, paths, k):
+        if result.error:
+            errors += 1
+            continue
+        decode_ms.append(result.decode_ms)
+        invoke_ms.append(result.invoke_ms)
+    seconds = time.perf_counter() - start
+    done = len(invoke_ms)
+    return {
+        "images": done,
+        "unreadable": errors,
+        "seconds": round(seconds, 4),
+        "images_per_s": round(done / seconds, 2) if seconds > 0 else 0.0,
+        "decode_ms_mean": round(float(np.mean(decode_ms)), 4) if decode_ms else 0.0,
+        "invoke_ms_mean": round(float(np.mean(invoke_ms)), 4) if invoke_ms else 0.0,
+        "share_outside_invoke": round(1 - sum(invoke_ms) / 1000.0 / seconds, 4) if seconds > 0 else 0.0,
+    }

@@ -1,0 +1,144 @@
+"""Run a TFLite image classifier: pixels in, labelled scores out.
+
+Read like pycoral's adapters: a few small pure functions (quantize the input,
+dequantize the output, take the top k) and one class that holds the
+interpreter. The model's own input tensor decides everything: its size, its
+dtype and its quantization; nothing is guessed from the file name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+
+from edge.errors import BadInput
+from edge.modelfile import ModelCard, read_model_card
+from edge.runtime import RuntimeInfo, load_interpreter
+
+
+class Prediction(NamedTuple):
+    index: int
+    label: str
+    score: float
+
+
+def quantize_input(pixels: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Map raw 0–255 pixels to the model's input dtype.
+
+    edgetl models rescale inside the graph, so a uint8 INT8 model has scale 1,
+    zero point 0 and takes the decoder's bytes unchanged; an int8-input model
+    shifts by its zero point; a float model takes the same values as float32.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return pixels.astype(np.float32)
+    if dtype == np.uint8 and scale == 1.0 and zero_point == 0:
+        return pixels
+    info = np.iinfo(dtype)
+    scale = scale or 1.0
+    values = np.round(pixels.astype(np.float32) / scale) + zero_point
+    return np.clip(values, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer outputs to real values; float outputs pass through."""
+    if values.dtype in (np.float32, np.float64) or not scale:
+        return values.astype(np.float32)
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+def as_probabilities(values: np.ndarray) -> np.ndarray:
+    """Scores that already look like probabilities stay; logits get a softmax."""
+    values = values.astype(np.float32)
+    if values.min() >= -1e-6 and abs(float(values.sum()) - 1.0) < 0.05:
+        return values
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
+
+
+def top_k(probabilities: np.ndarray, labels: List[str], k: int) -> List[Prediction]:
+    """The ``k`` best classes, highest score first; ties keep the lower index first."""
+    k = max(1, min(k, probabilities.shape[-1]))
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [Prediction(int(i), labels[i], float(probabilities[i])) for i in order]
+
+
+class Classifier:
+    """One interpreter, reused for every image."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        runtime: Optional[str] = None,
+        threads: Optional[int] = None,
+    ) -> None:
+        if not os.path.isfile(model_path):
+            raise BadInput(f"{model_path}: no such model file; give the path of a .tflite file")
+        self.model_path = str(model_path)
+        probe_quantized = _looks_quantized(self.model_path)
+        self.interpreter, self.runtime = load_interpreter(
+            self.model_path, runtime=runtime, threads=threads, quantized=probe_quantized
+        )
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        in_shape, out_shape = list(self._input["shape"]), list(self._output["shape"])
+        if len(in_shape) != 4 or in_shape[3] != 3 or in_shape[1] != in_shape[2]:
+            raise BadInput(
+                f"{model_path}: input shape {in_shape} is not one square RGB image "
+                "(expected [1, N, N, 3]); this is not an image classifier"
+            )
+        if len(out_shape) != 2:
+            raise BadInput(
+                f"{model_path}: output shape {out_shape} is not a vector of class scores; "
+                "this is not an image classifier"
+            )
+        self.image_size = int(in_shape[1])
+        self.input_dtype = np.dtype(self._input["dtype"])
+        self.input_scale, self.input_zero_point = self._input["quantization"]
+        self.output_scale, self.output_zero_point = self._output["quantization"]
+        self.card: ModelCard = read_model_card(self.model_path, int(out_shape[1]))
+        self.labels = self.card.labels
+
+    @property
+    def runtime_info(self) -> RuntimeInfo:
+        return self.runtime
+
+    @property
+    def quantized(self) -> bool:
+        return self.input_dtype != np.float32
+
+    def set_input(self, pixels: np.ndarray) -> None:
+        if pixels.shape != (self.image_size, self.image_size, 3):
+            raise BadInput(
+                f"image of shape {pixels.shape} given to a model that takes "
+                f"{self.image_size}x{self.image_size}x3"
+            )
+        tensor = quantize_input(pixels, self.input_dtype, self.input_scale, self.input_zero_point)
+        self.interpreter.set_tensor(self._input["index"], tensor[np.newaxis])
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def output_probabilities(self) -> np.ndarray:
+        raw = self.interpreter.get_tensor(self._output["index"])[0]
+        return as_probabilities(dequantize(raw, self.output_scale, self.output_zero_point))
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for one ``uint8`` (size, size, 3) image."""
+        self.set_input(pixels)
+        self.invoke()
+        return self.output_probabilities()
+
+    def classify(self, pixels: np.ndarray, k: int = 3) -> List[Prediction]:
+        return top_k(self.probabilities(pixels), self.labels, k)
+
+
+def _looks_quantized(model_path: str) -> bool:
+    """Cheap guess before loading (for the thread default): edgetl's file name or metadata."""
+    from edge.modelfile import read_embedded
+
+    meta = read_embedded(model_path) or {}
+    quant = str(meta.get("quant", os.path.basename(model_path)))
+    return "int8" in quant

@@ -1,0 +1,125 @@
+"""Decode an image file into the exact pixels the model was trained on.
+
+This is the single preprocessing function of edgetl: training, INT8
+calibration, validation and the device runner all call ``load_rgb``. Sharing
+it is what keeps device accuracy equal to workstation accuracy: a different
+resize filter or colour order on the device costs accuracy silently.
+
+What it does, and why:
+- EXIF orientation is applied, so phone photos are upright as a person saw them.
+- Every mode (grayscale, palette, alpha, CMYK, 16-bit) becomes 8-bit RGB;
+  transparent pixels are composited on white instead of keeping whatever
+  colour the encoder left under them.
+- The whole frame is resized to ``size``×``size`` with Pillow's bilinear filter
+  (antialiased when shrinking), without cropping: the model sees the whole photo.
+- Values stay raw 0–255 ``uint8``: normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge.errors import BadInput
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+RESIZE_FILTER = Image.BILINEAR
+RESIZE_DESCRIPTION = "Pillow bilinear (antialiased), whole frame, no crop"
+
+
+class UnreadableImage(BadInput):
+    """A file that is not a decodable image (truncated, empty, another format)."""
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """Resize an RGB Pillow image to ``size``×``size`` and return ``uint8`` HWC."""
+    if image.size != (size, size):
+        image = image.resize((size, size), RESIZE_FILTER)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Read ``path`` and return ``uint8`` pixels of shape (size, size, 3).
+
+    Raises ``UnreadableImage`` with the path in the message when the file
+    cannot be decoded, so callers can skip and list it.
+    """
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return resize_rgb(to_rgb(image), size)
+    except FileNotFoundError as error:
+        raise BadInput(f"{path}: no such file") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise UnreadableImage(f"{path}: not a readable image ({error})") from error
+
+
+def list_images(folder: str | os.PathLike) -> List[Path]:
+    """Image files under ``folder``, recursively, in a stable (sorted) order."""
+    root = Path(folder)
+    found = [p for p in root.rglob("*") if p.is_file() and is_image_name(p.name)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_many(
+    paths: Iterable[str | os.PathLike], size: int, workers: int = 0
+) -> Tuple[np.ndarray, List[int], List[Tuple[str, str]]]:
+    """Decode many files in parallel (Pillow releases the GIL while decoding).
+
+    Returns the stacked pixels, the indices of the paths that decoded, and
+    ``(path, reason)`` for each that did not; a bad file never stops the batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [str(p) for p in paths]
+
+    def one(path: str):
+        try:
+            return load_rgb(path, size), None
+        except UnreadableImage as error:
+            return None, str(error)
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    images, kept, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, (pixels, problem) in enumerate(pool.map(one, paths)):
+            if problem is None:
+                images.append(pixels)
+                kept.append(index)
+            else:
+                skipped.append((paths[index], problem))
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, kept, skipped
+
+
+def iter_decoded(paths: Iterable[Path], size: int) -> Iterator[Tuple[Path, np.ndarray | None, str]]:
+    """Yield ``(path, pixels or None, problem)`` one file at a time."""
+    for path in paths:
+        try:
+            yield path, load_rgb(path, size), ""
+        except UnreadableImage as error:
+            yield path, None, str(error)

@@ -1,0 +1,54 @@
+"""Accuracy and agreement as plain numpy functions over probability arrays.
+
+``probabilities`` are (n_images, n_classes); ``labels`` are (n_images,) ints.
+Accuracies and agreement are fractions in 0..1, drops are percentage points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, probabilities.shape[1])
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(best == labels[:, None], axis=1)))
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Fraction of images where both models pick the same top-1 class."""
+    if len(reference) == 0:
+        return float("nan")
+    return float(np.mean(np.argmax(reference, axis=1) == np.argmax(candidate, axis=1)))
+
+
+def drop_points(reference_top1: float, candidate_top1: float) -> float:
+    """Top-1 lost by the candidate, in percentage points (negative: it gained)."""
+    return 100.0 * (reference_top1 - candidate_top1)
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Recall per class; NaN for a class with no images."""
+    matrix = confusion_matrix(labels, predicted, n_classes)
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple:
+    """95% Wilson score interval for a proportion (sound near 0 and 1, unlike ±1.96σ)."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

@@ -1,0 +1,72 @@
+"""Options of each step as frozen dataclasses: defaults live here, in one place.
+
+They are written whole into the run directory (``config.json``) and read
+back by later steps, so export and validate never re-guess what training
+decided (image size, labels, normalisation, split seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Optional
+
+QUANT_MODES = ("int8", "float16", "dynamic", "float32")
+IO_TYPES = ("uint8", "int8", "float32")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    data: str = "tf_flowers"
+    out: str = "build/runs/latest"
+    image_size: int = 224
+    alpha: float = 1.0
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a no-top .h5 file
+    epochs: int = 10  # head phase, frozen base
+    fine_tune_epochs: int = 10
+    fine_tune_at: str = "auto"  # base layer index, a name prefix ("block_13"), or auto
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4  # a tenth: large steps would wreck the pretrained filters
+    dropout: float = 0.2
+    seed: int = 42
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    synthetic_per_class: int = 100  # images per class for --data synthetic
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainOptions":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    quant: str = "int8"
+    calibration_samples: int = 200
+    io: str = "uint8"  # INT8 model input/output type; uint8 takes decoder bytes as they are
+
+    @classmethod
+    def for_int8(cls, calibration_samples: int = 200, io: str = "uint8") -> "ExportOptions":
+        return cls("int8", calibration_samples, io)
+
+    @classmethod
+    def for_float16(cls) -> "ExportOptions":
+        return cls("float16", 0, "float32")
+
+    @classmethod
+    def for_dynamic(cls) -> "ExportOptions":
+        return cls("dynamic", 0, "float32")
+
+    @classmethod
+    def for_float32(cls) -> "ExportOptions":
+        return cls("float32", 0, "float32")
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    max_drop: Optional[float] = None  # percentage points of top-1
+    data: Optional[str] = None
+    runtime: Optional[str] = None

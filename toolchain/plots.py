@@ -1,0 +1,69 @@
+"""PNG figures written beside the JSON they illustrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from edge.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI or a headless workstation
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: Dict[str, List[float]], fine_tune_start: int, path: Path) -> Path:
+    """Accuracy and loss per epoch, train and val, with the fine-tuning start marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if history.get(key):
+                ax.plot(epochs, history[key], style, marker="o", label=key.replace("_", " "))
+        if 0 < fine_tune_start < len(epochs):
+            ax.axvline(fine_tune_start + 0.5, color="gray", linestyle=":", label="start fine-tuning")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrices(
+    matrices: Dict[str, np.ndarray], labels: Sequence[str], path: Path
+) -> Path:
+    """Row-normalised confusion matrices side by side (Keras, then each TFLite model)."""
+    plt = _pyplot()
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.2), squeeze=False)
+    for ax, (title, matrix) in zip(axes[0], matrices.items()):
+        rows = matrix.sum(axis=1, keepdims=True)
+        normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+        ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                if matrix[i, j]:
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
+                            color="white" if normalised[i, j] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,38 @@
+"""Progress lines that read well in a terminal and in a CI log alike.
+
+One line per epoch (not a redrawn bar), so a log stays short and greppable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def epoch_logger(phase: str, total_epochs: int, log: Log, offset: int = 0) -> Any:
+    """A Keras callback printing ``phase epoch i/n  loss … acc …  val_acc …  (s)``."""
+    from toolchain.quiet import keras as import_keras
+
+    keras = import_keras()
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
+            logs = logs or {}
+            parts = [f"{phase} epoch {epoch + 1 - offset}/{total_epochs}"]
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                if key in logs:
+                    parts.append(f"{key.replace('accuracy', 'acc')} {logs[key]:.3f}")
+            parts.append(f"{time.perf_counter() - self._start:.1f}s")
+            log("  ".join(parts))
+
+    return EpochLogger()

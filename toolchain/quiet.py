@@ -1,0 +1,78 @@
+"""Import TensorFlow without a page of C++ log lines, and silence converters.
+
+NOTES.md: ``import tensorflow`` writes ~8 lines to stderr before absl logging
+starts, and ``TF_CPP_MIN_LOG_LEVEL`` removes only two. We point file
+descriptor 2 at /dev/null around the import (Python-level errors are still
+raised), then lower absl and the TF logger. Converters print ~270 lines per
+call on the C++ side; ``captured_output`` sends both descriptors to a log
+file that is kept beside the artefact, so nothing is lost, only moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from typing import Iterator
+
+from edge.errors import MissingEnvironment
+
+_tf = None
+
+
+@contextlib.contextmanager
+def captured_output(log_path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Redirect OS-level stdout and stderr (C++ logs included) to ``log_path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    target = open(log_path, "ab") if log_path else open(os.devnull, "wb")  # noqa: SIM115
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(target.fileno(), 1)
+        os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        target.close()
+
+
+def tensorflow():
+    """Return the ``tensorflow`` module, imported once and quietly.
+
+    Raises ``MissingEnvironment`` (exit 3) on an edge-only install.
+    """
+    global _tf
+    if _tf is not None:
+        return _tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        with captured_output():
+            import tensorflow as tf
+    except ImportError as error:
+        raise MissingEnvironment(
+            f"TensorFlow is not installed ({error}); this command runs on the workstation: "
+            "pip install 'edgetl[train]'"
+        ) from error
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    warnings.filterwarnings("ignore", module="keras")
+    _tf = tf
+    return tf
+
+
+def keras():
+    tensorflow()
+    import keras as keras_module
+
+    return keras_module
