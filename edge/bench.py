@@ -24,7 +24,9 @@ def percentiles(samples_ms: List[float]) -> Dict[str, float]:
     }
 
 
-def invoke_latency(classifier: Classifier, runs: int = 100, warmup: int = 10, seed: int = 0) -> Dict[str, Any]:
+def invoke_latency(
+    classifier: Classifier, runs: int = 100, warmup: int = 10, seed: int = 0
+) -> Dict[str, Any]:
     """Time ``invoke()`` alone on a fixed image already in the input tensor."""
     rng = np.random.default_rng(seed)
     size = classifier.image_size
@@ -61,5 +63,7 @@ def folder_throughput(classifier: Classifier, paths: List[Path], k: int = 3) -> 
         "images_per_s": round(done / seconds, 2) if seconds > 0 else 0.0,
         "decode_ms_mean": round(float(np.mean(decode_ms)), 4) if decode_ms else 0.0,
         "invoke_ms_mean": round(float(np.mean(invoke_ms)), 4) if invoke_ms else 0.0,
-        "share_outside_invoke": round(1 - sum(invoke_ms) / 1000.0 / seconds, 4) if seconds > 0 else 0.0,
+        "share_outside_invoke": round(1 - sum(invoke_ms) / 1000.0 / seconds, 4)
+        if seconds > 0
+        else 0.0,
     }

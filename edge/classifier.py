@@ -24,7 +24,9 @@ class Prediction(NamedTuple):
     score: float
 
 
-def quantize_input(pixels: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+def quantize_input(
+    pixels: np.ndarray, dtype: np.dtype, scale: float, zero_point: int
+) -> np.ndarray:
     """Map raw 0–255 pixels to the model's input dtype.
 
     edgetl models rescale inside the graph, so a uint8 INT8 model has scale 1,

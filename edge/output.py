@@ -48,7 +48,9 @@ class PredictionWriter:
         else:
             record = {
                 "path": result.path,
-                "top_k": [{"label": p.label, "score": round(p.score, 6)} for p in result.predictions],
+                "top_k": [
+                    {"label": p.label, "score": round(p.score, 6)} for p in result.predictions
+                ],
                 "decode_ms": round(result.decode_ms, 3),
                 "invoke_ms": round(result.invoke_ms, 3),
             }
@@ -62,7 +64,7 @@ class PredictionWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "PredictionWriter":
+    def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,6 +7,7 @@ GIL while decoding, and a bounded queue keeps memory flat on a 1 GB Pi.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -32,7 +33,7 @@ class Result:
     error: str = ""
 
 
-def _decode_worker(paths: Iterable[Path], size: int, out: "queue.Queue", stop: threading.Event):
+def _decode_worker(paths: Iterable[Path], size: int, out: queue.Queue, stop: threading.Event):
     for path in paths:
         if stop.is_set():
             break
@@ -49,7 +50,7 @@ def classify_files(
     classifier: Classifier, paths: Iterable[Path], k: int = 3, prefetch: int = 4
 ) -> Iterator[Result]:
     """Yield one ``Result`` per path, in order; unreadable files carry ``error``."""
-    pending: "queue.Queue" = queue.Queue(maxsize=max(1, prefetch))
+    pending: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     worker = threading.Thread(
         target=_decode_worker, args=(paths, classifier.image_size, pending, stop), daemon=True
@@ -80,7 +81,5 @@ def classify_files(
         stop.set()
         # Drain so a blocked producer can see the stop flag and exit.
         while worker.is_alive():
-            try:
+            with contextlib.suppress(queue.Empty):
                 pending.get(timeout=0.05)
-            except queue.Empty:
-                pass

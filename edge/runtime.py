@@ -116,7 +116,9 @@ def load_interpreter(
         chosen_threads = threads if threads and threads > 0 else default_threads(name, quantized)
         try:
             with _quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" per load
-                interpreter = interpreter_class(model_path=str(model_path), num_threads=chosen_threads)
+                interpreter = interpreter_class(
+                    model_path=str(model_path), num_threads=chosen_threads
+                )
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError, SystemError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
@@ -131,8 +133,11 @@ def load_interpreter(
     if runtime:
         raise MissingEnvironment(
             f"runtime {runtime} is not installed ({errors[0]}); pip install "
-            + {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-               "tensorflow": "tensorflow"}.get(runtime, runtime)
+            + {
+                "ai_edge_litert": "ai-edge-litert",
+                "tflite_runtime": "tflite-runtime",
+                "tensorflow": "tensorflow",
+            }.get(runtime, runtime)
         )
     raise MissingEnvironment(
         "no TFLite runtime found: pip install 'edgetl[edge]' (ai-edge-litert) "

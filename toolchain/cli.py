@@ -47,7 +47,10 @@ def reports_errors(command: Callable) -> Callable:
         except EdgetlError as error:
             fail(str(error), error.exit_code)
         except KeyboardInterrupt:
-            fail("interrupted; files already written are complete, nothing half-written was kept", 130)
+            fail(
+                "interrupted; files already written are complete, nothing half-written was kept",
+                130,
+            )
 
     return wrapper
 
@@ -59,33 +62,78 @@ def say(message: str) -> None:
 @app.command()
 @reports_errors
 def train(
-    data: Annotated[str, typer.Option(help="synthetic | tf_flowers | tfds:NAME | PATH to class folders")] = "tf_flowers",
-    out: Annotated[Path, typer.Option(help="Run directory to write (model, labels, splits, history).")] = Path("build/runs/latest"),
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed.")] = 224,
-    alpha: Annotated[float, typer.Option(help="Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.")] = 1.0,
-    weights: Annotated[str, typer.Option(help="imagenet | none | FILE.h5 (a local no-top weights file for offline machines).")] = "imagenet",
+    data: Annotated[
+        str, typer.Option(help="synthetic | tf_flowers | tfds:NAME | PATH to class folders")
+    ] = "tf_flowers",
+    out: Annotated[
+        Path, typer.Option(help="Run directory to write (model, labels, splits, history).")
+    ] = Path("build/runs/latest"),
+    image_size: Annotated[
+        int,
+        typer.Option(
+            help="Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed."
+        ),
+    ] = 224,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4."
+        ),
+    ] = 1.0,
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="imagenet | none | FILE.h5 (a local no-top weights file for offline machines)."
+        ),
+    ] = "imagenet",
     epochs: Annotated[int, typer.Option(help="Head-phase epochs on the frozen base.")] = 10,
-    fine_tune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after the head phase (0 = head only).")] = 10,
-    fine_tune_at: Annotated[str, typer.Option(help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (100 when pretrained, 0 from scratch).")] = "auto",
+    fine_tune_epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs after the head phase (0 = head only).")
+    ] = 10,
+    fine_tune_at: Annotated[
+        str,
+        typer.Option(
+            help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (100 when pretrained, 0 from scratch)."
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Head-phase Adam learning rate.")] = 1e-3,
-    fine_tune_learning_rate: Annotated[float, typer.Option(help="Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten.")] = 1e-4,
-    seed: Annotated[int, typer.Option(help="Seed for splits, shuffling, initialisation and synthetic data.")] = 42,
-    synthetic_per_class: Annotated[int, typer.Option(help="Images per class generated for --data synthetic.")] = 100,
+    fine_tune_learning_rate: Annotated[
+        float,
+        typer.Option(
+            help="Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten."
+        ),
+    ] = 1e-4,
+    seed: Annotated[
+        int, typer.Option(help="Seed for splits, shuffling, initialisation and synthetic data.")
+    ] = 42,
+    synthetic_per_class: Annotated[
+        int, typer.Option(help="Images per class generated for --data synthetic.")
+    ] = 100,
 ) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
     from toolchain.options import TrainOptions
     from toolchain.train import train as run_training
 
     options = TrainOptions(
-        data=data, out=str(out), image_size=image_size, alpha=alpha, weights=weights,
-        epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_at=fine_tune_at,
-        batch_size=batch_size, learning_rate=learning_rate,
-        fine_tune_learning_rate=fine_tune_learning_rate, seed=seed,
+        data=data,
+        out=str(out),
+        image_size=image_size,
+        alpha=alpha,
+        weights=weights,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_at=fine_tune_at,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        seed=seed,
         synthetic_per_class=synthetic_per_class,
     )
     result = run_training(options)
-    say(f"trained: {result.run_dir}  val top-1 {result.val_top1:.4f}  test top-1 {result.test_top1:.4f}")
+    say(
+        f"trained: {result.run_dir}  val top-1 {result.val_top1:.4f}  test top-1 {result.test_top1:.4f}"
+    )
 
 
 @app.command()
@@ -93,8 +141,18 @@ def train(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")],
     quant: Annotated[str, typer.Option(help="int8 | float16 | dynamic | float32 | all")] = "int8",
-    calibration_samples: Annotated[int, typer.Option(help="INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain.")] = 200,
-    io: Annotated[str, typer.Option(help="INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32.")] = "uint8",
+    calibration_samples: Annotated[
+        int,
+        typer.Option(
+            help="INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain."
+        ),
+    ] = 200,
+    io: Annotated[
+        str,
+        typer.Option(
+            help="INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32."
+        ),
+    ] = "uint8",
 ) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
     from toolchain.export import export as run_export
@@ -109,31 +167,67 @@ def export(
 @reports_errors
 def validate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")],
-    model: Annotated[Optional[List[Path]], typer.Option(help="A .tflite to check (repeatable); default: every model_*.tflite in the run.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="A labeled folder of class folders to evaluate on instead of the run's test split.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras.")] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="Force a TFLite runtime: ai_edge_litert, tflite_runtime or tensorflow.")] = None,
+    model: Annotated[
+        Optional[List[Path]],
+        typer.Option(
+            help="A .tflite to check (repeatable); default: every model_*.tflite in the run."
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A labeled folder of class folders to evaluate on instead of the run's test split."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras."
+        ),
+    ] = None,
+    runtime: Annotated[
+        Optional[str],
+        typer.Option(help="Force a TFLite runtime: ai_edge_litert, tflite_runtime or tensorflow."),
+    ] = None,
 ) -> None:
     """Compare Keras and TFLite on the same held-out images; write parity.json."""
     from toolchain.parity import validate as run_validate
 
     report = run_validate(run_dir, [str(m) for m in model or []], data, max_drop, runtime)
     keras = report["keras"]
-    say(f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images")
+    say(
+        f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images"
+    )
     for m in report["models"]:
-        say(f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  drop {m['top1_drop_pts']:+.2f} pts  "
-            f"agreement {m['agreement']:.4f}")
+        say(
+            f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  drop {m['top1_drop_pts']:+.2f} pts  "
+            f"agreement {m['agreement']:.4f}"
+        )
 
 
 @app.command()
 @reports_errors
 def classify(
-    model: Annotated[Path, typer.Argument(help="A .tflite classifier (labels embedded or labels.txt beside it).")],
-    source: Annotated[str, typer.Option(help="An image file or a folder of images (searched recursively).")],
+    model: Annotated[
+        Path, typer.Argument(help="A .tflite classifier (labels embedded or labels.txt beside it).")
+    ],
+    source: Annotated[
+        str, typer.Option(help="An image file or a folder of images (searched recursively).")
+    ],
     top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 3,
-    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads (default: all cores, 1 where more are known to hurt).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Write predictions to FILE.csv or FILE.jsonl, flushed per image.")] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="Force ai_edge_litert, tflite_runtime or tensorflow.")] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Interpreter threads (default: all cores, 1 where more are known to hurt)."
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(help="Write predictions to FILE.csv or FILE.jsonl, flushed per image."),
+    ] = None,
+    runtime: Annotated[
+        Optional[str], typer.Option(help="Force ai_edge_litert, tflite_runtime or tensorflow.")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="Do not print one line per image.")] = False,
 ) -> None:
     """Classify an image or a folder on the device (no TensorFlow needed)."""
@@ -143,8 +237,8 @@ def classify(
     from edge.pipeline import classify_files
     from edge.sources import resolve_source
 
-    paths = resolve_source(source)
     classifier = Classifier(model, runtime=runtime, threads=threads)
+    paths = resolve_source(source)
     print(classifier.runtime.describe(), file=sys.stderr)
     writer = PredictionWriter(str(output), top_k) if output else None
     done, unreadable, start = 0, [], time.perf_counter()
@@ -167,8 +261,11 @@ def classify(
             writer.close()
     seconds = time.perf_counter() - start
     rate = done / seconds if seconds > 0 else 0.0
-    print(f"classified {done} image(s), {len(unreadable)} unreadable, {rate:.1f} images/s"
-          + (f"; wrote {output}" if output else ""), file=sys.stderr)
+    print(
+        f"classified {done} image(s), {len(unreadable)} unreadable, {rate:.1f} images/s"
+        + (f"; wrote {output}" if output else ""),
+        file=sys.stderr,
+    )
 
 
 @app.command()
@@ -177,9 +274,13 @@ def bench(
     model: Annotated[Path, typer.Argument(help="A .tflite classifier.")],
     runs: Annotated[int, typer.Option(help="Timed invokes after warm-up.")] = 100,
     threads: Annotated[Optional[int], typer.Option(help="Interpreter threads.")] = None,
-    source: Annotated[Optional[str], typer.Option(help="A folder of images for end-to-end throughput.")] = None,
+    source: Annotated[
+        Optional[str], typer.Option(help="A folder of images for end-to-end throughput.")
+    ] = None,
     runtime: Annotated[Optional[str], typer.Option(help="Force a TFLite runtime.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
 ) -> None:
     """Invoke latency (p50/p90/p99) and, with --source, folder throughput."""
     from edge import atomic
@@ -197,14 +298,18 @@ def bench(
         "invoke": invoke_latency(classifier, runs),
     }
     inv = figures["invoke"]
-    say(f"invoke: p50 {inv['p50_ms']:.3f} ms  p90 {inv['p90_ms']:.3f} ms  p99 {inv['p99_ms']:.3f} ms  "
-        f"{inv['images_per_s']:.1f} images/s")
+    say(
+        f"invoke: p50 {inv['p50_ms']:.3f} ms  p90 {inv['p90_ms']:.3f} ms  p99 {inv['p99_ms']:.3f} ms  "
+        f"{inv['images_per_s']:.1f} images/s"
+    )
     if source:
         folder = folder_throughput(classifier, resolve_source(source))
         figures["folder"] = folder
-        say(f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
+        say(
+            f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
             f"decode {folder['decode_ms_mean']:.3f} ms  invoke {folder['invoke_ms_mean']:.3f} ms  "
-            f"{100 * folder['share_outside_invoke']:.0f}% outside invoke")
+            f"{100 * folder['share_outside_invoke']:.0f}% outside invoke"
+        )
     if json_out:
         atomic.write_json(json_out, figures)
 
@@ -221,11 +326,15 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
     for key in ("quant", "io", "image_size", "edgetl_version"):
         if key in classifier.card.metadata:
             say(f"{key}: {classifier.card.metadata[key]}")
-    for kind, details in (("input", classifier.interpreter.get_input_details()),
-                          ("output", classifier.interpreter.get_output_details())):
+    for kind, details in (
+        ("input", classifier.interpreter.get_input_details()),
+        ("output", classifier.interpreter.get_output_details()),
+    ):
         for d in details:
             scale, zero_point = d["quantization"]
-            say(f"{kind}: {d['dtype'].__name__} {list(d['shape'])} scale {scale:.6g} zero point {zero_point}")
+            say(
+                f"{kind}: {d['dtype'].__name__} {list(d['shape'])} scale {scale:.6g} zero point {zero_point}"
+            )
     if classifier.card.metadata.get("train"):
         say("train: " + json.dumps(classifier.card.metadata["train"]))
 

@@ -67,7 +67,8 @@ def scan_class_folders(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     empty = []
     for label, name in enumerate(classes):
         files = sorted(
-            p for p in (root / name).rglob("*")
+            p
+            for p in (root / name).rglob("*")
             if p.is_file() and is_image_name(p.name) and not p.name.startswith(".")
         )
         if not files:
@@ -148,20 +149,30 @@ def materialize_tfds(name: str, data_dir: str | None = None) -> Path:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises DatasetNotFoundError (a ValueError) and others
-        raise BadInput(f"--data tfds:{name}: tensorflow-datasets has no dataset {name!r}") from error
+        raise BadInput(
+            f"--data tfds:{name}: tensorflow-datasets has no dataset {name!r}"
+        ) from error
     features = builder.info.features
-    if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
+    if (
+        "image" not in features
+        or "label" not in features
+        or not hasattr(features["label"], "names")
+    ):
         raise BadInput(f"--data tfds:{name}: not an image classification dataset (image + label)")
     class_names = list(features["label"].names)
 
+    # Every split the dataset has (tf_flowers has only "train"); edgetl makes its own.
+    split_names = list(builder.info.splits.keys()) or ["train"]
+
     def load():
-        return tfds.load(
+        datasets = tfds.load(
             name,
             data_dir=data_dir,
-            split=None,
+            split=split_names,
             download=False,
             decoders={"image": tfds.decode.SkipDecoding()},
         )
+        return dict(zip(split_names, datasets))
 
     try:
         splits = load()

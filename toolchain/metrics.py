@@ -51,4 +51,6 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple:
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    low, high = centre - half, centre + half
+    # At p = 0 or 1 the exact bound is 0 or 1; float rounding must not move it.
+    return (0.0 if successes == 0 else float(low), 1.0 if successes == total else float(high))

@@ -42,7 +42,9 @@ def weights_argument(weights: str, alpha: float) -> Any:
         return "imagenet"
     path = Path(weights)
     if not path.is_file():
-        raise BadInput(f"--weights {weights}: no such file; give imagenet, none or a no-top .h5 file")
+        raise BadInput(
+            f"--weights {weights}: no such file; give imagenet, none or a no-top .h5 file"
+        )
     return str(path.resolve())
 
 
@@ -82,7 +84,9 @@ def build_classifier(
                 f"--weights {weights}: does not fit MobileNetV2 alpha {alpha} without top "
                 f"({text.splitlines()[0][:160]}); check --alpha matches the file"
             ) from None
-        raise BadInput(f"MobileNetV2(alpha={alpha}, size={image_size}): {text.splitlines()[0]}") from None
+        raise BadInput(
+            f"MobileNetV2(alpha={alpha}, size={image_size}): {text.splitlines()[0]}"
+        ) from None
     base.name = BASE_NAME
     pretrained = weights_arg is not None
     for layer in base.layers:

@@ -34,7 +34,7 @@ class TrainOptions:
     synthetic_per_class: int = 100  # images per class for --data synthetic
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainOptions":
+    def from_dict(cls, values: Dict[str, Any]) -> TrainOptions:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -49,19 +49,19 @@ class ExportOptions:
     io: str = "uint8"  # INT8 model input/output type; uint8 takes decoder bytes as they are
 
     @classmethod
-    def for_int8(cls, calibration_samples: int = 200, io: str = "uint8") -> "ExportOptions":
+    def for_int8(cls, calibration_samples: int = 200, io: str = "uint8") -> ExportOptions:
         return cls("int8", calibration_samples, io)
 
     @classmethod
-    def for_float16(cls) -> "ExportOptions":
+    def for_float16(cls) -> ExportOptions:
         return cls("float16", 0, "float32")
 
     @classmethod
-    def for_dynamic(cls) -> "ExportOptions":
+    def for_dynamic(cls) -> ExportOptions:
         return cls("dynamic", 0, "float32")
 
     @classmethod
-    def for_float32(cls) -> "ExportOptions":
+    def for_float32(cls) -> ExportOptions:
         return cls("float32", 0, "float32")
 
 

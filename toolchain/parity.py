@@ -65,8 +65,11 @@ def load_eval_set(run: RunDir, data: Optional[str], size: int, labels: List[str]
         description = "test split of the run"
     pixels, kept, skipped = load_many(paths, size)
     return EvalSet(
-        [str(paths[i]) for i in kept], np.array([indices[i] for i in kept], dtype=np.int64),
-        pixels, description, skipped,
+        [str(paths[i]) for i in kept],
+        np.array([indices[i] for i in kept], dtype=np.int64),
+        pixels,
+        description,
+        skipped,
     )
 
 
@@ -135,16 +138,22 @@ def validate(
         "labels": labels,
         "keras": {
             "top1": keras_top1,
-            "top1_ci95": list(metrics.wilson_interval(
-                int(round(keras_top1 * len(eval_set.labels))), len(eval_set.labels))),
+            "top1_ci95": list(
+                metrics.wilson_interval(
+                    int(round(keras_top1 * len(eval_set.labels))), len(eval_set.labels)
+                )
+            ),
             "top5": metrics.topk_accuracy(keras_probs, eval_set.labels, 5),
             "seconds": round(keras_seconds, 3),
         },
         "models": [],
         "skipped": [list(item) for item in eval_set.skipped],
     }
-    matrices = {"Keras": metrics.confusion_matrix(
-        eval_set.labels, np.argmax(keras_probs, axis=1), len(labels))}
+    matrices = {
+        "Keras": metrics.confusion_matrix(
+            eval_set.labels, np.argmax(keras_probs, axis=1), len(labels)
+        )
+    }
     for path in model_paths:
         classifier = Classifier(path, runtime=runtime)
         if classifier.labels != labels:
@@ -162,13 +171,18 @@ def validate(
         }
         report["models"].append(entry)
         matrices[f"{path.name}"] = metrics.confusion_matrix(
-            eval_set.labels, np.argmax(probs, axis=1), len(labels))
-        log(f"{path.name}: top-1 {entry['top1']:.4f} vs keras {keras_top1:.4f} "
+            eval_set.labels, np.argmax(probs, axis=1), len(labels)
+        )
+        log(
+            f"{path.name}: top-1 {entry['top1']:.4f} vs keras {keras_top1:.4f} "
             f"(drop {entry['top1_drop_pts']:+.2f} pts), agreement {entry['agreement']:.4f} "
-            f"[{entry['runtime']}]")
+            f"[{entry['runtime']}]"
+        )
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["gate"] = {"max_drop": max_drop, "passed": True}
-    failing = [m for m in report["models"] if max_drop is not None and m["top1_drop_pts"] > max_drop]
+    failing = [
+        m for m in report["models"] if max_drop is not None and m["top1_drop_pts"] > max_drop
+    ]
     if failing:
         report["gate"]["passed"] = False
     atomic.write_json(run.parity, report)
@@ -209,6 +223,9 @@ def parity_markdown(report: Dict[str, Any]) -> str:
         )
     gate = report.get("gate", {})
     if gate.get("max_drop") is not None:
-        lines += ["", f"Gate `--max-drop {gate['max_drop']}`: {'passed' if gate['passed'] else 'FAILED'}."]
+        lines += [
+            "",
+            f"Gate `--max-drop {gate['max_drop']}`: {'passed' if gate['passed'] else 'FAILED'}.",
+        ]
     lines += ["", "![confusion matrices](parity_confusion.png)", ""]
     return "\n".join(lines)

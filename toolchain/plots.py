@@ -29,7 +29,9 @@ def training_curves(history: Dict[str, List[float]], fine_tune_start: int, path:
             if history.get(key):
                 ax.plot(epochs, history[key], style, marker="o", label=key.replace("_", " "))
         if 0 < fine_tune_start < len(epochs):
-            ax.axvline(fine_tune_start + 0.5, color="gray", linestyle=":", label="start fine-tuning")
+            ax.axvline(
+                fine_tune_start + 0.5, color="gray", linestyle=":", label="start fine-tuning"
+            )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
@@ -41,9 +43,7 @@ def training_curves(history: Dict[str, List[float]], fine_tune_start: int, path:
     return path
 
 
-def confusion_matrices(
-    matrices: Dict[str, np.ndarray], labels: Sequence[str], path: Path
-) -> Path:
+def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], path: Path) -> Path:
     """Row-normalised confusion matrices side by side (Keras, then each TFLite model)."""
     plt = _pyplot()
     n = len(matrices)
@@ -55,8 +55,15 @@ def confusion_matrices(
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
                 if matrix[i, j]:
-                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                            color="white" if normalised[i, j] > 0.5 else "black", fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        str(int(matrix[i, j])),
+                        ha="center",
+                        va="center",
+                        color="white" if normalised[i, j] > 0.5 else "black",
+                        fontsize=8,
+                    )
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_xlabel("predicted")

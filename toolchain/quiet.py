@@ -67,6 +67,8 @@ def tensorflow():
     tf.get_logger().setLevel("ERROR")
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     warnings.filterwarnings("ignore", module="keras")
+    # TF1-style input stats do not apply: edgetl calibrates the input range (export.py).
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
     _tf = tf
     return tf
 

@@ -55,10 +55,12 @@ class RunDir:
     def tflite_models(self) -> List[Path]:
         return sorted(self.path.glob("model_*.tflite"))
 
-    def require_trained(self) -> "RunDir":
+    def require_trained(self) -> RunDir:
         """Fail with one line when this is not a finished training run."""
         if not self.path.is_dir():
-            raise BadInput(f"{self.path}: no such run directory; run `edgetl train --out {self.path}` first")
+            raise BadInput(
+                f"{self.path}: no such run directory; run `edgetl train --out {self.path}` first"
+            )
         for needed in (self.config, self.splits, self.model):
             if not needed.is_file():
                 raise BadInput(

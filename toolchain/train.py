@@ -90,7 +90,10 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     run = RunDir(options.out)
     if run.path.exists() and not run.path.is_dir():
         raise BadInput(f"--out {run.path}: is a file; give a folder for the run")
-    for name, value in (("--epochs", options.epochs), ("--fine-tune-epochs", options.fine_tune_epochs)):
+    for name, value in (
+        ("--epochs", options.epochs),
+        ("--fine-tune-epochs", options.fine_tune_epochs),
+    ):
         if value < 0:
             raise BadInput(f"{name} {value}: must be 0 or more")
     if options.epochs + options.fine_tune_epochs == 0:
@@ -102,7 +105,9 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     run.path.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    root, description = resolve_data(options.data, run.path, options.synthetic_per_class, options.seed)
+    root, description = resolve_data(
+        options.data, run.path, options.synthetic_per_class, options.seed
+    )
     labels, items = scan_class_folders(root)
     splits = split_items(items, options.seed, options.val_fraction, options.test_fraction)
     log(f"data: {description}: {len(items)} images, {len(labels)} classes ({', '.join(labels)})")
@@ -113,31 +118,40 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         decoded[split_name] = (pixels, y)
         splits[split_name] = kept
         skipped_all += skipped
-    for path, reason in skipped_all:
+    for _, reason in skipped_all:
         log(f"skipped: {reason}")
     counts = {name: len(decoded[name][1]) for name in decoded}
     if counts["train"] == 0:
         raise BadInput(f"--data {options.data}: no readable training images")
-    log(f"splits: train {counts['train']}, val {counts['val']}, test {counts['test']} "
+    log(
+        f"splits: train {counts['train']}, val {counts['val']}, test {counts['test']} "
         f"(seed {options.seed}); decoded at {options.image_size}px in "
-        f"{time.perf_counter() - start:.1f}s")
+        f"{time.perf_counter() - start:.1f}s"
+    )
     seconds["data"] = time.perf_counter() - start
 
     root_relative = os.path.relpath(root, run.path)
-    atomic.write_json(run.splits, {
-        "root": str(root),
-        "root_relative": root_relative if not root_relative.startswith("..") else None,
-        "seed": options.seed,
-        "val_fraction": options.val_fraction,
-        "test_fraction": options.test_fraction,
-        "labels": labels,
-        **{name: [[rel, label] for rel, label in splits[name]] for name in ("train", "val", "test")},
-        "skipped": [[path, reason] for path, reason in skipped_all],
-    })
+    atomic.write_json(
+        run.splits,
+        {
+            "root": str(root),
+            "root_relative": root_relative if not root_relative.startswith("..") else None,
+            "seed": options.seed,
+            "val_fraction": options.val_fraction,
+            "test_fraction": options.test_fraction,
+            "labels": labels,
+            **{
+                name: [[rel, label] for rel, label in splits[name]]
+                for name in ("train", "val", "test")
+            },
+            "skipped": [[path, reason] for path, reason in skipped_all],
+        },
+    )
     atomic.write_text(run.labels_file, "\n".join(labels) + "\n")
 
     from toolchain.model import build_classifier, fine_tune_index, unfreeze_from
-    from toolchain.quiet import keras as import_keras, tensorflow
+    from toolchain.quiet import keras as import_keras
+    from toolchain.quiet import tensorflow
 
     tf = tensorflow()
     keras = import_keras()
@@ -160,8 +174,13 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     if options.epochs:
         start = time.perf_counter()
         compile_for(options.learning_rate)
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=options.epochs, verbose=0,
-                        callbacks=[epoch_logger("head", options.epochs, log)])
+        fit = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=options.epochs,
+            verbose=0,
+            callbacks=[epoch_logger("head", options.epochs, log)],
+        )
         _merge_history(history, fit.history)
         seconds["head"] = time.perf_counter() - start
     fine_tune_start = len(history.get("loss", []))
@@ -169,13 +188,21 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         start = time.perf_counter()
         index = fine_tune_index(base, options.fine_tune_at)
         trainable = unfreeze_from(base, index, pretrained)
-        log(f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
-            f"at learning rate {options.fine_tune_learning_rate:g}")
+        log(
+            f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
+            f"at learning rate {options.fine_tune_learning_rate:g}"
+        )
         compile_for(options.fine_tune_learning_rate)
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=options.epochs + options.fine_tune_epochs,
-                        initial_epoch=options.epochs, verbose=0,
-                        callbacks=[epoch_logger("fine-tune", options.fine_tune_epochs, log,
-                                                offset=options.epochs)])
+        fit = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=options.epochs + options.fine_tune_epochs,
+            initial_epoch=options.epochs,
+            verbose=0,
+            callbacks=[
+                epoch_logger("fine-tune", options.fine_tune_epochs, log, offset=options.epochs)
+            ],
+        )
         _merge_history(history, fit.history)
         seconds["fine_tune"] = time.perf_counter() - start
 
@@ -191,16 +218,19 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
 
     _save_model(model, run.model)
     atomic.write_json(run.history, {"fine_tune_start_epoch": fine_tune_start, **history})
-    atomic.write_json(run.config, {
-        "edgetl_version": __version__,
-        "options": options.to_dict(),
-        "labels": labels,
-        "image_size": options.image_size,
-        "input": INPUT_CONTRACT,
-        "data": {"description": description, "root": str(root), "counts": counts},
-        "results": {"val_top1": val_top1, "test_top1": test_top1},
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
-    })
+    atomic.write_json(
+        run.config,
+        {
+            "edgetl_version": __version__,
+            "options": options.to_dict(),
+            "labels": labels,
+            "image_size": options.image_size,
+            "input": INPUT_CONTRACT,
+            "data": {"description": description, "root": str(root), "counts": counts},
+            "results": {"val_top1": val_top1, "test_top1": test_top1},
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        },
+    )
     try:
         from toolchain.plots import training_curves
 

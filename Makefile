@@ -1,0 +1,65 @@
+# edgetl — every target sets up what it needs, so each works first on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+EDGE_VENV ?= .venv-edge
+BIN    := $(VENV)/bin
+DEMO   ?= build/demo
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+
+.PHONY: setup setup-edge test demo lint format bench clean help
+
+help:
+	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
+	@echo "make test    run the test suite (offline, CPU)"
+	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
+	@echo "make bench   write benchmark JSON to build/bench/"
+	@echo "make lint    ruff"
+
+# The stamp depends on pyproject.toml: editing dependencies refreshes the venv.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[train-cpu,dev]'
+	touch $@
+
+# A device-like venv: `pip install .[edge]` only, so TensorFlow cannot be imported there.
+$(EDGE_VENV)/.installed: pyproject.toml $(shell find edge toolchain -name "*.py")
+	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[edge]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+setup-edge: $(EDGE_VENV)/.installed
+
+test: $(VENV)/.installed $(EDGE_VENV)/.installed
+	EDGETL_EDGE_PYTHON=$(CURDIR)/$(EDGE_VENV)/bin/python $(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check edge toolchain tests
+	$(BIN)/ruff format --check edge toolchain tests
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format edge toolchain tests
+	$(BIN)/ruff check --fix edge toolchain tests
+
+demo: $(VENV)/.installed
+	@echo "== 1/5 train (generated data, MobileNetV2 alpha 0.35 at 96 px, from scratch)"
+	$(BIN)/edgetl train --data synthetic --out $(DEMO) --image-size 96 --alpha 0.35 \
+		--weights none --epochs 1 --fine-tune-epochs 10 --fine-tune-learning-rate 0.003
+	@echo "== 2/5 export INT8"
+	$(BIN)/edgetl export $(DEMO) --quant int8
+	@echo "== 3/5 validate (gate: at most 2 points of top-1 lost)"
+	$(BIN)/edgetl validate $(DEMO) --max-drop 2
+	@echo "== 4/5 classify a folder on the device runner"
+	$(BIN)/edgetl classify $(DEMO)/model_int8.tflite --source $(DEMO)/synthetic_data \
+		--output $(DEMO)/predictions.csv --quiet
+	@echo "== 5/5 runner speed"
+	$(BIN)/edgetl bench $(DEMO)/model_int8.tflite --runs 200 --source $(DEMO)/synthetic_data \
+		--json $(DEMO)/bench.json
+	@$(BIN)/python -m toolchain.summary $(DEMO)
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m toolchain.benchmark --out build/bench
+
+clean:
+	rm -rf build/demo build/bench build/runs

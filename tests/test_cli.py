@@ -1,0 +1,65 @@
+"""The CLI's bad paths: one line naming the problem and the fix, the contract's exit code."""
+
+from PIL import Image
+
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def test_help_is_clean():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "export", "validate", "classify", "bench", "info"):
+        assert command in result.stdout
+    assert result.stderr.strip() == ""
+
+
+def test_export_and_validate_of_a_missing_run_dir(tmp_path):
+    missing = tmp_path / "nope"
+    for command in ("export", "validate"):
+        assert_one_line_error(run_cli(command, str(missing)), 2, str(missing), "edgetl train")
+
+
+def test_export_of_a_folder_that_is_not_a_run(tmp_path):
+    assert_one_line_error(run_cli("export", str(tmp_path)), 2, "config.json")
+
+
+def test_classify_missing_model(tmp_path):
+    result = run_cli("classify", str(tmp_path / "m.tflite"), "--source", str(tmp_path))
+    assert_one_line_error(result, 2, "m.tflite")
+
+
+def test_classify_a_non_image_source(tiny_run, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    result = run_cli("classify", str(tiny_run / "model_int8.tflite"), "--source", str(text))
+    assert_one_line_error(result, 2, "notes.txt", "not a readable image")
+
+
+def test_classify_a_file_that_is_not_a_model(tmp_path):
+    fake = tmp_path / "fake.tflite"
+    fake.write_bytes(b"not a flatbuffer at all")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert_one_line_error(run_cli("classify", str(fake), "--source", str(image)), 2, "fake.tflite")
+
+
+def test_train_missing_data_folder(tmp_path):
+    result = run_cli("train", "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, 2, "photos", "class")
+
+
+def test_tf_flowers_offline_fails_fast_with_exit_3(tmp_path):
+    """No network here: tfds would retry for ~200 s; edgetl must say so at once."""
+    env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "EDGETL_CACHE": str(tmp_path / "cache")}
+    result = run_cli(
+        "train", "--data", "tf_flowers", "--out", str(tmp_path / "run"), env=env, timeout=120
+    )
+    assert_one_line_error(result, 3, "tf_flowers", "network")
+
+
+def test_unknown_tfds_dataset(tmp_path):
+    env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "EDGETL_CACHE": str(tmp_path / "cache")}
+    result = run_cli(
+        "train", "--data", "tfds:no_such_dataset_xyz", "--out", str(tmp_path / "r"), env=env
+    )
+    assert_one_line_error(result, 2, "no_such_dataset_xyz")
