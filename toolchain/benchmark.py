@@ -1,0 +1,166 @@
+"""``make bench``: speed figures as JSON, with the machine they were measured on.
+
+Everything is measured in one run so ratios are meaningful (INT8 vs float32,
+edgetl's folder pipeline vs the raw invoke loop vs a label_image-style loop);
+absolute times only describe this machine. Weights do not change speed, so
+the models are built with random weights and need no download:
+
+- ``small``: MobileNetV2 alpha 0.35 at 128 px (what fits a Pi Zero);
+- ``default``: alpha 1.0 at 224 px (the product default).
+
+Photos come from ``../shared/data/flowers128`` when present, else generated.
+``python -m toolchain.benchmark --out build/bench``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from edge import atomic
+from edge.bench import folder_throughput, invoke_latency
+from edge.classifier import Classifier
+from edge.image import list_images, load_many
+from edge.modelfile import embed_metadata
+from toolchain import synthetic
+from toolchain.options import ExportOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = REPO.parent / "shared" / "data" / "flowers128"
+MODELS = {"small": (0.35, 128), "default": (1.0, 224)}
+
+
+def machine() -> Dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("tensorflow", "tensorflow-cpu", "ai-edge-litert", "tflite-runtime", "numpy", "pillow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def label_image_loop(model_path: Path, paths: List[Path], threads: int) -> Dict[str, Any]:
+    """The sequential loop of TensorFlow's label_image.py: open, convert, resize, set, invoke."""
+    from PIL import Image
+
+    classifier = Classifier(model_path, threads=threads)
+    size = classifier.image_size
+    start = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.uint8)
+        classifier.set_input(pixels)
+        classifier.invoke()
+        classifier.output_probabilities()
+    seconds = time.perf_counter() - start
+    return {"images": len(paths), "images_per_s": round(len(paths) / seconds, 2)}
+
+
+def build_models(workdir: Path, calibration: np.ndarray, log) -> Dict[str, Dict[str, Path]]:
+    from toolchain.export import anchor_input_range, convert
+    from toolchain.model import build_classifier
+    from toolchain.quiet import keras
+
+    keras().utils.set_random_seed(0)
+    labels = [f"class_{i}" for i in range(5)]
+    built: Dict[str, Dict[str, Path]] = {}
+    for name, (alpha, size) in MODELS.items():
+        model, _ = build_classifier(len(labels), size, alpha, "none")
+        pixels = np.stack([np.asarray(_resize(image, size)) for image in calibration])
+        built[name] = {}
+        for quant, options in (("int8", ExportOptions.for_int8(len(pixels))),
+                               ("float32", ExportOptions.for_float32())):
+            start = time.perf_counter()
+            flatbuffer = convert(model, options, anchor_input_range(pixels), workdir / "export.log")
+            path = workdir / f"{name}_{quant}.tflite"
+            atomic.write_bytes(path, embed_metadata(flatbuffer, {"quant": quant}, labels))
+            built[name][quant] = path
+            log(f"built {name} {quant} ({alpha}/{size}) in {time.perf_counter() - start:.1f}s")
+    return built
+
+
+def _resize(image: np.ndarray, size: int):
+    from PIL import Image
+
+    return Image.fromarray(image).resize((size, size), Image.BILINEAR)
+
+
+def run(out_dir: Path, runs: int = 200, log=print) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if SHARED_PHOTOS.is_dir():
+            photos = list_images(SHARED_PHOTOS)[:: max(1, len(list_images(SHARED_PHOTOS)) // 500)][:500]
+            photo_source = f"{SHARED_PHOTOS} (every n-th, {len(photos)} photos)"
+        else:
+            photos = synthetic.generate(workdir / "synthetic", per_class=100, seed=0)
+            photo_source = "generated (no ../shared)"
+        calibration, _, _ = load_many(photos[:50], 224)
+        models = build_models(workdir, calibration, log)
+        threads = os.cpu_count() or 1
+        report: Dict[str, Any] = {"machine": machine(), "photos": photo_source, "models": {}}
+        for name, files in models.items():
+            entry: Dict[str, Any] = {"alpha_size": MODELS[name]}
+            for quant, path in files.items():
+                classifier = Classifier(path, threads=threads)
+                entry[quant] = {
+                    "runtime": f"{classifier.runtime.name} {classifier.runtime.version}",
+                    "threads": threads,
+                    "size_bytes": path.stat().st_size,
+                    "invoke": invoke_latency(classifier, runs),
+                }
+            int8 = Classifier(files["int8"], threads=threads)
+            entry["int8"]["folder"] = folder_throughput(int8, photos)
+            entry["int8"]["label_image_loop"] = label_image_loop(files["int8"], photos, threads)
+            raw = entry["int8"]["invoke"]["images_per_s"]
+            entry["ratios"] = {
+                "int8_vs_float32_latency_p50": round(
+                    entry["int8"]["invoke"]["p50_ms"] / entry["float32"]["invoke"]["p50_ms"], 3),
+                "int8_vs_float32_size": round(
+                    entry["int8"]["size_bytes"] / entry["float32"]["size_bytes"], 3),
+                "folder_vs_raw_invoke": round(entry["int8"]["folder"]["images_per_s"] / raw, 3),
+                "folder_vs_label_image_loop": round(
+                    entry["int8"]["folder"]["images_per_s"]
+                    / entry["int8"]["label_image_loop"]["images_per_s"], 3),
+            }
+            log(f"{name}: {entry['ratios']}")
+            report["models"][name] = entry
+    path = atomic.write_json(out_dir / "bench.json", report)
+    log(f"wrote {path}")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="build/bench", type=Path)
+    parser.add_argument("--runs", default=200, type=int)
+    args = parser.parse_args()
+    run(args.out, args.runs)
+
+
+if __name__ == "__main__":
+    main()
