@@ -26,7 +26,8 @@ def test_run_dir_has_everything_later_steps_read(tiny_run):
     history = json.loads((tiny_run / "history.json").read_text())
     assert len(history["loss"]) == TINY["epochs"] + TINY["fine_tune_epochs"]
     assert history["fine_tune_start_epoch"] == TINY["epochs"]
-    assert (tiny_run / "model.keras").is_file() and (tiny_run / "training_curves.png").is_file()
+    for name in ("model.keras", "training_curves.png", "confusion_val.png", "train_report.json"):
+        assert (tiny_run / name).is_file(), name
 
 
 def test_tiny_model_learns_well_above_chance(tiny_run):

@@ -15,6 +15,7 @@ Photos come from ``../shared/data/flowers128`` when present, else generated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -49,11 +50,16 @@ def machine() -> Dict[str, Any]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("tensorflow", "tensorflow-cpu", "ai-edge-litert", "tflite-runtime", "numpy", "pillow"):
-        try:
+    for dist in (
+        "tensorflow",
+        "tensorflow-cpu",
+        "ai-edge-litert",
+        "tflite-runtime",
+        "numpy",
+        "pillow",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -93,8 +99,10 @@ def build_models(workdir: Path, calibration: np.ndarray, log) -> Dict[str, Dict[
         model, _ = build_classifier(len(labels), size, alpha, "none")
         pixels = np.stack([np.asarray(_resize(image, size)) for image in calibration])
         built[name] = {}
-        for quant, options in (("int8", ExportOptions.for_int8(len(pixels))),
-                               ("float32", ExportOptions.for_float32())):
+        for quant, options in (
+            ("int8", ExportOptions.for_int8(len(pixels))),
+            ("float32", ExportOptions.for_float32()),
+        ):
             start = time.perf_counter()
             flatbuffer = convert(model, options, anchor_input_range(pixels), workdir / "export.log")
             path = workdir / f"{name}_{quant}.tflite"
@@ -114,7 +122,9 @@ def run(out_dir: Path, runs: int = 200, log=print) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if SHARED_PHOTOS.is_dir():
-            photos = list_images(SHARED_PHOTOS)[:: max(1, len(list_images(SHARED_PHOTOS)) // 500)][:500]
+            photos = list_images(SHARED_PHOTOS)[:: max(1, len(list_images(SHARED_PHOTOS)) // 500)][
+                :500
+            ]
             photo_source = f"{SHARED_PHOTOS} (every n-th, {len(photos)} photos)"
         else:
             photos = synthetic.generate(workdir / "synthetic", per_class=100, seed=0)
@@ -139,13 +149,17 @@ def run(out_dir: Path, runs: int = 200, log=print) -> Dict[str, Any]:
             raw = entry["int8"]["invoke"]["images_per_s"]
             entry["ratios"] = {
                 "int8_vs_float32_latency_p50": round(
-                    entry["int8"]["invoke"]["p50_ms"] / entry["float32"]["invoke"]["p50_ms"], 3),
+                    entry["int8"]["invoke"]["p50_ms"] / entry["float32"]["invoke"]["p50_ms"], 3
+                ),
                 "int8_vs_float32_size": round(
-                    entry["int8"]["size_bytes"] / entry["float32"]["size_bytes"], 3),
+                    entry["int8"]["size_bytes"] / entry["float32"]["size_bytes"], 3
+                ),
                 "folder_vs_raw_invoke": round(entry["int8"]["folder"]["images_per_s"] / raw, 3),
                 "folder_vs_label_image_loop": round(
                     entry["int8"]["folder"]["images_per_s"]
-                    / entry["int8"]["label_image_loop"]["images_per_s"], 3),
+                    / entry["int8"]["label_image_loop"]["images_per_s"],
+                    3,
+                ),
             }
             log(f"{name}: {entry['ratios']}")
             report["models"][name] = entry

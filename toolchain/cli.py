@@ -110,6 +110,68 @@ def train(
     synthetic_per_class: Annotated[
         int, typer.Option(help="Images per class generated for --data synthetic.")
     ] = 100,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            help="Random flip, ±5% rotation, 10% zoom, contrast and brightness while fine-tuning (training only; never inside the exported model)."
+        ),
+    ] = True,
+    head_augment: Annotated[
+        bool,
+        typer.Option(
+            help="Augment in the head phase too. Off (default): the frozen base runs once and the head trains on cached features, many times faster."
+        ),
+    ] = False,
+    dropout: Annotated[
+        float,
+        typer.Option(help="Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top."),
+    ] = 0.2,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(
+            help="Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better."
+        ),
+    ] = 0.1,
+    class_weights: Annotated[
+        str,
+        typer.Option(
+            help="auto (inverse-frequency weights when a class has over 2x the images of another), on, off."
+        ),
+    ] = "auto",
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Early stopping: epochs without a lower val loss before a phase stops; best weights are restored. 0 = off."
+        ),
+    ] = 5,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="auto (all local GPUs when several), mirrored, or multiworker (set TF_CONFIG on each machine)."
+        ),
+    ] = "auto",
+    mixed_precision: Annotated[
+        bool,
+        typer.Option(
+            help="float16 compute on GPU (about 2x on tensor cores); the saved model is float32."
+        ),
+    ] = False,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of each class held out for validation (early stopping, checkpoints)."
+        ),
+    ] = 0.1,
+    test_fraction: Annotated[
+        float,
+        typer.Option(help="Share of each class held out for the final test and `edgetl validate`."),
+    ] = 0.1,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run in --out with its original options; at most the interrupted epoch is redone."
+        ),
+    ] = False,
 ) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
     from toolchain.options import TrainOptions
@@ -129,6 +191,17 @@ def train(
         fine_tune_learning_rate=fine_tune_learning_rate,
         seed=seed,
         synthetic_per_class=synthetic_per_class,
+        augment=augment,
+        head_augment=head_augment,
+        dropout=dropout,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+        patience=patience,
+        strategy=strategy,
+        mixed_precision=mixed_precision,
+        resume=resume,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
     )
     result = run_training(options)
     say(

@@ -98,7 +98,10 @@ def build_classifier(
     x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under a mixed_float16 policy: a float16 softmax loses small probabilities.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name="probabilities", dtype="float32"
+    )(x)
     model = keras.Model(inputs, outputs, name="edgetl_mobilenetv2")
     freeze_base(base)
     return model, base

@@ -32,6 +32,18 @@ class TrainOptions:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     synthetic_per_class: int = 100  # images per class for --data synthetic
+    augment: bool = (
+        True  # flip/rotate/zoom/contrast/brightness in fine-tuning (and head, see below)
+    )
+    head_augment: bool = (
+        False  # off: the frozen base runs once and the head trains on cached features
+    )
+    label_smoothing: float = 0.1
+    class_weights: str = "auto"  # auto (on when classes differ by more than 2x), on, off
+    patience: int = 5  # early stopping on val loss, best weights restored; 0 turns it off
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    resume: bool = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> TrainOptions:

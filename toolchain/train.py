@@ -1,18 +1,28 @@
 """``edgetl train``: two-phase MobileNetV2 transfer learning into a run directory.
 
-Phase 1 trains the new head on a frozen base at ``learning_rate``. Phase 2
-unfreezes the base from ``fine_tune_at`` and continues at the lower
-``fine_tune_learning_rate`` (pretrained BatchNorm stays frozen, see
-``toolchain.model``). Everything later steps need is written to the run dir.
+Phase 1 ("head") trains the new classifier head on a frozen base at
+``learning_rate``. Unless ``head_augment`` is set, the frozen base is run
+once over the training images and the head trains on the cached pooled
+features: the same optimisation (the base is frozen and in inference mode
+either way) at a fraction of the cost. Phase 2 ("fine-tune") unfreezes the
+base from ``fine_tune_at`` and continues at ``fine_tune_learning_rate`` with
+augmentation, pretrained BatchNorm frozen (see ``toolchain.model``).
+
+Interrupted runs continue with ``--resume``: each phase keeps a Keras
+``BackupAndRestore`` checkpoint per epoch in ``RUN/checkpoints/``, and the
+finished head phase is saved, so at most the interrupted epoch is redone.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +41,7 @@ INPUT_CONTRACT = {
     "resize": RESIZE_DESCRIPTION,
     "color_order": "RGB",
 }
+CLASS_WEIGHT_RATIO = 2.0  # auto class weights when the largest class is over 2x the smallest
 
 
 @dataclass
@@ -52,27 +63,56 @@ def resolve_fine_tune_at(options: TrainOptions) -> str:
     return "0" if options.weights.lower() == "none" else "100"
 
 
+def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional[Dict[int, float]]:
+    """Inverse-frequency weights (mean 1), or None when classes are balanced enough."""
+    if mode not in ("auto", "on", "off"):
+        raise BadInput(f"--class-weights {mode}: choose auto, on or off")
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts[counts > 0]
+    if mode == "off" or (mode == "auto" and present.max() <= CLASS_WEIGHT_RATIO * present.min()):
+        return None
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def check_options(options: TrainOptions) -> None:
+    for name, value in (
+        ("--epochs", options.epochs),
+        ("--fine-tune-epochs", options.fine_tune_epochs),
+    ):
+        if value < 0:
+            raise BadInput(f"{name} {value}: must be 0 or more")
+    if options.epochs + options.fine_tune_epochs == 0:
+        raise BadInput("--epochs and --fine-tune-epochs are both 0: nothing would be trained")
+    if options.batch_size < 1:
+        raise BadInput(f"--batch-size {options.batch_size}: must be at least 1")
+    if not 0 <= options.label_smoothing < 1:
+        raise BadInput(f"--label-smoothing {options.label_smoothing}: must be in [0, 1)")
+    if not 0 <= options.dropout < 1:
+        raise BadInput(f"--dropout {options.dropout}: must be in [0, 1)")
+
+
 def load_split_pixels(
     root: Path, entries: List[Tuple[str, int]], size: int
 ) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, int]], List[Tuple[str, str]]]:
-    """Decode one split; returns pixels, labels, the kept entries and skipped files."""
+    """Decode one split in parallel; returns pixels, labels, kept entries, skipped files."""
     pixels, kept, skipped = load_many([root / rel for rel, _ in entries], size)
     kept_entries = [entries[i] for i in kept]
     labels = np.array([label for _, label in kept_entries], dtype=np.int64)
     return pixels, labels, kept_entries, skipped
 
 
-def _dataset(tf: Any, pixels: np.ndarray, labels: np.ndarray, batch: int, shuffle_seed: int | None):
-    ds = tf.data.Dataset.from_tensor_slices((pixels, labels))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(pixels), seed=shuffle_seed, reshuffle_each_iteration=True)
+def _pixel_dataset(tf, pixels, onehot, batch: int, seed: Optional[int], augment=None):
+    """uint8 pixels held in memory -> shuffled float batches (augmented when given)."""
+    ds = tf.data.Dataset.from_tensor_slices((pixels, onehot))
+    if seed is not None:
+        ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if augment is not None:
+        ds = ds.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _merge_history(history: Dict[str, List[float]], new: Dict[str, List[float]]) -> None:
-    for key, values in new.items():
-        history.setdefault(key, []).extend(float(v) for v in values)
 
 
 def _save_model(model: Any, path: Path) -> None:
@@ -86,156 +126,431 @@ def _save_model(model: Any, path: Path) -> None:
             tmp.unlink()
 
 
-def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
-    run = RunDir(options.out)
-    if run.path.exists() and not run.path.is_dir():
-        raise BadInput(f"--out {run.path}: is a file; give a folder for the run")
-    for name, value in (
-        ("--epochs", options.epochs),
-        ("--fine-tune-epochs", options.fine_tune_epochs),
-    ):
-        if value < 0:
-            raise BadInput(f"{name} {value}: must be 0 or more")
-    if options.epochs + options.fine_tune_epochs == 0:
-        raise BadInput("--epochs and --fine-tune-epochs are both 0: nothing would be trained")
-    if options.batch_size < 1:
-        raise BadInput(f"--batch-size {options.batch_size}: must be at least 1")
-    options = replace(options, fine_tune_at=resolve_fine_tune_at(options))
-    seconds: Dict[str, float] = {}
-    run.path.mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    root, description = resolve_data(
-        options.data, run.path, options.synthetic_per_class, options.seed
-    )
-    labels, items = scan_class_folders(root)
-    splits = split_items(items, options.seed, options.val_fraction, options.test_fraction)
-    log(f"data: {description}: {len(items)} images, {len(labels)} classes ({', '.join(labels)})")
-    decoded = {}
-    skipped_all: List[Tuple[str, str]] = []
-    for split_name in ("train", "val", "test"):
-        pixels, y, kept, skipped = load_split_pixels(root, splits[split_name], options.image_size)
-        decoded[split_name] = (pixels, y)
-        splits[split_name] = kept
-        skipped_all += skipped
-    for _, reason in skipped_all:
-        log(f"skipped: {reason}")
-    counts = {name: len(decoded[name][1]) for name in decoded}
-    if counts["train"] == 0:
-        raise BadInput(f"--data {options.data}: no readable training images")
-    log(
-        f"splits: train {counts['train']}, val {counts['val']}, test {counts['test']} "
-        f"(seed {options.seed}); decoded at {options.image_size}px in "
-        f"{time.perf_counter() - start:.1f}s"
-    )
-    seconds["data"] = time.perf_counter() - start
-
-    root_relative = os.path.relpath(root, run.path)
-    atomic.write_json(
-        run.splits,
-        {
-            "root": str(root),
-            "root_relative": root_relative if not root_relative.startswith("..") else None,
-            "seed": options.seed,
-            "val_fraction": options.val_fraction,
-            "test_fraction": options.test_fraction,
-            "labels": labels,
-            **{
-                name: [[rel, label] for rel, label in splits[name]]
-                for name in ("train", "val", "test")
-            },
-            "skipped": [[path, reason] for path, reason in skipped_all],
-        },
-    )
-    atomic.write_text(run.labels_file, "\n".join(labels) + "\n")
-
-    from toolchain.model import build_classifier, fine_tune_index, unfreeze_from
-    from toolchain.quiet import keras as import_keras
-    from toolchain.quiet import tensorflow
-
-    tf = tensorflow()
-    keras = import_keras()
-    keras.utils.set_random_seed(options.seed)
-    model, base = build_classifier(
-        len(labels), options.image_size, options.alpha, options.weights, options.dropout
-    )
-    pretrained = options.weights.lower() != "none"
-    train_ds = _dataset(tf, *decoded["train"], options.batch_size, options.seed)
-    val_ds = _dataset(tf, *decoded["val"], options.batch_size, None) if counts["val"] else None
+def read_csv_history(paths: List[Path]) -> Tuple[Dict[str, List[float]], int]:
+    """Per-epoch metrics from the phases' CSV logs; the last row of a repeated epoch wins
+    (an epoch interrupted after its CSV row but before its checkpoint is redone)."""
     history: Dict[str, List[float]] = {}
+    head_epochs = 0
+    for index, path in enumerate(paths):
+        if not path.is_file():
+            continue
+        rows: Dict[int, Dict[str, str]] = {}
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                rows[int(row["epoch"])] = row
+        for epoch in sorted(rows):
+            for key, value in rows[epoch].items():
+                if key not in ("epoch", "learning_rate"):
+                    history.setdefault(key, []).append(float(value))
+        if index == 0:
+            head_epochs = len(rows)
+    return history, head_epochs
 
-    def compile_for(learning_rate: float) -> None:
+
+class Trainer:
+    """Holds the run's state across phases; ``run()`` does the whole job."""
+
+    def __init__(self, options: TrainOptions, log: Log) -> None:
+        self.options = options
+        self.log = log
+        self.run = RunDir(options.out)
+        self.checkpoints = self.run.path / "checkpoints"
+        self.logs = self.run.path / "logs"
+        self.seconds: Dict[str, float] = {}
+        self.images_per_second: Dict[str, float] = {}
+
+    # -- state ------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        if self.run.path.exists() and not self.run.path.is_dir():
+            raise BadInput(f"--out {self.run.path}: is a file; give a folder for the run")
+        saved = self.checkpoints / "options.json"
+        if self.options.resume:
+            if not saved.is_file():
+                raise BadInput(
+                    f"--resume: {self.run.path} holds no interrupted run; train without --resume"
+                )
+            self.options = replace(
+                TrainOptions.from_dict(json.loads(saved.read_text())), resume=True
+            )
+            self.log(f"resuming {self.run.path} with the options it was started with")
+            return
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(saved, self.options.to_dict())
+
+    def _state(self) -> Dict[str, Any]:
+        path = self.checkpoints / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _set_state(self, **values: Any) -> None:
+        atomic.write_json(self.checkpoints / "state.json", {**self._state(), **values})
+
+    # -- data -------------------------------------------------------------------
+    def _load_data(self) -> None:
+        o = self.options
+        start = time.perf_counter()
+        root, self.description = resolve_data(o.data, self.run.path, o.synthetic_per_class, o.seed)
+        self.labels, items = scan_class_folders(root)
+        splits = split_items(items, o.seed, o.val_fraction, o.test_fraction)
+        self.log(
+            f"data: {self.description}: {len(items)} images, {len(self.labels)} classes "
+            f"({', '.join(self.labels)})"
+        )
+        self.decoded: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        self.skipped: List[Tuple[str, str]] = []
+        for split_name in ("train", "val", "test"):
+            pixels, y, kept, skipped = load_split_pixels(root, splits[split_name], o.image_size)
+            self.decoded[split_name] = (pixels, y)
+            splits[split_name] = kept
+            self.skipped += skipped
+        for _, reason in self.skipped:
+            self.log(f"skipped: {reason}")
+        self.counts = {name: int(len(self.decoded[name][1])) for name in self.decoded}
+        if self.counts["train"] == 0:
+            raise BadInput(f"--data {o.data}: no readable training images")
+        self.log(
+            f"splits: train {self.counts['train']}, val {self.counts['val']}, "
+            f"test {self.counts['test']} (seed {o.seed}); decoded at {o.image_size}px in "
+            f"{time.perf_counter() - start:.1f}s"
+        )
+        self.seconds["data"] = time.perf_counter() - start
+        self.root = root
+        relative = os.path.relpath(root, self.run.path)
+        atomic.write_json(
+            self.run.splits,
+            {
+                "root": str(root),
+                "root_relative": relative if not relative.startswith("..") else None,
+                "seed": o.seed,
+                "val_fraction": o.val_fraction,
+                "test_fraction": o.test_fraction,
+                "labels": self.labels,
+                **{n: [[rel, label] for rel, label in splits[n]] for n in ("train", "val", "test")},
+                "skipped": [[path, reason] for path, reason in self.skipped],
+            },
+        )
+        atomic.write_text(self.run.labels_file, "\n".join(self.labels) + "\n")
+
+    def _onehot(self, split_name: str) -> np.ndarray:
+        return np.eye(len(self.labels), dtype=np.float32)[self.decoded[split_name][1]]
+
+    # -- keras ------------------------------------------------------------------
+    def _callbacks(self, phase: str, total: int, offset: int, model: Any) -> List[Any]:
+        keras = self.keras
+        has_val = self.counts["val"] > 0
+        callbacks = [
+            # CSV before the backup: if a kill falls between the two, the epoch is
+            # redone and its row replaced, rather than recorded as done and lost.
+            keras.callbacks.CSVLogger(str(self.logs / f"{phase}.csv"), append=True),
+            # double_checkpoint: a kill during the save leaves the previous epoch's backup to load.
+            keras.callbacks.BackupAndRestore(str(self.checkpoints / phase), double_checkpoint=True),
+            epoch_logger(phase, total, self.log, offset=offset),
+        ]
+        try:
+            import tensorboard  # noqa: F401
+
+            callbacks.append(keras.callbacks.TensorBoard(str(self.logs / "tensorboard" / phase)))
+        except ImportError:
+            pass
+        if has_val:
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    str(self.checkpoints / f"best_{phase}.weights.h5"),
+                    monitor="val_loss",
+                    save_best_only=True,
+                    save_weights_only=True,
+                )
+            )
+            if self.options.patience > 0:
+                callbacks.append(
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss",
+                        patience=self.options.patience,
+                        restore_best_weights=True,
+                    )
+                )
+        return callbacks
+
+    def _compile(self, model: Any, learning_rate: float) -> None:
+        keras = self.keras
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
-            loss="sparse_categorical_crossentropy",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.options.label_smoothing),
             metrics=["accuracy"],
         )
 
-    if options.epochs:
+    def _head_phase(self, model: Any, class_weight) -> None:
+        o, tf, keras = self.options, self.tf, self.keras
         start = time.perf_counter()
-        compile_for(options.learning_rate)
-        fit = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=options.epochs,
-            verbose=0,
-            callbacks=[epoch_logger("head", options.epochs, log)],
+        steps = 0
+        if o.head_augment:
+            self.log("head: training on augmented pixels through the frozen base")
+            train_ds = _pixel_dataset(
+                tf,
+                self.decoded["train"][0],
+                self._onehot("train"),
+                o.batch_size,
+                o.seed,
+                self.augment,
+            )
+            val_ds = self._val_pixels()
+            self._compile(model, o.learning_rate)
+            fit = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=o.epochs,
+                verbose=0,
+                class_weight=class_weight,
+                callbacks=self._callbacks("head", o.epochs, 0, model),
+            )
+            steps = len(fit.epoch)
+        else:
+            extract_start = time.perf_counter()
+            extractor = keras.Model(model.input, model.get_layer("pool").output)
+            features = {
+                name: extractor.predict(
+                    self.decoded[name][0].astype(np.float32),
+                    batch_size=max(64, o.batch_size),
+                    verbose=0,
+                ).astype(np.float32)
+                for name in ("train", "val")
+                if self.counts[name]
+            }
+            self.log(
+                f"head: base run once over {self.counts['train'] + self.counts['val']} images "
+                f"({time.perf_counter() - extract_start:.1f}s); training the head on cached features"
+            )
+            head_input = keras.Input(shape=features["train"].shape[1:], name="pooled_features")
+            x = model.get_layer("dropout")(head_input)
+            head = keras.Model(head_input, model.get_layer("probabilities")(x), name="head")
+            self._compile(head, o.learning_rate)
+            train_ds = tf.data.Dataset.from_tensor_slices(
+                (features["train"], self._onehot("train"))
+            )
+            train_ds = train_ds.shuffle(len(features["train"]), seed=o.seed).batch(o.batch_size)
+            val_data = (features["val"], self._onehot("val")) if "val" in features else None
+            fit = head.fit(
+                train_ds,
+                validation_data=val_data,
+                epochs=o.epochs,
+                verbose=0,
+                class_weight=class_weight,
+                callbacks=self._callbacks("head", o.epochs, 0, head),
+            )
+            steps = len(fit.epoch)
+        self.seconds["head"] = time.perf_counter() - start
+        self.images_per_second["head"] = round(
+            steps * self.counts["train"] / self.seconds["head"], 1
         )
-        _merge_history(history, fit.history)
-        seconds["head"] = time.perf_counter() - start
-    fine_tune_start = len(history.get("loss", []))
-    if options.fine_tune_epochs:
+
+    def _val_pixels(self):
+        if not self.counts["val"]:
+            return None
+        return _pixel_dataset(
+            self.tf, self.decoded["val"][0], self._onehot("val"), self.options.batch_size, None
+        )
+
+    def _fine_tune_phase(self, model: Any, base: Any, class_weight) -> None:
+        from toolchain.model import fine_tune_index, unfreeze_from
+
+        o = self.options
         start = time.perf_counter()
-        index = fine_tune_index(base, options.fine_tune_at)
-        trainable = unfreeze_from(base, index, pretrained)
-        log(
+        index = fine_tune_index(base, o.fine_tune_at)
+        trainable = unfreeze_from(base, index, o.weights.lower() != "none")
+        self.log(
             f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
-            f"at learning rate {options.fine_tune_learning_rate:g}"
+            f"at learning rate {o.fine_tune_learning_rate:g}" + (", augmented" if o.augment else "")
         )
-        compile_for(options.fine_tune_learning_rate)
+        with self.strategy.scope():
+            self._compile(model, o.fine_tune_learning_rate)
+        train_ds = _pixel_dataset(
+            self.tf,
+            self.decoded["train"][0],
+            self._onehot("train"),
+            o.batch_size,
+            o.seed + 1,
+            self.augment if o.augment else None,
+        )
+        total = o.epochs + o.fine_tune_epochs
         fit = model.fit(
             train_ds,
-            validation_data=val_ds,
-            epochs=options.epochs + options.fine_tune_epochs,
-            initial_epoch=options.epochs,
+            validation_data=self._val_pixels(),
+            epochs=total,
+            initial_epoch=o.epochs,
             verbose=0,
-            callbacks=[
-                epoch_logger("fine-tune", options.fine_tune_epochs, log, offset=options.epochs)
-            ],
+            class_weight=class_weight,
+            callbacks=self._callbacks("fine_tune", o.fine_tune_epochs, o.epochs, model),
         )
-        _merge_history(history, fit.history)
-        seconds["fine_tune"] = time.perf_counter() - start
+        self.seconds["fine_tune"] = time.perf_counter() - start
+        self.images_per_second["fine_tune"] = round(
+            len(fit.epoch) * self.counts["train"] / self.seconds["fine_tune"], 1
+        )
 
-    def accuracy(split_name: str) -> float:
-        pixels, y = decoded[split_name]
-        if not len(y):
-            return float("nan")
-        probabilities = model.predict(pixels.astype(np.float32), batch_size=64, verbose=0)
-        return float(np.mean(np.argmax(probabilities, axis=1) == y))
+    def _float32_copy(self, model: Any) -> Any:
+        """Mixed-precision models are saved as float32 so export sees plain float ops."""
+        if not self.options.mixed_precision:
+            return model
+        from toolchain.model import build_classifier
 
-    val_top1, test_top1 = accuracy("val"), accuracy("test")
-    log(f"keras top-1: val {val_top1:.3f}, test {test_top1:.3f}")
+        self.keras.mixed_precision.set_global_policy("float32")
+        o = self.options
+        copy, _ = build_classifier(len(self.labels), o.image_size, o.alpha, "none", o.dropout)
+        copy.set_weights(model.get_weights())
+        return copy
 
-    _save_model(model, run.model)
-    atomic.write_json(run.history, {"fine_tune_start_epoch": fine_tune_start, **history})
-    atomic.write_json(
-        run.config,
-        {
-            "edgetl_version": __version__,
-            "options": options.to_dict(),
-            "labels": labels,
-            "image_size": options.image_size,
-            "input": INPUT_CONTRACT,
-            "data": {"description": description, "root": str(root), "counts": counts},
-            "results": {"val_top1": val_top1, "test_top1": test_top1},
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        },
-    )
-    try:
-        from toolchain.plots import training_curves
+    # -- the job ----------------------------------------------------------------
+    def run_all(self) -> TrainResult:
+        check_options(self.options)
+        self.options = replace(self.options, fine_tune_at=resolve_fine_tune_at(self.options))
+        self._prepare_run_dir()
+        o = self.options
+        self._load_data()
 
-        training_curves(history, fine_tune_start, run.path / "training_curves.png")
-    except ImportError:
-        log("note: matplotlib is not installed; training_curves.png not written")
-    log(f"wrote {run.model} and {run.path}/{{config.json,labels.txt,splits.json,history.json}}")
-    return TrainResult(run.path, labels, counts, val_top1, test_top1, seconds)
+        from toolchain.augment import augmentation
+        from toolchain.devices import choose_strategy, describe_devices, enable_mixed_precision
+        from toolchain.model import build_classifier
+        from toolchain.quiet import keras as import_keras
+        from toolchain.quiet import tensorflow
+
+        self.tf, self.keras = tensorflow(), import_keras()
+        self.keras.utils.set_random_seed(o.seed)
+        _, devices = describe_devices(self.tf)
+        self.strategy, strategy_text = choose_strategy(self.tf, o.strategy)
+        self.log(f"devices: {devices}; {strategy_text}")
+        if o.mixed_precision:
+            self.log(enable_mixed_precision(self.tf, self.keras))
+        self.augment = augmentation(o.seed) if (o.augment or o.head_augment) else None
+        with self.strategy.scope():
+            model, base = build_classifier(
+                len(self.labels), o.image_size, o.alpha, o.weights, o.dropout
+            )
+        class_weight = class_weights_for(
+            self.decoded["train"][1], len(self.labels), o.class_weights
+        )
+        if class_weight:
+            self.log(
+                "class weights: "
+                + ", ".join(f"{self.labels[i]} {w:.2f}" for i, w in class_weight.items())
+            )
+
+        after_head = self.checkpoints / "after_head.weights.h5"
+        if self._state().get("head_done") and after_head.is_file():
+            model.load_weights(after_head)
+            self.log("head phase already done: loaded its weights")
+        elif o.epochs:
+            with self.strategy.scope():
+                self._head_phase(model, class_weight)
+            model.save_weights(after_head)
+        self._set_state(head_done=True)
+        if o.fine_tune_epochs:
+            self._fine_tune_phase(model, base, class_weight)
+        return self._finish(model)
+
+    def _finish(self, model: Any) -> TrainResult:
+        o, run = self.options, self.run
+        keras_model = self._float32_copy(model)
+
+        def predictions(split_name: str) -> np.ndarray:
+            pixels = self.decoded[split_name][0]
+            if not len(pixels):
+                return np.zeros((0, len(self.labels)), np.float32)
+            return keras_model.predict(pixels.astype(np.float32), batch_size=64, verbose=0)
+
+        top1 = {}
+        for split_name in ("val", "test"):
+            y = self.decoded[split_name][1]
+            probs = predictions(split_name)
+            top1[split_name] = float(np.mean(probs.argmax(axis=1) == y)) if len(y) else float("nan")
+            if split_name == "val" and len(y):
+                self._plot_confusion(y, probs.argmax(axis=1))
+        self.log(f"keras top-1: val {top1['val']:.3f}, test {top1['test']:.3f}")
+
+        _save_model(keras_model, run.model)
+        history, head_epochs = read_csv_history(
+            [self.logs / "head.csv", self.logs / "fine_tune.csv"]
+        )
+        atomic.write_json(run.history, {"fine_tune_start_epoch": head_epochs, **history})
+        atomic.write_json(
+            run.config,
+            {
+                "edgetl_version": __version__,
+                "options": o.to_dict(),
+                "labels": self.labels,
+                "image_size": o.image_size,
+                "input": INPUT_CONTRACT,
+                "data": {
+                    "description": self.description,
+                    "root": str(self.root),
+                    "counts": self.counts,
+                },
+                "results": {"val_top1": top1["val"], "test_top1": top1["test"]},
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            },
+        )
+        self._write_report(history, head_epochs, top1)
+        try:
+            from toolchain.plots import training_curves
+
+            training_curves(history, head_epochs, run.path / "training_curves.png")
+        except ImportError:
+            self.log("note: matplotlib is not installed; training_curves.png not written")
+        self._set_state(done=True)
+        for leftover in self.checkpoints.glob("*"):  # keep best weights, drop per-epoch backups
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.log(f"wrote {run.model}, training_curves.png, train_report.json in {run.path}")
+        return TrainResult(
+            run.path, self.labels, self.counts, top1["val"], top1["test"], self.seconds
+        )
+
+    def _plot_confusion(self, y: np.ndarray, predicted: np.ndarray) -> None:
+        try:
+            from toolchain.metrics import confusion_matrix
+            from toolchain.plots import confusion_matrices
+
+            matrix = confusion_matrix(y, predicted, len(self.labels))
+            confusion_matrices(
+                {"validation split (Keras)": matrix},
+                self.labels,
+                self.run.path / "confusion_val.png",
+            )
+        except ImportError:
+            pass
+
+    def _write_report(self, history: Dict[str, List[float]], head_epochs: int, top1) -> None:
+        per_class = {
+            split: {
+                self.labels[i]: int(n)
+                for i, n in enumerate(
+                    np.bincount(self.decoded[split][1], minlength=len(self.labels))
+                )
+            }
+            for split in ("train", "val", "test")
+        }
+        val_loss = history.get("val_loss", [])
+        atomic.write_json(
+            self.run.path / "train_report.json",
+            {
+                "edgetl_version": __version__,
+                "data": self.description,
+                "counts": self.counts,
+                "per_class": per_class,
+                "skipped": [[path, reason] for path, reason in self.skipped],
+                "options": self.options.to_dict(),
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "images_per_second": self.images_per_second,
+                "epochs_run": {
+                    "head": head_epochs,
+                    "fine_tune": len(history.get("loss", [])) - head_epochs,
+                },
+                "best_epoch": int(np.argmin(val_loss)) + 1 if val_loss else None,
+                "val_top1": top1["val"],
+                "test_top1": top1["test"],
+            },
+        )
+
+
+def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
+    return Trainer(options, log).run_all()

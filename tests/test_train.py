@@ -1,0 +1,198 @@
+"""edgetl train beyond the happy path: resume after a kill, bad files, strategies, reports."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from toolchain.train import class_weights_for, read_csv_history
+
+SMALL = [
+    "--data",
+    "synthetic",
+    "--image-size",
+    "48",
+    "--alpha",
+    "0.35",
+    "--weights",
+    "none",
+    "--synthetic-per-class",
+    "16",
+    "--fine-tune-learning-rate",
+    "0.003",
+    "--patience",
+    "0",
+]
+
+
+def test_class_weights_only_when_imbalanced():
+    balanced = np.array([0] * 10 + [1] * 12)
+    assert class_weights_for(balanced, 2, "auto") is None
+    skewed = np.array([0] * 30 + [1] * 10)
+    weights = class_weights_for(skewed, 2, "auto")
+    assert weights[1] == pytest.approx(3 * weights[0]) and weights[0] == pytest.approx(40 / 60)
+    assert class_weights_for(skewed, 2, "off") is None
+    assert class_weights_for(balanced, 2, "on") is not None
+
+
+def test_csv_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
+    head, fine = tmp_path / "head.csv", tmp_path / "fine.csv"
+    head.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n")
+    fine.write_text("epoch,accuracy,loss\n2,0.7,0.8\n3,0.1,9.0\n3,0.8,0.7\n")
+    history, head_epochs = read_csv_history([head, fine])
+    assert head_epochs == 2 and history["accuracy"] == [0.5, 0.6, 0.7, 0.8]
+
+
+def _csv_rows(path):
+    if not path.is_file():
+        return 0
+    with path.open() as handle:
+        return sum(1 for _ in csv.DictReader(handle))
+
+
+def test_killed_run_resumes_without_losing_finished_epochs(tmp_path):
+    run = tmp_path / "run"
+    fine_tune_epochs = 6
+    args = [*SMALL, "--epochs", "2", "--fine-tune-epochs", str(fine_tune_epochs), "--out", str(run)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toolchain.cli", "train", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = run / "logs" / "fine_tune.csv"
+    deadline = time.monotonic() + 300
+    while _csv_rows(log) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for a condition, not waiting a fixed time
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = _csv_rows(log)
+    assert 2 <= done_before < fine_tune_epochs, "the kill must land mid fine-tuning"
+    assert not (run / "model.keras").exists()
+
+    resumed = run_cli("train", "--out", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    rerun = resumed.stderr.count("fine_tune epoch")
+    # Only epochs after the last checkpoint run again: the interrupted one at most.
+    assert fine_tune_epochs - done_before <= rerun <= fine_tune_epochs - done_before + 1
+    assert "head phase already done" in resumed.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 2 + fine_tune_epochs and history["fine_tune_start_epoch"] == 2
+    with log.open() as handle:
+        epochs = sorted({int(row["epoch"]) for row in csv.DictReader(handle)})
+    assert epochs == list(range(2, 2 + fine_tune_epochs))
+
+
+def test_resume_without_an_interrupted_run_is_a_clear_error(tmp_path):
+    assert_one_line_error(run_cli("train", "--out", str(tmp_path), "--resume"), 2, "--resume")
+
+
+def _bad_folder(root):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / name / f"{i}.jpg"
+            )
+    good = (root / "a" / "0.jpg").read_bytes()
+    (root / "a" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "a" / "zero.png").write_bytes(b"")
+    (root / "a" / "text.jpg").write_text("this is not an image")
+    base = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    base.convert("CMYK").save(root / "b" / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (40, 40))).astype(np.uint16)).save(
+        root / "b" / "deep16.png"
+    )
+    base.convert("L").save(root / "b" / "gray.png")
+    base.convert("RGBA").save(root / "b" / "alpha.png")
+
+
+def test_bad_files_are_decoded_or_skipped_and_listed(tmp_path):
+    data = tmp_path / "photos"
+    _bad_folder(data)
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--image-size",
+        "32",
+        "--alpha",
+        "0.35",
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "0",
+        "--val-fraction",
+        "0.2",
+        "--test-fraction",
+        "0.2",
+    )
+    assert result.returncode == 0, result.stderr
+    splits = json.loads((run / "splits.json").read_text())
+    skipped = sorted(os.path.basename(path) for path, _ in splits["skipped"])
+    assert skipped == ["text.jpg", "truncated.jpg", "zero.png"]
+    used = {rel for name in ("train", "val", "test") for rel, _ in splits[name]}
+    assert {"b/cmyk.jpg", "b/deep16.png", "b/gray.png", "b/alpha.png"} <= used
+    report = json.loads((run / "train_report.json").read_text())
+    assert len(report["skipped"]) == 3 and report["counts"]["train"] > 0
+    for name in ("text.jpg", "truncated.jpg", "zero.png"):
+        assert name in result.stderr
+
+
+def test_empty_class_and_single_class_folders_exit_2(tmp_path):
+    data = tmp_path / "photos"
+    (data / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(data / "cats" / "1.png")
+    assert_one_line_error(
+        run_cli("train", "--data", str(data), "--out", str(tmp_path / "r")), 2, "at least two"
+    )
+    (data / "dogs").mkdir()
+    assert_one_line_error(
+        run_cli("train", "--data", str(data), "--out", str(tmp_path / "r")), 2, "dogs"
+    )
+
+
+def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path):
+    result = run_cli(
+        "train",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--strategy",
+        "mirrored",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "MirroredStrategy with 1 replica" in result.stderr
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_mixed_precision_without_gpu_says_so(tmp_path):
+    result = run_cli("train", *SMALL, "--mixed-precision", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, 3, "--mixed-precision", "GPU")
+
+
+def test_saved_model_has_no_augmentation_layers(tiny_run):
+    from toolchain.quiet import keras
+
+    model = keras().models.load_model(tiny_run / "model.keras", compile=False)
+    names = [layer.name for layer in model.layers]
+    assert not any("augment" in n or n.startswith("random") for n in names), names

@@ -1,0 +1,64 @@
+"""Which devices train, and how: GPUs, mixed precision, tf.distribute strategies.
+
+- ``auto``: MirroredStrategy over every local GPU when there are several,
+  otherwise the default strategy (one GPU or the CPU).
+- ``mirrored``: MirroredStrategy even on one device (it runs on CPU too).
+- ``multiworker``: MultiWorkerMirroredStrategy, configured by ``TF_CONFIG``
+  (one JSON per machine naming the cluster and this worker's index).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, List, Tuple
+
+from edge.errors import BadInput, MissingEnvironment
+
+STRATEGIES = ("auto", "mirrored", "multiworker")
+
+
+def describe_devices(tf: Any) -> Tuple[List[str], str]:
+    gpus = tf.config.list_physical_devices("GPU")
+    names = [gpu.name for gpu in gpus]
+    return names, (
+        f"{len(gpus)} GPU(s): {', '.join(names)}" if gpus else "no GPU, training on the CPU"
+    )
+
+
+def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
+    if name not in STRATEGIES:
+        raise BadInput(f"--strategy {name}: choose one of {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:  # allocate GPU memory as needed instead of all of it at start
+        with contextlib.suppress(RuntimeError):  # already initialised: keep as is
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise BadInput(
+                "--strategy multiworker needs TF_CONFIG on every machine, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+            )
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as error:
+            raise BadInput(f"TF_CONFIG is not valid JSON ({error.msg})") from error
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    return strategy, f"{type(strategy).__name__} with {replicas} replica(s)"
+
+
+def enable_mixed_precision(tf: Any, keras: Any) -> str:
+    """float16 compute on GPU; the classifier's output layer stays float32 (model.py)."""
+    if not tf.config.list_physical_devices("GPU"):
+        raise MissingEnvironment(
+            "--mixed-precision needs a GPU (none found); on the CPU float16 compute is slower, "
+            "drop the option"
+        )
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    return "mixed precision: float16 compute, float32 variables and output"
