@@ -14,6 +14,7 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 
 from edge.errors import BadInput
+from edge.image import DEFAULT_RESIZE
 from edge.modelfile import ModelCard, read_model_card
 from edge.runtime import RuntimeInfo, load_interpreter
 
@@ -102,6 +103,8 @@ class Classifier:
         self.output_scale, self.output_zero_point = self._output["quantization"]
         self.card: ModelCard = read_model_card(self.model_path, int(out_shape[1]))
         self.labels = self.card.labels
+        # The model card says how training resized; the device must do the same.
+        self.resize = str(self.card.metadata.get("input", {}).get("resize_filter", DEFAULT_RESIZE))
 
     @property
     def runtime_info(self) -> RuntimeInfo:

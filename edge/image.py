@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, List, Tuple
+from typing import Iterable, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,7 +27,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edge.errors import BadInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-RESIZE_FILTER = Image.BILINEAR
+RESIZE_FILTERS = {
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "bicubic": Image.BICUBIC,
+    "box": Image.BOX,
+    "lanczos": Image.LANCZOS,
+}
+DEFAULT_RESIZE = "bilinear"
 RESIZE_DESCRIPTION = "Pillow bilinear (antialiased), whole frame, no crop"
 
 
@@ -55,14 +62,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+def resize_filter(name: str) -> int:
+    try:
+        return RESIZE_FILTERS[name]
+    except KeyError:
+        raise BadInput(f"resize {name!r}: choose one of {', '.join(RESIZE_FILTERS)}") from None
+
+
+def resize_rgb(image: Image.Image, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Resize an RGB Pillow image to ``size``×``size`` and return ``uint8`` HWC."""
     if image.size != (size, size):
-        image = image.resize((size, size), RESIZE_FILTER)
+        image = image.resize((size, size), resize_filter(resize))
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Read ``path`` and return ``uint8`` pixels of shape (size, size, 3).
 
     Raises ``UnreadableImage`` with the path in the message when the file
@@ -71,7 +85,7 @@ def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            return resize_rgb(to_rgb(image), size)
+            return resize_rgb(to_rgb(image), size, resize)
     except FileNotFoundError as error:
         raise BadInput(f"{path}: no such file") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
@@ -86,7 +100,7 @@ def list_images(folder: str | os.PathLike) -> List[Path]:
 
 
 def load_many(
-    paths: Iterable[str | os.PathLike], size: int, workers: int = 0
+    paths: Iterable[str | os.PathLike], size: int, workers: int = 0, resize: str = DEFAULT_RESIZE
 ) -> Tuple[np.ndarray, List[int], List[Tuple[str, str]]]:
     """Decode many files in parallel (Pillow releases the GIL while decoding).
 
@@ -99,7 +113,7 @@ def load_many(
 
     def one(path: str):
         try:
-            return load_rgb(path, size), None
+            return load_rgb(path, size, resize), None
         except UnreadableImage as error:
             return None, str(error)
 
@@ -114,12 +128,3 @@ def load_many(
                 skipped.append((paths[index], problem))
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return stacked, kept, skipped
-
-
-def iter_decoded(paths: Iterable[Path], size: int) -> Iterator[Tuple[Path, np.ndarray | None, str]]:
-    """Yield ``(path, pixels or None, problem)`` one file at a time."""
-    for path in paths:
-        try:
-            yield path, load_rgb(path, size), ""
-        except UnreadableImage as error:
-            yield path, None, str(error)

@@ -33,13 +33,15 @@ class Result:
     error: str = ""
 
 
-def _decode_worker(paths: Iterable[Path], size: int, out: queue.Queue, stop: threading.Event):
+def _decode_worker(
+    paths: Iterable[Path], size: int, resize: str, out: queue.Queue, stop: threading.Event
+):
     for path in paths:
         if stop.is_set():
             break
         start = time.perf_counter()
         try:
-            pixels, problem = load_rgb(path, size), ""
+            pixels, problem = load_rgb(path, size, resize), ""
         except UnreadableImage as error:
             pixels, problem = None, str(error)
         out.put((str(path), pixels, problem, (time.perf_counter() - start) * 1000.0))
@@ -53,7 +55,9 @@ def classify_files(
     pending: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     worker = threading.Thread(
-        target=_decode_worker, args=(paths, classifier.image_size, pending, stop), daemon=True
+        target=_decode_worker,
+        args=(paths, classifier.image_size, classifier.resize, pending, stop),
+        daemon=True,
     )
     worker.start()
     try:

@@ -66,7 +66,7 @@ def test_classify_runs_with_tensorflow_blocked(tiny_run, tmp_path):
 
 
 def test_training_commands_say_tensorflow_is_missing_with_exit_3(tiny_run):
-    result = _blocked("export", str(tiny_run))
+    result = _blocked("export", str(tiny_run), "--force")
     assert result.returncode == 3, result.stderr
     assert "pip install 'edgetl[train]'" in result.stderr and "Traceback" not in result.stderr
 

@@ -20,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -168,12 +169,91 @@ def run(out_dir: Path, runs: int = 200, log=print) -> Dict[str, Any]:
     return report
 
 
+SHARED_WEIGHTS = (
+    REPO.parent
+    / "shared"
+    / "weights"
+    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+)
+
+
+def training(out_dir: Path, log=print) -> Dict[str, Any]:
+    """Head phase cached vs uncached at equal accuracy; head-only vs fine-tuned on test.
+
+    Real photos and real ImageNet weights (alpha 0.35, 128 px) when ``../shared``
+    is there; otherwise the figures are not meaningful and the section is skipped.
+    """
+    import json
+
+    from toolchain.options import TrainOptions
+    from toolchain.train import train
+
+    if not (SHARED_PHOTOS.is_dir() and SHARED_WEIGHTS.is_file()):
+        log("training bench skipped: ../shared/data/flowers128 or its weights are absent")
+        return {"skipped": "../shared/data/flowers128 or ../shared/weights absent"}
+    base = TrainOptions(
+        data=str(SHARED_PHOTOS),
+        weights=str(SHARED_WEIGHTS),
+        alpha=0.35,
+        image_size=128,
+        epochs=10,
+        fine_tune_epochs=0,
+        patience=0,
+    )
+    runs = {
+        "head_cached": base,
+        "head_uncached": replace(base, cache_features=False),
+        "fine_tuned": replace(base, fine_tune_epochs=10),
+    }
+    results: Dict[str, Any] = {
+        "data": str(SHARED_PHOTOS),
+        "weights": SHARED_WEIGHTS.name,
+        "alpha": 0.35,
+        "image_size": 128,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, options in runs.items():
+            log(f"training bench: {name}")
+            run_dir = Path(tmp) / name
+            start = time.perf_counter()
+            train(replace(options, out=str(run_dir)), log=lambda message: None)
+            report = json.loads((run_dir / "train_report.json").read_text())
+            results[name] = {
+                "wall_seconds": round(time.perf_counter() - start, 1),
+                "phase_seconds": report["seconds"],
+                "epoch_seconds_median": report["epoch_seconds_median"],
+                "images_per_second": report["images_per_second"],
+                "val_top1": round(report["val_top1"], 4),
+                "test_top1": round(report["test_top1"], 4),
+            }
+            log(f"  {results[name]}")
+    cached, uncached = results["head_cached"], results["head_uncached"]
+    results["ratios"] = {
+        "head_epoch_uncached_over_cached": round(
+            uncached["epoch_seconds_median"]["head"] / cached["epoch_seconds_median"]["head"], 1
+        ),
+        "head_phase_uncached_over_cached": round(
+            uncached["phase_seconds"]["head"] / cached["phase_seconds"]["head"], 2
+        ),
+        "head_val_top1_difference_pts": round(100 * (cached["val_top1"] - uncached["val_top1"]), 2),
+        "fine_tuned_minus_head_only_test_pts": round(
+            100 * (results["fine_tuned"]["test_top1"] - cached["test_top1"]), 2
+        ),
+    }
+    log(f"training ratios: {results['ratios']}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/bench", type=Path)
     parser.add_argument("--runs", default=200, type=int)
+    parser.add_argument("--skip-training", action="store_true", help="inference figures only")
     args = parser.parse_args()
-    run(args.out, args.runs)
+    report = run(args.out, args.runs)
+    if not args.skip_training:
+        report["training"] = training(args.out)
+        atomic.write_json(args.out / "bench.json", report)
 
 
 if __name__ == "__main__":

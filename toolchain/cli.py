@@ -122,6 +122,12 @@ def train(
             help="Augment in the head phase too. Off (default): the frozen base runs once and the head trains on cached features, many times faster."
         ),
     ] = False,
+    cache_features: Annotated[
+        bool,
+        typer.Option(
+            help="Head phase without augmentation: run the frozen base once and train the head on cached features (same result, much faster). --no-cache-features runs the base every epoch."
+        ),
+    ] = True,
     dropout: Annotated[
         float,
         typer.Option(help="Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top."),
@@ -193,6 +199,7 @@ def train(
         synthetic_per_class=synthetic_per_class,
         augment=augment,
         head_augment=head_augment,
+        cache_features=cache_features,
         dropout=dropout,
         label_smoothing=label_smoothing,
         class_weights=class_weights,
@@ -226,12 +233,43 @@ def export(
             help="INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32."
         ),
     ] = "uint8",
+    validate: Annotated[
+        bool,
+        typer.Option(
+            help="Validate what was written against Keras on the test split (as `edgetl validate`)."
+        ),
+    ] = True,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(help="Gate: exit 1 when a model loses more top-1 than this many points."),
+    ] = None,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(help="Gate: exit 1 when top-1 agreement with Keras is below this fraction."),
+    ] = None,
+    auto_fallback: Annotated[
+        bool,
+        typer.Option(
+            help="With --max-drop: keep the INT8 layers with the largest quantization error in float (1, 2, 4, … layers, chosen on the validation split) until the budget holds; writes model_int8_mixed.tflite."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace model files that already exist.")] = False,
 ) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
     from toolchain.export import export as run_export
     from toolchain.options import ExportOptions
 
-    results = run_export(run_dir, ExportOptions(quant, calibration_samples, io))
+    options = ExportOptions(
+        quant=quant,
+        calibration_samples=calibration_samples,
+        io=io,
+        validate=validate,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        auto_fallback=auto_fallback,
+        force=force,
+    )
+    results = run_export(run_dir, options)
     for result in results:
         say(f"exported: {result.path} ({result.size_bytes} bytes)")
 
@@ -262,11 +300,36 @@ def validate(
         Optional[str],
         typer.Option(help="Force a TFLite runtime: ai_edge_litert, tflite_runtime or tensorflow."),
     ] = None,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Fail (exit 1) when top-1 agreement with Keras is below this fraction (0..1)."
+        ),
+    ] = None,
+    diagnose: Annotated[
+        bool,
+        typer.Option(help="Rank INT8 layers by quantization error (also done when a gate fails)."),
+    ] = False,
+    device_resize: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Resize the device path with this filter (bilinear, nearest, bicubic, box, lanczos) instead of the model's own: what if the device resized differently?"
+        ),
+    ] = None,
 ) -> None:
     """Compare Keras and TFLite on the same held-out images; write parity.json."""
     from toolchain.parity import validate as run_validate
 
-    report = run_validate(run_dir, [str(m) for m in model or []], data, max_drop, runtime)
+    report = run_validate(
+        run_dir,
+        [str(m) for m in model or []],
+        data,
+        max_drop,
+        runtime,
+        min_agreement=min_agreement,
+        diagnose=diagnose,
+        device_resize=device_resize,
+    )
     keras = report["keras"]
     say(
         f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images"
@@ -274,7 +337,7 @@ def validate(
     for m in report["models"]:
         say(
             f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  drop {m['top1_drop_pts']:+.2f} pts  "
-            f"agreement {m['agreement']:.4f}"
+            f"agreement {m['agreement']:.4f}  device path {m['device_path']['top1']:.4f}"
         )
 
 

@@ -18,7 +18,7 @@ written atomically; the converter's C++ logs go to ``export.log``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -156,29 +156,70 @@ def modes_for(quant: str) -> List[str]:
     return [quant]
 
 
+def _card(
+    config: Dict[str, Any], quant: str, io: str, calibration_info: Dict[str, Any]
+) -> Dict[str, Any]:
+    return {
+        "edgetl_version": __version__,
+        "quant": quant,
+        "io": io,
+        "labels": list(config["labels"]),
+        "image_size": int(config["image_size"]),
+        "input": config.get("input", {}),
+        "train": config.get("results", {}),
+        "calibration": calibration_info,
+    }
+
+
+def _write(
+    path: Path, flatbuffer: bytes, card: Dict[str, Any], seconds: float, log: Log
+) -> ExportResult:
+    path = atomic.write_bytes(path, embed_metadata(flatbuffer, card, card["labels"]))
+    tensors = tensor_report(path)
+    result = ExportResult(
+        card["quant"], path, path.stat().st_size, seconds, tensors, card["calibration"]
+    )
+    log(f"wrote {path} ({result.size_bytes / 1024:.0f} KiB, {seconds:.1f}s)")
+    for tensor in tensors:
+        log(
+            f"  {tensor['kind']:6s} {tensor['dtype']:7s} {tensor['shape']}  "
+            f"scale {tensor['scale']:.6g}  zero point {tensor['zero_point']}"
+        )
+    return result
+
+
+def _refuse_overwrite(paths: List[Path], force: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise BadInput(f"{existing[0]} exists; pass --force to replace it (nothing was written)")
+
+
 def export(
     run_dir: str | Path, options: ExportOptions, log: Log = stderr_log
 ) -> List[ExportResult]:
+    """Write ``model_<quant>.tflite`` for each mode, then validate and gate them."""
     run = RunDir(run_dir).require_trained()
     if options.io not in IO_TYPES:
         raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
+    if options.auto_fallback and options.max_drop is None:
+        raise BadInput("--auto-fallback needs --max-drop PTS: the budget the fallback works to")
     modes = modes_for(options.quant)
+    if options.auto_fallback and "int8" not in modes:
+        raise BadInput("--auto-fallback applies to --quant int8 (or all)")
+    _refuse_overwrite([run.tflite(mode) for mode in modes], options.force)
     config = run.read_config()
     size = int(config["image_size"])
-    labels = list(config["labels"])
     seed = int(config["options"].get("seed", 0))
 
     from toolchain.quiet import keras as import_keras
 
     keras = import_keras()
     model = keras.models.load_model(run.model, compile=False)
-    results = []
+    results: List[ExportResult] = []
+    calibration = None
     for mode in modes:
-        mode_options = ExportOptions(
-            mode, options.calibration_samples, options.io if mode == "int8" else "float32"
-        )
+        mode_options = replace(options, quant=mode, io=options.io if mode == "int8" else "float32")
         calibration_info: Dict[str, Any] = {}
-        calibration = None
         if mode == "int8":
             if options.calibration_samples < 1:
                 raise BadInput("--calibration-samples must be at least 1 for int8")
@@ -200,42 +241,127 @@ def export(
             )
         start = time.perf_counter()
         flatbuffer = convert(model, mode_options, calibration, run.path / "export.log")
-        seconds = time.perf_counter() - start
-        card = {
-            "edgetl_version": __version__,
-            "quant": mode,
-            "io": mode_options.io,
-            "labels": labels,
-            "image_size": size,
-            "input": config.get("input", {}),
-            "train": config.get("results", {}),
-            "calibration": calibration_info,
-        }
-        path = atomic.write_bytes(run.tflite(mode), embed_metadata(flatbuffer, card, labels))
-        tensors = tensor_report(path)
-        result = ExportResult(mode, path, path.stat().st_size, seconds, tensors, calibration_info)
-        results.append(result)
-        log(f"wrote {path} ({result.size_bytes / 1024:.0f} KiB, {seconds:.1f}s)")
-        for tensor in tensors:
-            log(
-                f"  {tensor['kind']:6s} {tensor['dtype']:7s} {tensor['shape']}  "
-                f"scale {tensor['scale']:.6g}  zero point {tensor['zero_point']}"
-            )
-    atomic.write_json(
-        run.path / "export_report.json",
-        {
-            "edgetl_version": __version__,
-            "models": [
-                {
-                    "quant": r.quant,
-                    "path": r.path.name,
-                    "size_bytes": r.size_bytes,
-                    "seconds": round(r.seconds, 2),
-                    "tensors": r.tensors,
-                    "calibration": r.calibration,
-                }
-                for r in results
-            ],
-        },
-    )
+        card = _card(config, mode, mode_options.io, calibration_info)
+        results.append(_write(run.tflite(mode), flatbuffer, card, time.perf_counter() - start, log))
+    report: Dict[str, Any] = {
+        "edgetl_version": __version__,
+        "models": [_result_json(r) for r in results],
+    }
+    atomic.write_json(run.path / "export_report.json", report)
+    if not options.validate:
+        return results
+
+    from edge.errors import GateFailed
+    from toolchain.parity import gate_failures, validate
+
+    written = [str(r.path) for r in results]
+    try:
+        validate(
+            run.path,
+            written,
+            max_drop=options.max_drop,
+            min_agreement=options.min_agreement,
+            log=log,
+        )
+    except GateFailed:
+        if not options.auto_fallback:
+            raise
+        log(f"int8 misses the budget of {options.max_drop} pts: keeping the worst layers in float")
+        mixed, steps = auto_fallback(run, model, calibration, config, options, log)
+        report["fallback"] = steps
+        if mixed is None:
+            atomic.write_json(run.path / "export_report.json", report)
+            raise GateFailed(
+                f"auto-fallback: no mix within {options.fallback_max_layers} float layers met "
+                f"--max-drop {options.max_drop} on the validation split; see export_report.json"
+            ) from None
+        results.append(mixed)
+        report["models"].append(_result_json(mixed))
+        atomic.write_json(run.path / "export_report.json", report)
+        parity = validate(run.path, written + [str(mixed.path)], log=log)
+        final = [m for m in parity["models"] if Path(m["path"]) == mixed.path]
+        problems = gate_failures(final, options.max_drop, options.min_agreement)
+        if problems:
+            raise GateFailed(
+                "parity gate failed on the test split: " + "; ".join(problems)
+            ) from None
+        log(f"{mixed.path.name} meets --max-drop {options.max_drop} on the test split")
     return results
+
+
+def _result_json(r: ExportResult) -> Dict[str, Any]:
+    return {
+        "quant": r.quant,
+        "path": r.path.name,
+        "size_bytes": r.size_bytes,
+        "seconds": round(r.seconds, 2),
+        "tensors": r.tensors,
+        "calibration": r.calibration,
+    }
+
+
+def auto_fallback(
+    run: RunDir,
+    model: Any,
+    calibration: np.ndarray,
+    config: Dict[str, Any],
+    options: ExportOptions,
+    log: Log,
+):
+    """Keep the INT8 layers with the largest quantization error in float, in growing
+    steps (1, 2, 4, … layers), until the top-1 drop on the *validation* split is
+    within ``max_drop``; the test split stays untouched for the final report.
+
+    Returns the written mixed model (or None) and each step's drop, size, latency.
+    """
+    from edge.bench import invoke_latency
+    from edge.classifier import Classifier
+    from toolchain import metrics
+    from toolchain.diagnose import convert_keeping_float, layer_errors, short_name
+    from toolchain.parity import tflite_probabilities
+
+    paths, labels = run.split_files("val")
+    if not paths:
+        raise BadInput(f"{run.path}: the run has no validation split for --auto-fallback")
+    size = int(config["image_size"])
+    pixels, kept, _ = load_many(paths, size)
+    y = np.array([labels[i] for i in kept])
+    keras_top1 = metrics.topk_accuracy(model.predict(pixels.astype(np.float32), verbose=0), y, 1)
+    ranked = layer_errors(model, calibration, run.path / "export.log", limit=0)
+    steps: List[Dict[str, Any]] = []
+    count = 1
+    while True:
+        count = min(count, len(ranked), options.fallback_max_layers)
+        float_layers = [row["tensor_name"] for row in ranked[:count]]
+        start = time.perf_counter()
+        flatbuffer = convert_keeping_float(
+            model, calibration, float_layers, run.path / "export.log", options.io
+        )
+        seconds = time.perf_counter() - start
+        card = _card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
+        card["float_layers"] = [short_name(name) for name in float_layers]
+        candidate = run.path / ".fallback_candidate.tflite"
+        atomic.write_bytes(candidate, embed_metadata(flatbuffer, card, card["labels"]))
+        classifier = Classifier(candidate)
+        top1 = metrics.topk_accuracy(tflite_probabilities(classifier, pixels), y, 1)
+        step = {
+            "float_layers": card["float_layers"],
+            "val_top1_drop_pts": round(metrics.drop_points(keras_top1, top1), 3),
+            "size_bytes": candidate.stat().st_size,
+            "invoke_p50_ms": invoke_latency(classifier, runs=30)["p50_ms"],
+        }
+        steps.append(step)
+        log(
+            f"fallback: {count} float layer(s) -> val drop {step['val_top1_drop_pts']:+.2f} pts, "
+            f"{step['size_bytes'] / 1024:.0f} KiB, invoke p50 {step['invoke_p50_ms']:.2f} ms"
+        )
+        if step["val_top1_drop_pts"] <= options.max_drop:
+            target = run.path / "model_int8_mixed.tflite"
+            _refuse_overwrite([target], options.force)
+            candidate.unlink()
+            result = _write(target, flatbuffer, card, seconds, log)
+            return result, steps
+        if count >= min(len(ranked), options.fallback_max_layers):
+            candidate.unlink()
+            return None, steps
+        count *= 2

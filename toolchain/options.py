@@ -32,12 +32,12 @@ class TrainOptions:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     synthetic_per_class: int = 100  # images per class for --data synthetic
-    augment: bool = (
-        True  # flip/rotate/zoom/contrast/brightness in fine-tuning (and head, see below)
-    )
-    head_augment: bool = (
-        False  # off: the frozen base runs once and the head trains on cached features
-    )
+    # flip/rotate/zoom/contrast/brightness while fine-tuning (and in the head phase if asked)
+    augment: bool = True
+    # off: the frozen base runs once and the head trains on cached features
+    head_augment: bool = False
+    # off (or head_augment on): every head epoch runs the base again
+    cache_features: bool = True
     label_smoothing: float = 0.1
     class_weights: str = "auto"  # auto (on when classes differ by more than 2x), on, off
     patience: int = 5  # early stopping on val loss, best weights restored; 0 turns it off
@@ -59,6 +59,12 @@ class ExportOptions:
     quant: str = "int8"
     calibration_samples: int = 200
     io: str = "uint8"  # INT8 model input/output type; uint8 takes decoder bytes as they are
+    validate: bool = True  # run `edgetl validate` on what was written
+    max_drop: Optional[float] = None  # gate, percentage points of top-1 (as validate)
+    min_agreement: Optional[float] = None
+    auto_fallback: bool = False  # keep the worst INT8 layers in float until max_drop holds
+    fallback_max_layers: int = 32
+    force: bool = False  # replace existing model files
 
     @classmethod
     def for_int8(cls, calibration_samples: int = 200, io: str = "uint8") -> ExportOptions:

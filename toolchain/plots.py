@@ -74,3 +74,50 @@ def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], p
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def per_class_change(changes: Dict[str, List], labels: Sequence[str], path: Path) -> Path:
+    """Per-class top-1 change (points) of each TFLite model against Keras."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 3.6))
+    width = 0.8 / max(1, len(changes))
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(changes.items()):
+        heights = [0.0 if v is None else v for v in values]
+        ax.bar(x + i * width, heights, width, label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x + width * (len(changes) - 1) / 2, labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 change vs Keras (points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def image_grid(items: List[Dict], path: Path, columns: int = 4) -> Path:
+    """Thumbnails of disagreeing images with the true label and both predictions."""
+    from PIL import Image
+
+    plt = _pyplot()
+    rows = (len(items) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        try:
+            with Image.open(item["path"]) as image:
+                ax.imshow(image.convert("RGB"))
+        except OSError:
+            pass
+        ax.set_title(
+            f"true {item['true']}\nkeras {item['keras']} {item['keras_score']:.2f}\n"
+            f"tflite {item['tflite']} {item['tflite_score']:.2f}",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return path

@@ -16,8 +16,13 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def epoch_logger(phase: str, total_epochs: int, log: Log, offset: int = 0) -> Any:
-    """A Keras callback printing ``phase epoch i/n  loss … acc …  val_acc …  (s)``."""
+def epoch_logger(
+    phase: str, total_epochs: int, log: Log, offset: int = 0, durations: Optional[list] = None
+) -> Any:
+    """A Keras callback printing ``phase epoch i/n  loss … acc …  val_acc …  (s)``.
+
+    Each epoch's wall time is also appended to ``durations`` when given.
+    """
     from toolchain.quiet import keras as import_keras
 
     keras = import_keras()
@@ -32,7 +37,10 @@ def epoch_logger(phase: str, total_epochs: int, log: Log, offset: int = 0) -> An
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 if key in logs:
                     parts.append(f"{key.replace('accuracy', 'acc')} {logs[key]:.3f}")
-            parts.append(f"{time.perf_counter() - self._start:.1f}s")
+            seconds = time.perf_counter() - self._start
+            if durations is not None:
+                durations.append(seconds)
+            parts.append(f"{seconds:.1f}s")
             log("  ".join(parts))
 
     return EpochLogger()

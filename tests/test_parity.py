@@ -1,0 +1,142 @@
+"""edgetl validate / export gates: measure, explain and repair INT8 accuracy loss."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import assert_one_line_error, run_cli
+from toolchain.parity import disagreements
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def test_disagreements_are_listed_worst_first():
+    keras = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    tflite = np.array([[0.1, 0.9], [0.4, 0.6], [0.2, 0.8], [0.5, 0.5]])
+    found = disagreements(keras, tflite, np.array([0, 0, 1, 0]), ["a", "b", "c", "d"], ["x", "y"])
+    assert [d["path"] for d in found] == ["a", "b"]  # c agrees; d ties go to the first class
+    assert (
+        found[0]["keras"] == "x"
+        and found[0]["tflite"] == "y"
+        and found[0]["max_abs_prob_diff"] == 0.8
+    )
+
+
+def test_device_path_with_another_resize_moves_while_tensor_level_does_not(run_copy):
+    from toolchain.parity import validate
+
+    same = validate(run_copy, log=lambda m: None)["models"][0]
+    other = validate(run_copy, device_resize="nearest", log=lambda m: None)["models"][0]
+    for key in ("top1", "agreement", "mean_abs_prob_diff"):
+        assert other[key] == same[key]  # the converter's figures do not depend on the device
+    assert (
+        same["device_path"]["same_decoder_as_training"]
+        and same["device_path"]["top1"] == same["top1"]
+    )
+    assert other["device_path"]["resize"] == "nearest"
+    # Nearest-neighbour sampling of 112 px images to 96 px shifts the probabilities measurably.
+    assert (
+        other["device_path"]["mean_abs_prob_diff"]
+        > 2 * same["device_path"]["mean_abs_prob_diff"] + 1e-4
+    )
+    assert other["device_path"]["agreement"] <= same["device_path"]["agreement"]
+
+
+def _make_quantization_hostile(run):
+    """Scale one output channel of block_16's projection by 1000 and undo it in Conv_1.
+
+    The float model computes exactly the same function, but that channel now sets
+    the per-tensor INT8 range of the projection output, so every other channel is
+    rounded to a few levels: the classic outlier-channel failure of INT8.
+    """
+    from toolchain.quiet import keras
+
+    model = keras().models.load_model(run / "model.keras", compile=False)
+    base = model.get_layer("mobilenetv2_base")
+    bn, conv = base.get_layer("block_16_project_BN"), base.get_layer("Conv_1")
+    gamma, beta, mean, var = bn.get_weights()
+    gamma[0] *= 1000.0
+    beta[0] *= 1000.0
+    bn.set_weights([gamma, beta, mean, var])
+    (kernel,) = conv.get_weights()
+    kernel[:, :, 0, :] /= 1000.0
+    conv.set_weights([kernel])
+    model.save(run / "model.keras")
+    return model
+
+
+def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
+    from toolchain.quiet import keras
+
+    original = keras().models.load_model(run_copy / "model.keras", compile=False)
+    probe = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
+    before = original.predict(probe, verbose=0)
+    hostile = _make_quantization_hostile(run_copy)
+    assert np.allclose(hostile.predict(probe, verbose=0), before, atol=1e-3)  # float is unharmed
+
+    failed = run_cli("export", str(run_copy), "--max-drop", "3", "--force")
+    assert_one_line_error(failed, 1, "parity gate failed", "model_int8.tflite")
+    parity = json.loads((run_copy / "parity.json").read_text())
+    assert parity["gate"]["passed"] is False and parity["models"][0]["top1_drop_pts"] > 3
+    worst = [layer["layer"] for layer in parity["diagnosis"]["layers"][:2]]
+    assert "block_16_project_BN" in worst, worst
+    assert "block_16_project_BN" in (run_copy / "parity.md").read_text()
+    agreement = run_cli("validate", str(run_copy), "--min-agreement", "0.9")
+    assert_one_line_error(agreement, 1, "--min-agreement")
+
+    repaired = run_cli("export", str(run_copy), "--max-drop", "3", "--auto-fallback", "--force")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "fallback:" in repaired.stderr
+    report = json.loads((run_copy / "export_report.json").read_text())
+    steps = report["fallback"]
+    assert (
+        steps[-1]["val_top1_drop_pts"] <= 3 and "block_16_project_BN" in steps[-1]["float_layers"]
+    )
+    assert all({"size_bytes", "invoke_p50_ms"} <= set(step) for step in steps)
+    parity = json.loads((run_copy / "parity.json").read_text())
+    mixed = next(m for m in parity["models"] if m["path"].endswith("model_int8_mixed.tflite"))
+    assert mixed["top1_drop_pts"] <= 3 and mixed["quant"] == "int8-mixed"
+
+
+def test_validate_on_a_labeled_folder(run_copy, tmp_path):
+    from toolchain.parity import validate
+
+    folder = tmp_path / "new_photos"
+    for name in ("circle", "square"):
+        (folder / name).mkdir(parents=True)
+        for source in sorted((run_copy / "synthetic_data" / name).glob("*.png"))[:5]:
+            shutil.copy(source, folder / name / source.name)
+    report = validate(run_copy, data=str(folder), log=lambda m: None)
+    assert report["n_images"] == 10 and report["data"].startswith("labeled folder")
+    assert set(report["missing_classes"]) == {"cross", "stripes", "triangle"}
+    (folder / "hexagon").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "hexagon" / "h.png")
+    result = run_cli("validate", str(run_copy), "--data", str(folder))
+    assert_one_line_error(result, 2, "hexagon")
+
+
+def test_parity_report_for_people(run_copy):
+    from toolchain.parity import validate
+
+    validate(run_copy, log=lambda m: None)
+    text = (run_copy / "parity.md").read_text()
+    assert "## Per class" in text and "95%" in text and "device-path" in text
+    for picture in ("parity_confusion.png", "parity_per_class.png"):
+        assert (run_copy / picture).stat().st_size > 1000
+    saved = json.loads((run_copy / "parity.json").read_text())
+    per_class = saved["models"][0]["per_class"]
+    assert set(per_class) == set(saved["labels"]) and all(
+        "change_pts" in v for v in per_class.values()
+    )
+    assert (
+        len(saved["keras"]["top1_ci95"]) == 2
+        and saved["keras"]["top1_ci95"][0] <= saved["keras"]["top1"]
+    )
