@@ -21,6 +21,8 @@ def epoch_logger(
 ) -> Any:
     """A Keras callback printing ``phase epoch i/n  loss … acc …  val_acc …  (s)``.
 
+    On a terminal, a bar redrawn in place shows progress within the epoch;
+    in a CI log (stderr not a TTY) only the one line per epoch is written.
     Each epoch's wall time is also appended to ``durations`` when given.
     """
     from toolchain.quiet import keras as import_keras
@@ -30,6 +32,20 @@ def epoch_logger(
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
             self._start = time.perf_counter()
+            self._epoch = epoch + 1 - offset
+            self._live = sys.stderr.isatty()
+            self._steps = (self.params or {}).get("steps") or 0
+
+        def on_train_batch_end(self, batch: int, logs: Optional[Dict[str, float]] = None) -> None:
+            if not self._live or not self._steps:
+                return
+            done = (batch + 1) / self._steps
+            bar = "#" * int(24 * done)
+            sys.stderr.write(
+                f"\r{phase} epoch {self._epoch}/{total_epochs} [{bar:<24}] "
+                f"{batch + 1}/{self._steps}"
+            )
+            sys.stderr.flush()
 
         def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
             logs = logs or {}
@@ -41,6 +57,8 @@ def epoch_logger(
             if durations is not None:
                 durations.append(seconds)
             parts.append(f"{seconds:.1f}s")
+            if self._live and self._steps:
+                sys.stderr.write("\r\033[K")  # clear the bar before the epoch line
             log("  ".join(parts))
 
     return EpochLogger()

@@ -200,6 +200,10 @@ class Trainer:
             f"data: {self.description}: {len(items)} images, {len(self.labels)} classes "
             f"({', '.join(self.labels)})"
         )
+        self.log(
+            f"decoding {len(items)} images at {o.image_size}px into memory "
+            f"(~{len(items) * o.image_size**2 * 3 / 2**20:.0f} MiB)"
+        )
         self.decoded: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         self.skipped: List[Tuple[str, str]] = []
         for split_name in ("train", "val", "test"):
