@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 EDGE_VENV ?= .venv-edge
+LEGACY_VENV ?= .venv-legacy
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
@@ -27,12 +28,23 @@ $(EDGE_VENV)/.installed: pyproject.toml $(shell find edge toolchain -name "*.py"
 	$(EDGE_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[edge]'
 	touch $@
 
+# The legacy device runtime: tflite-runtime 2.14 needs numpy<2 (and Python <= 3.11).
+$(LEGACY_VENV)/.installed: pyproject.toml $(shell find edge toolchain -name "*.py")
+	test -x $(LEGACY_VENV)/bin/python || $(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[edge-legacy]'
+	touch $@
+
 setup: $(VENV)/.installed
 
-setup-edge: $(EDGE_VENV)/.installed
+setup-edge: $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
 
-test: $(VENV)/.installed $(EDGE_VENV)/.installed
-	EDGETL_EDGE_PYTHON=$(CURDIR)/$(EDGE_VENV)/bin/python $(BIN)/python -m pytest -q
+# Both device venvs are TensorFlow-free; export's runtime check and the tests run in them.
+RUNTIME_PYTHONS = $(CURDIR)/$(EDGE_VENV)/bin/python:$(CURDIR)/$(LEGACY_VENV)/bin/python
+
+test: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
+	EDGETL_EDGE_PYTHON=$(CURDIR)/$(EDGE_VENV)/bin/python \
+	EDGETL_LEGACY_PYTHON=$(CURDIR)/$(LEGACY_VENV)/bin/python \
+	EDGETL_RUNTIME_PYTHONS=$(RUNTIME_PYTHONS) $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check edge toolchain tests

@@ -110,3 +110,35 @@ def test_edge_only_install_has_no_tensorflow_and_classifies(tiny_run, tmp_path):
     assert len(out.read_text().splitlines()) == 81
     helped = subprocess.run([edgetl, "classify", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and helped.stderr.strip() == ""
+
+
+LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON")
+
+
+@pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
+def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(tiny_run, tmp_path):
+    """tflite-runtime 2.14 with numpy<2, as on Pi OS Bookworm images that pin it."""
+    python = LEGACY_PYTHON if os.path.isabs(LEGACY_PYTHON) else str(REPO / LEGACY_PYTHON)
+    edgetl = str(Path(python).parent / "edgetl")
+    out = tmp_path / "preds.jsonl"
+    result = subprocess.run(
+        [
+            edgetl,
+            "classify",
+            str(tiny_run / "model_int8.tflite"),
+            "--source",
+            str(tiny_run / "synthetic_data" / "cross"),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "runtime: tflite_runtime 2.14.0, 1 thread(s)" in result.stderr
+    assert "warning: tflite-runtime 2.14 runs INT8 models without XNNPACK" in result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 80 and sum(r["top_k"][0]["label"] == "cross" for r in records) >= 56

@@ -453,15 +453,21 @@ def bench(
 @app.command()
 @reports_errors
 def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None:
-    """Print what a .tflite says about itself: labels, metadata, tensors."""
+    """What a .tflite says about itself: labels, card, tensors, ops, size, runtimes."""
+    from collections import Counter
+
     from edge.classifier import Classifier
+    from edge.compat import probe_all
 
     classifier = Classifier(model, threads=1)
+    card = classifier.card.metadata
     say(f"{model}: {model.stat().st_size} bytes")
     say(f"labels ({classifier.card.labels_source}): {', '.join(classifier.labels)}")
-    for key in ("quant", "io", "image_size", "edgetl_version"):
-        if key in classifier.card.metadata:
-            say(f"{key}: {classifier.card.metadata[key]}")
+    for key in ("quant", "io", "image_size", "edgetl_version", "float_layers"):
+        if key in card:
+            say(f"{key}: {card[key]}")
+    if card.get("input"):
+        say(f"input contract: {json.dumps(card['input'])}")
     for kind, details in (
         ("input", classifier.interpreter.get_input_details()),
         ("output", classifier.interpreter.get_output_details()),
@@ -469,10 +475,30 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
         for d in details:
             scale, zero_point = d["quantization"]
             say(
-                f"{kind}: {d['dtype'].__name__} {list(d['shape'])} scale {scale:.6g} zero point {zero_point}"
+                f"{kind}: {d['dtype'].__name__} {[int(v) for v in d['shape']]} scale {scale:.6g} zero point {zero_point}"
             )
-    if classifier.card.metadata.get("train"):
-        say("train: " + json.dumps(classifier.card.metadata["train"]))
+    try:
+        from toolchain.modelinfo import inspect_tflite
+
+        details = inspect_tflite(model)
+        say(
+            "ops: "
+            + ", ".join(f"{n} v{o['version']} x{o['count']}" for n, o in details["ops"].items())
+        )
+        say(f"min runtime version (converter's estimate): {details['min_runtime_version']}")
+        if details["size_vs_float32_weights"]:
+            say(
+                f"size vs float32 weights: {details['size_vs_float32_weights']:.2f}x "
+                f"({details['float32_weight_bytes']} bytes as float32)"
+            )
+    except EdgetlError:  # no TensorFlow here: op counts from the interpreter instead
+        ops = Counter(op["op_name"] for op in classifier.interpreter._get_ops_details())
+        say("ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
+    for result in probe_all(str(model)):
+        status = "loads and runs" if result["ok"] else f"fails: {result['error']}"
+        say(f"runtime {result['runtime']} {result.get('version', '')}: {status}")
+    if card.get("train"):
+        say("train: " + json.dumps(card["train"]))
 
 
 def main() -> None:

@@ -94,6 +94,22 @@ def representative_images(run: RunDir, samples: int, seed: int, size: int):
     return pixels, per_class
 
 
+def training_pixel_stats(run: RunDir, seed: int, size: int, sample: int = 500) -> Dict[str, Any]:
+    """Pixel mean/std of (a seeded sample of) the whole training split, to set beside
+    the calibration set's: a calibration set that does not look like training shows here."""
+    paths, _ = run.split_files("train")
+    rng = np.random.default_rng(seed + 1)
+    chosen = rng.permutation(len(paths))[:sample]
+    pixels, _, _ = load_many([paths[i] for i in chosen], size)
+    if not len(pixels):
+        return {}
+    return {
+        "train_pixel_mean": round(float(pixels.mean()), 2),
+        "train_pixel_std": round(float(pixels.std()), 2),
+        "train_sample": int(len(pixels)),
+    }
+
+
 def convert(
     model: Any, options: ExportOptions, calibration: np.ndarray | None, log_path: Path
 ) -> bytes:
@@ -234,6 +250,7 @@ def export(
                 "source": "train split, stratified by class",
                 "pixel_mean": round(float(calibration.mean()), 2),
                 "pixel_std": round(float(calibration.std()), 2),
+                **training_pixel_stats(run, seed, size),
             }
             log(
                 f"int8: calibrating on {len(calibration)} training images "
@@ -245,7 +262,7 @@ def export(
         results.append(_write(run.tflite(mode), flatbuffer, card, time.perf_counter() - start, log))
     report: Dict[str, Any] = {
         "edgetl_version": __version__,
-        "models": [_result_json(r) for r in results],
+        "models": [_result_json(r, run, log) for r in results],
     }
     atomic.write_json(run.path / "export_report.json", report)
     if not options.validate:
@@ -276,7 +293,7 @@ def export(
                 f"--max-drop {options.max_drop} on the validation split; see export_report.json"
             ) from None
         results.append(mixed)
-        report["models"].append(_result_json(mixed))
+        report["models"].append(_result_json(mixed, run, log))
         atomic.write_json(run.path / "export_report.json", report)
         parity = validate(run.path, written + [str(mixed.path)], log=log)
         final = [m for m in parity["models"] if Path(m["path"]) == mixed.path]
@@ -289,14 +306,44 @@ def export(
     return results
 
 
-def _result_json(r: ExportResult) -> Dict[str, Any]:
+def _result_json(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
+    """The report entry of one file: tensors, ops, runtime checks, size against float32.
+
+    Also where an "int8" file that still holds float kernels is refused.
+    """
+    from toolchain import runtimes
+    from toolchain.modelinfo import inspect_tflite
+
+    info = inspect_tflite(r.path)
+    if r.quant == "int8" and info["float_weight_tensors"]:
+        r.path.unlink()
+        raise BadInput(
+            f"{r.path.name}: {info['float_weight_tensors']} float weight tensor(s) left, so it is "
+            "not a full-INT8 model (removed); use --auto-fallback for a deliberate mixed model"
+        )
+    compatibility = runtimes.check(r.path)
+    for line in runtimes.describe(compatibility):
+        log(line)
+    failures = [c for c in compatibility if not c["ok"]]
+    for failure in failures:
+        log(
+            f"warning: {r.path.name} does not run on {failure['runtime']} "
+            f"{failure.get('version', '')}: {failure.get('error', '')}"
+        )
+    float32 = run.tflite("float32")
     return {
         "quant": r.quant,
         "path": r.path.name,
         "size_bytes": r.size_bytes,
+        "size_ratio_to_float32": round(r.size_bytes / float32.stat().st_size, 3)
+        if float32.is_file()
+        else None,
         "seconds": round(r.seconds, 2),
         "tensors": r.tensors,
         "calibration": r.calibration,
+        "ops": info["ops"],
+        "min_runtime_version": info["min_runtime_version"],
+        "compatibility": compatibility,
     }
 
 

@@ -1,0 +1,131 @@
+"""edgetl export: every mode's tensors, runtime checks, atomic files, no silent overwrite."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge import atomic
+from edge.classifier import Classifier
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from toolchain.export import stratified_sample
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def test_calibration_is_stratified_by_class():
+    labels = [0] * 90 + [1] * 9 + [2] * 1  # heavily imbalanced training split
+    chosen = stratified_sample(labels, 12, seed=0)
+    picked = [labels[i] for i in chosen]
+    assert picked.count(2) == 1 and picked.count(1) == 5 and picked.count(0) == 6
+    assert len(set(chosen)) == len(chosen) and stratified_sample(labels, 12, seed=0) == chosen
+
+
+def test_every_mode_has_the_io_dtypes_it_names_and_loads_on_each_runtime(run_copy):
+    result = run_cli("export", str(run_copy), "--quant", "all", "--force", "--no-validate")
+    assert result.returncode == 0, result.stderr
+    expected = {"int8": "uint8", "float16": "float32", "dynamic": "float32", "float32": "float32"}
+    report = {
+        m["quant"]: m for m in json.loads((run_copy / "export_report.json").read_text())["models"]
+    }
+    assert set(report) == set(expected)
+    for quant, dtype in expected.items():
+        classifier = Classifier(run_copy / f"model_{quant}.tflite")
+        assert classifier.input_dtype == np.dtype(dtype), quant
+        assert [t["dtype"] for t in report[quant]["tensors"]] == [dtype, dtype]
+        assert report[quant]["ops"] and report[quant]["min_runtime_version"]
+        runtimes = {c["runtime"] for c in report[quant]["compatibility"] if c["ok"]}
+        assert "ai_edge_litert" in runtimes, report[quant]["compatibility"]
+        if os.environ.get("EDGETL_RUNTIME_PYTHONS"):  # make test: the TF-free venvs too
+            assert "tflite_runtime" in runtimes, report[quant]["compatibility"]
+            assert all(
+                c["environment"] != "this process" or c["runtime"] == "ai_edge_litert"
+                for c in report[quant]["compatibility"]
+            )
+    assert report["int8"]["size_ratio_to_float32"] <= 0.45
+    assert report["int8"]["calibration"]["train_pixel_mean"] > 0
+
+
+def test_int8_io_option(run_copy):
+    result = run_cli(
+        "export",
+        str(run_copy),
+        "--io",
+        "int8",
+        "--force",
+        "--no-validate",
+        "--calibration-samples",
+        "20",
+    )
+    assert result.returncode == 0, result.stderr
+    classifier = Classifier(run_copy / "model_int8.tflite")
+    assert classifier.input_dtype == np.int8 and classifier.input_zero_point == -128
+    assert "int8" in result.stderr and "zero point -128" in result.stderr
+
+
+def test_existing_models_are_not_overwritten_without_force(run_copy):
+    before = (run_copy / "model_int8.tflite").read_bytes()
+    result = run_cli("export", str(run_copy))
+    assert_one_line_error(result, 2, "model_int8.tflite exists", "--force")
+    assert (run_copy / "model_int8.tflite").read_bytes() == before
+
+
+def test_killed_export_leaves_the_previous_file_intact(run_copy):
+    before = (run_copy / "model_int8.tflite").read_bytes()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolchain.cli",
+            "export",
+            str(run_copy),
+            "--force",
+            "--no-validate",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = run_copy / "export.log"
+    size = log.stat().st_size if log.exists() else 0
+    deadline = time.monotonic() + 120
+    # Kill once the converter is at work (it appends to export.log).
+    while (
+        (not log.exists() or log.stat().st_size == size)
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run_copy / "model_int8.tflite").read_bytes() == before
+    assert not [p for p in run_copy.glob("model_*.tflite") if p.name != "model_int8.tflite"]
+
+
+def test_atomic_write_never_leaves_a_partial_final_file(tmp_path):
+    target = tmp_path / "model.tflite"
+    atomic.write_bytes(target, b"old")
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a mod")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    # A process killed in the middle of writing cannot clean up, but the final path holds.
+    code = (
+        f"import os,sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from edge.atomic import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    tmp.write_bytes(b'partial'); os._exit(9)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert target.read_bytes() == b"old"

@@ -1,0 +1,62 @@
+"""Read a ``.tflite`` flatbuffer: operators with their versions, the converter's
+``min_runtime_version``, and whether any float kernels are left in an INT8 model.
+
+Uses TensorFlow's generated schema reader, so it runs on the workstation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict
+
+
+def inspect_tflite(path: str | Path) -> Dict[str, Any]:
+    from toolchain.quiet import tensorflow
+
+    tensorflow()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.python import schema_util
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        name = op_names.get(schema_util.get_builtin_code_from_operator_code(code), "CUSTOM")
+        codes.append((name, code.Version()))
+    counts: Counter = Counter()
+    float_weights = 0
+    float32_bytes = 0  # what the weights would take as float32: the "size vs float" reference
+    float_types = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            counts[codes[graph.Operators(o).OpcodeIndex()][0]] += 1
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            buffer = model.Buffers(tensor.Buffer())
+            if buffer is not None and buffer.DataLength() > 0:
+                elements = 1
+                for d in tensor.ShapeAsNumpy() if tensor.ShapeLength() else []:
+                    elements *= int(d)
+                float32_bytes += 4 * elements
+                if tensor.Type() in float_types:
+                    float_weights += 1
+    metadata = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())
+        raw = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+        metadata[entry.Name().decode()] = raw
+    min_version = metadata.get("min_runtime_version", b"").split(b"\0")[0].decode() or None
+    return {
+        "ops": {
+            name: {"version": version, "count": counts.get(name, 0)} for name, version in codes
+        },
+        "min_runtime_version": min_version,
+        "float_weight_tensors": float_weights,
+        "float32_weight_bytes": float32_bytes,
+        "size_vs_float32_weights": round(len(data) / float32_bytes, 3) if float32_bytes else None,
+    }
