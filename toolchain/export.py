@@ -17,8 +17,9 @@ written atomically; the converter's C++ logs go to ``export.log``.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -43,6 +44,8 @@ class ExportResult:
     seconds: float
     tensors: List[Dict[str, Any]]
     calibration: Dict[str, Any]
+    payload: bytes = b""  # the model (with standard metadata) before edgetl's own entries
+    card: Dict[str, Any] = field(default_factory=dict)
 
 
 def stratified_sample(labels: List[int], samples: int, seed: int) -> List[int]:
@@ -190,10 +193,27 @@ def _card(
 def _write(
     path: Path, flatbuffer: bytes, card: Dict[str, Any], seconds: float, log: Log
 ) -> ExportResult:
-    path = atomic.write_bytes(path, embed_metadata(flatbuffer, card, card["labels"]))
+    from toolchain.phone_metadata import with_image_classifier_metadata
+
+    standard = with_image_classifier_metadata(flatbuffer, card["labels"])
+    card = {**card, "standard_metadata": standard is not None}
+    if standard is None:
+        log(
+            "note: mediapipe is not installed, so no standard TFLite metadata was written "
+            "(phone runtimes need it): pip install 'edgetl[train]'"
+        )
+    payload = standard or flatbuffer
+    path = atomic.write_bytes(path, embed_metadata(payload, card, card["labels"]))
     tensors = tensor_report(path)
     result = ExportResult(
-        card["quant"], path, path.stat().st_size, seconds, tensors, card["calibration"]
+        card["quant"],
+        path,
+        path.stat().st_size,
+        seconds,
+        tensors,
+        card["calibration"],
+        payload,
+        card,
     )
     log(f"wrote {path} ({result.size_bytes / 1024:.0f} KiB, {seconds:.1f}s)")
     for tensor in tensors:
@@ -273,14 +293,16 @@ def export(
 
     written = [str(r.path) for r in results]
     try:
-        validate(
+        parity = validate(
             run.path,
             written,
             max_drop=options.max_drop,
             min_agreement=options.min_agreement,
             log=log,
         )
+        _record_parity(run, results, parity, report)
     except GateFailed:
+        _record_parity(run, results, json.loads(run.parity.read_text()), report)
         if not options.auto_fallback:
             raise
         log(f"int8 misses the budget of {options.max_drop} pts: keeping the worst layers in float")
@@ -296,6 +318,7 @@ def export(
         report["models"].append(_result_json(mixed, run, log))
         atomic.write_json(run.path / "export_report.json", report)
         parity = validate(run.path, written + [str(mixed.path)], log=log)
+        _record_parity(run, results, parity, report)
         final = [m for m in parity["models"] if Path(m["path"]) == mixed.path]
         problems = gate_failures(final, options.max_drop, options.min_agreement)
         if problems:
@@ -304,6 +327,34 @@ def export(
             ) from None
         log(f"{mixed.path.name} meets --max-drop {options.max_drop} on the test split")
     return results
+
+
+def _record_parity(run: RunDir, results: List[ExportResult], parity, report) -> None:
+    embed_parity(results, parity)
+    sizes = {r.path.name: r.size_bytes for r in results}
+    for entry in report["models"]:
+        entry["size_bytes"] = sizes.get(entry["path"], entry["size_bytes"])
+    atomic.write_json(run.path / "export_report.json", report)
+
+
+def embed_parity(results: List[ExportResult], parity: Dict[str, Any]) -> None:
+    """Rewrite each file with its validation figures in the card, so the device knows
+    how the model it runs was measured (the file is replaced atomically)."""
+    by_path = {Path(m["path"]).resolve(): m for m in parity["models"]}
+    for r in results:
+        figures = by_path.get(r.path.resolve())
+        if figures is None or not r.payload:
+            continue
+        r.card["parity"] = {
+            "n_images": parity["n_images"],
+            "data": parity["data"],
+            "keras_top1": round(parity["keras"]["top1"], 4),
+            "top1": round(figures["top1"], 4),
+            "top1_drop_pts": round(figures["top1_drop_pts"], 2),
+            "agreement": round(figures["agreement"], 4),
+        }
+        atomic.write_bytes(r.path, embed_metadata(r.payload, r.card, r.card["labels"]))
+        r.size_bytes = r.path.stat().st_size
 
 
 def _result_json(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:

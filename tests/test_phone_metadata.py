@@ -1,0 +1,45 @@
+"""Standard TFLite metadata: MediaPipe Tasks' ImageClassifier takes the exported file as is."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from edge.classifier import Classifier
+from edge.image import list_images, load_rgb
+
+
+def test_exported_int8_carries_standard_metadata_and_edgetl_card(tiny_run):
+    with zipfile.ZipFile(tiny_run / "model_int8.tflite") as archive:
+        names = [info.filename for info in archive.infolist()]
+        assert names.count("labels.txt") == 1  # one labels file, the metadata's own
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+        card = json.loads(archive.read("edgetl.json"))
+    assert card["standard_metadata"] is True
+    assert {"top1", "top1_drop_pts", "agreement"} <= set(card["parity"])  # validated at export
+
+
+def test_mediapipe_image_classifier_agrees_with_the_edgetl_runner(tiny_run):
+    mp = pytest.importorskip("mediapipe")
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    model = tiny_run / "model_int8.tflite"
+    ours = Classifier(model)
+    # 24 images across all five classes, already at the model's size so both
+    # runners see identical pixels (MediaPipe would otherwise resize its own way).
+    paths = list_images(tiny_run / "synthetic_data")[::16][:24]
+    assert len(paths) == 24
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(model)), max_results=1
+    )
+    matches = 0
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in paths:
+            pixels = np.ascontiguousarray(load_rgb(path, ours.image_size))
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
+            matches += (
+                result.classifications[0].categories[0].category_name
+                == ours.classify(pixels, 1)[0].label
+            )
+    assert matches == len(paths)
