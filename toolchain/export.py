@@ -373,6 +373,7 @@ def _result_json(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
             "not a full-INT8 model (removed); use --auto-fallback for a deliberate mixed model"
         )
     compatibility = runtimes.check(r.path)
+    log(f"{r.path.name} on device runtimes:")
     for line in runtimes.describe(compatibility):
         log(line)
     failures = [c for c in compatibility if not c["ok"]]
