@@ -121,7 +121,10 @@ class Classifier:
                 f"{self.image_size}x{self.image_size}x3"
             )
         tensor = quantize_input(pixels, self.input_dtype, self.input_scale, self.input_zero_point)
-        self.interpreter.set_tensor(self._input["index"], tensor[np.newaxis])
+        # Write straight into the interpreter's input buffer: no per-image batch array.
+        # The view must not outlive this statement (the runtime refuses to invoke
+        # while a Python view of its buffers is held).
+        self.interpreter.tensor(self._input["index"])()[0] = tensor
 
     def invoke(self) -> None:
         self.interpreter.invoke()

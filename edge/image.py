@@ -35,6 +35,7 @@ RESIZE_FILTERS = {
     "lanczos": Image.LANCZOS,
 }
 DEFAULT_RESIZE = "bilinear"
+DRAFT_FACTOR = 2
 RESIZE_DESCRIPTION = "Pillow bilinear (antialiased), whole frame, no crop"
 
 
@@ -76,20 +77,37 @@ def resize_rgb(image: Image.Image, size: int, resize: str = DEFAULT_RESIZE) -> n
     return np.asarray(image, dtype=np.uint8)
 
 
+def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
+    """Decode ``path`` to an upright 8-bit RGB Pillow image, ready for ``resize_rgb``.
+
+    JPEGs are decoded at reduced scale (Pillow's ``draft``: the decoder skips
+    DCT detail) when the photo is over ``DRAFT_FACTOR``× the target size, so a
+    3 MP phone photo costs a fraction of a full decode. The reduced image
+    stays at least ``DRAFT_FACTOR``× the target, so the antialiased resize
+    still averages real detail; and training uses this same function, so
+    workstation and device see identical pixels either way.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+            rgb.load()
+            return rgb
+    except FileNotFoundError as error:
+        raise BadInput(f"{path}: no such file") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise UnreadableImage(f"{path}: not a readable image ({error})") from error
+
+
 def load_rgb(path: str | os.PathLike, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Read ``path`` and return ``uint8`` pixels of shape (size, size, 3).
 
     Raises ``UnreadableImage`` with the path in the message when the file
     cannot be decoded, so callers can skip and list it.
     """
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return resize_rgb(to_rgb(image), size, resize)
-    except FileNotFoundError as error:
-        raise BadInput(f"{path}: no such file") from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise UnreadableImage(f"{path}: not a readable image ({error})") from error
+    return resize_rgb(decode_rgb(path, size), size, resize)
 
 
 def list_images(folder: str | os.PathLike) -> List[Path]:

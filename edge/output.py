@@ -32,7 +32,9 @@ class PredictionWriter:
             header = ["path"]
             for i in range(1, k + 1):
                 header += [f"label_{i}", f"score_{i}"]
-            self._csv.writerow(header + ["decode_ms", "invoke_ms", "error"])
+            self._csv.writerow(
+                header + ["decode_ms", "resize_ms", "invoke_ms", "post_ms", "label", "error"]
+            )
 
     def write(self, result: Result) -> None:
         assert self._file is not None
@@ -43,7 +45,14 @@ class PredictionWriter:
                     row += [result.predictions[i].label, f"{result.predictions[i].score:.6f}"]
                 else:
                     row += ["", ""]
-            row += [f"{result.decode_ms:.3f}", f"{result.invoke_ms:.3f}", result.error]
+            row += [
+                f"{result.decode_ms:.3f}",
+                f"{result.resize_ms:.3f}",
+                f"{result.invoke_ms:.3f}",
+                f"{result.post_ms:.3f}",
+                result.label or "",
+                result.error,
+            ]
             self._csv.writerow(row)
         else:
             record = {
@@ -52,8 +61,12 @@ class PredictionWriter:
                     {"label": p.label, "score": round(p.score, 6)} for p in result.predictions
                 ],
                 "decode_ms": round(result.decode_ms, 3),
+                "resize_ms": round(result.resize_ms, 3),
                 "invoke_ms": round(result.invoke_ms, 3),
+                "post_ms": round(result.post_ms, 3),
             }
+            if result.label is not None:
+                record["label"] = result.label
             if result.error:
                 record["error"] = result.error
             self._file.write(json.dumps(record) + "\n")

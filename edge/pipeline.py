@@ -1,8 +1,11 @@
-"""Classify a stream of image files with decoding overlapped with inference.
+"""Classify a stream of frames with decoding overlapped with inference.
 
-A single background thread decodes the next images into a small bounded
-queue while the interpreter works on the current one: Pillow releases the
-GIL while decoding, and a bounded queue keeps memory flat on a 1 GB Pi.
+One background thread reads and decodes the next frames (files, video or
+camera) and resizes them, into a small bounded queue, while the interpreter
+works on the current one: Pillow and OpenCV release the GIL while decoding,
+and the bounded queue keeps memory flat on a 1 GB Pi. Each result carries
+per-stage times (decode, resize, invoke, postprocess) so a user can see where
+the time goes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Iterable, Iterator, List, Optional
 import numpy as np
 
 from edge.classifier import Classifier, Prediction, top_k
-from edge.image import UnreadableImage, load_rgb
+from edge.image import resize_rgb
+from edge.sources import Frame, file_frames
 
 _DONE = object()
 
@@ -29,34 +33,39 @@ class Result:
     predictions: List[Prediction] = field(default_factory=list)
     probabilities: Optional[np.ndarray] = None
     decode_ms: float = 0.0
+    resize_ms: float = 0.0
     invoke_ms: float = 0.0
+    post_ms: float = 0.0
     error: str = ""
+    label: Optional[str] = None
 
 
-def _decode_worker(
-    paths: Iterable[Path], size: int, resize: str, out: queue.Queue, stop: threading.Event
-):
-    for path in paths:
-        if stop.is_set():
-            break
-        start = time.perf_counter()
-        try:
-            pixels, problem = load_rgb(path, size, resize), ""
-        except UnreadableImage as error:
-            pixels, problem = None, str(error)
-        out.put((str(path), pixels, problem, (time.perf_counter() - start) * 1000.0))
-    out.put(_DONE)
+def _producer(
+    frames: Iterable[Frame], size: int, resize: str, out: queue.Queue, stop: threading.Event
+) -> None:
+    try:
+        for frame in frames:
+            if stop.is_set():
+                break
+            pixels, resize_ms = None, 0.0
+            if frame.image is not None:
+                start = time.perf_counter()
+                pixels = resize_rgb(frame.image, size, resize)
+                resize_ms = (time.perf_counter() - start) * 1000.0
+            out.put((frame, pixels, resize_ms))
+    finally:
+        out.put(_DONE)
 
 
-def classify_files(
-    classifier: Classifier, paths: Iterable[Path], k: int = 3, prefetch: int = 4
+def classify_frames(
+    classifier: Classifier, frames: Iterable[Frame], k: int = 3, prefetch: int = 4
 ) -> Iterator[Result]:
-    """Yield one ``Result`` per path, in order; unreadable files carry ``error``."""
+    """Yield one ``Result`` per frame, in order; unreadable frames carry ``error``."""
     pending: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     worker = threading.Thread(
-        target=_decode_worker,
-        args=(paths, classifier.image_size, classifier.resize, pending, stop),
+        target=_producer,
+        args=(frames, classifier.image_size, classifier.resize, pending, stop),
         daemon=True,
     )
     worker.start()
@@ -65,21 +74,29 @@ def classify_files(
             item = pending.get()
             if item is _DONE:
                 break
-            path, pixels, problem, decode_ms = item
+            frame, pixels, resize_ms = item
             if pixels is None:
-                yield Result(path, error=problem, decode_ms=decode_ms)
+                yield Result(
+                    frame.name, error=frame.problem, decode_ms=frame.decode_ms, label=frame.label
+                )
                 continue
             start = time.perf_counter()
             classifier.set_input(pixels)
             classifier.invoke()
-            invoke_ms = (time.perf_counter() - start) * 1000.0
+            invoked = time.perf_counter()
             probabilities = classifier.output_probabilities()
+            predictions = top_k(probabilities, classifier.labels, k)
+            done = time.perf_counter()
             yield Result(
-                path,
-                top_k(probabilities, classifier.labels, k),
+                frame.name,
+                predictions,
                 probabilities,
-                decode_ms,
-                invoke_ms,
+                frame.decode_ms,
+                resize_ms,
+                (invoked - start) * 1000.0,
+                (done - invoked) * 1000.0,
+                "",
+                frame.label,
             )
     finally:
         stop.set()
@@ -87,3 +104,9 @@ def classify_files(
         while worker.is_alive():
             with contextlib.suppress(queue.Empty):
                 pending.get(timeout=0.05)
+
+
+def classify_files(
+    classifier: Classifier, paths: Iterable[Path], k: int = 3, prefetch: int = 4
+) -> Iterator[Result]:
+    return classify_frames(classifier, file_frames(list(paths), classifier.image_size), k, prefetch)

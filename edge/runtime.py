@@ -33,7 +33,7 @@ class RuntimeInfo:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Silence the C++ side's informational line on file descriptor 2."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -115,7 +115,7 @@ def load_interpreter(
             continue
         chosen_threads = threads if threads and threads > 0 else default_threads(name, quantized)
         try:
-            with _quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" per load
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" per load
                 interpreter = interpreter_class(
                     model_path=str(model_path), num_threads=chosen_threads
                 )

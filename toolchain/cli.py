@@ -348,9 +348,13 @@ def classify(
         Path, typer.Argument(help="A .tflite classifier (labels embedded or labels.txt beside it).")
     ],
     source: Annotated[
-        str, typer.Option(help="An image file or a folder of images (searched recursively).")
+        str,
+        typer.Option(
+            help="An image file, a folder of images (recursive), a video file, or camera / camera:N."
+        ),
     ],
     top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 3,
+    threshold: Annotated[float, typer.Option(help="Hide classes scored below this (0..1).")] = 0.0,
     threads: Annotated[
         Optional[int],
         typer.Option(
@@ -364,44 +368,67 @@ def classify(
     runtime: Annotated[
         Optional[str], typer.Option(help="Force ai_edge_litert, tflite_runtime or tensorflow.")
     ] = None,
+    data_labels: Annotated[
+        bool,
+        typer.Option(
+            help="The folder is labeled (SOURCE/<class>/…): report top-1 accuracy against the folder names."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print one line per image.")] = False,
 ) -> None:
-    """Classify an image or a folder on the device (no TensorFlow needed)."""
+    """Classify images, a video or a camera on the device (no TensorFlow needed)."""
     from edge.classifier import Classifier
-    from edge.errors import BadInput
+    from edge.classify import classify_source
     from edge.output import PredictionWriter
-    from edge.pipeline import classify_files
-    from edge.sources import resolve_source
+    from edge.sources import open_source
 
     classifier = Classifier(model, runtime=runtime, threads=threads)
-    paths = resolve_source(source)
+    opened = open_source(source)
     print(classifier.runtime.describe(), file=sys.stderr)
+    live = opened.kind in ("camera", "video") and sys.stderr.isatty()
+    started = time.perf_counter()
+    counter = {"n": 0}
+
+    def show(result) -> None:
+        if result.error:
+            print(f"skipped: {result.error}", file=sys.stderr)
+            return
+        counter["n"] += 1
+        best = (
+            ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions) or "(below threshold)"
+        )
+        if live:
+            fps = counter["n"] / max(1e-9, time.perf_counter() - started)
+            print(f"\r{fps:6.1f} FPS  {best}\033[K", end="", file=sys.stderr, flush=True)
+        elif not quiet:
+            say(f"{result.path}: {best}")
+
     writer = PredictionWriter(str(output), top_k) if output else None
-    done, unreadable, start = 0, [], time.perf_counter()
     try:
-        for result in classify_files(classifier, paths, top_k):
-            if writer:
-                writer.write(result)
-            if result.error:
-                if len(paths) == 1:
-                    raise BadInput(f"{result.error}; give a JPEG/PNG image or a folder of them")
-                unreadable.append(result.error)
-                print(f"skipped: {result.error}", file=sys.stderr)
-                continue
-            done += 1
-            if not quiet:
-                best = ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions)
-                say(f"{result.path}: {best}")
+        summary = classify_source(classifier, opened, top_k, threshold, writer, show, data_labels)
     finally:
         if writer:
             writer.close()
-    seconds = time.perf_counter() - start
-    rate = done / seconds if seconds > 0 else 0.0
+    if live:
+        print(file=sys.stderr)
+    stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
     print(
-        f"classified {done} image(s), {len(unreadable)} unreadable, {rate:.1f} images/s"
-        + (f"; wrote {output}" if output else ""),
+        f"classified {summary.classified} image(s), {len(summary.unreadable)} unreadable, "
+        f"{summary.images_per_s:.1f} images/s ({stages})" + (f"; wrote {output}" if output else ""),
         file=sys.stderr,
     )
+    if data_labels:
+        if summary.unknown_labels:
+            print(
+                f"note: folders not among the model's labels: {', '.join(summary.unknown_labels)}",
+                file=sys.stderr,
+            )
+        if summary.accuracy is None:
+            print("note: no image sat in a folder named like a label", file=sys.stderr)
+        else:
+            say(
+                f"top-1 accuracy {summary.accuracy:.4f} ({summary.correct}/{summary.labeled} labeled images)"
+            )
 
 
 @app.command()
@@ -443,8 +470,9 @@ def bench(
         figures["folder"] = folder
         say(
             f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
-            f"decode {folder['decode_ms_mean']:.3f} ms  invoke {folder['invoke_ms_mean']:.3f} ms  "
-            f"{100 * folder['share_outside_invoke']:.0f}% outside invoke"
+            f"decode {folder['decode_ms_mean']:.3f} ms  resize {folder['resize_ms_mean']:.3f} ms  "
+            f"invoke {folder['invoke_ms_mean']:.3f} ms  post {folder['post_ms_mean']:.3f} ms  "
+            f"{100 * folder['share_outside_invoke']:.0f}% of wall time outside invoke"
         )
     if json_out:
         atomic.write_json(json_out, figures)

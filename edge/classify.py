@@ -1,0 +1,90 @@
+"""One classification session over a source: predictions out, a summary back.
+
+Shared by ``edgetl classify`` and tests. With labeled folders
+(``root/<class>/…``) it also counts top-1 accuracy, so a user can check the
+model on the device itself with photos they collected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from edge.classifier import Classifier
+from edge.errors import BadInput
+from edge.output import PredictionWriter
+from edge.pipeline import Result, classify_frames
+from edge.sources import Source
+
+
+@dataclass
+class Summary:
+    classified: int = 0
+    unreadable: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    labeled: int = 0
+    correct: int = 0
+    unknown_labels: Dict[str, int] = field(default_factory=dict)
+    stage_ms: Dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.correct / self.labeled if self.labeled else None
+
+
+def apply_threshold(result: Result, threshold: float) -> Result:
+    """Drop predictions scored below ``threshold`` (the top-1 is kept for accuracy)."""
+    if threshold > 0:
+        result.predictions = [p for p in result.predictions if p.score >= threshold]
+    return result
+
+
+def classify_source(
+    classifier: Classifier,
+    source: Source,
+    k: int = 3,
+    threshold: float = 0.0,
+    writer: Optional[PredictionWriter] = None,
+    on_result: Callable[[Result], None] = lambda result: None,
+    count_labels: bool = False,
+) -> Summary:
+    summary = Summary()
+    stages: Dict[str, List[float]] = {"decode": [], "resize": [], "invoke": [], "post": []}
+    start = time.perf_counter()
+    try:
+        for result in classify_frames(classifier, source.frames(classifier.image_size), k):
+            if result.error:
+                if source.kind == "file":
+                    raise BadInput(f"{result.error}; give a JPEG/PNG image or a folder of them")
+                summary.unreadable.append(result.error)
+            else:
+                summary.classified += 1
+                for stage in stages:
+                    stages[stage].append(getattr(result, f"{stage}_ms"))
+                if count_labels and result.label is not None:
+                    if result.label in classifier.labels:
+                        summary.labeled += 1
+                        summary.correct += int(result.predictions[0].label == result.label)
+                    else:
+                        summary.unknown_labels[result.label] = (
+                            summary.unknown_labels.get(result.label, 0) + 1
+                        )
+                apply_threshold(result, threshold)
+            if writer:
+                writer.write(result)
+            on_result(result)
+    except KeyboardInterrupt:
+        if source.kind != "camera":
+            raise
+        summary.interrupted = True  # Ctrl-C is how a camera session ends
+    summary.seconds = time.perf_counter() - start
+    summary.stage_ms = {s: round(float(np.mean(v)), 3) for s, v in stages.items() if v}
+    return summary
