@@ -48,6 +48,16 @@ def tiny_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run, for tests that change or add files in it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
 def run_cli(*args: str, env: dict | None = None, python: str | None = None, timeout: int = 600):
     """Run ``edgetl`` in a fresh process, as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +14,6 @@ from edge import atomic
 from edge.classifier import Classifier
 from tests.conftest import REPO, assert_one_line_error, run_cli
 from toolchain.export import stratified_sample
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    return run
 
 
 def test_calibration_is_stratified_by_class():

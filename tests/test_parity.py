@@ -4,18 +4,10 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_cli
 from toolchain.parity import disagreements
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    return run
 
 
 def test_disagreements_are_listed_worst_first():

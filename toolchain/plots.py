@@ -19,6 +19,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path, dpi: int = 100) -> Path:
+    """Write the figure atomically (temp file, then rename) and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def training_curves(history: Dict[str, List[float]], fine_tune_start: int, path: Path) -> Path:
     """Accuracy and loss per epoch, train and val, with the fine-tuning start marked."""
     plt = _pyplot()
@@ -36,11 +45,7 @@ def training_curves(history: Dict[str, List[float]], fine_tune_start: int, path:
         ax.set_title(metric)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], path: Path) -> Path:
@@ -69,11 +74,7 @@ def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], p
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def per_class_change(changes: Dict[str, List], labels: Sequence[str], path: Path) -> Path:
@@ -89,11 +90,7 @@ def per_class_change(changes: Dict[str, List], labels: Sequence[str], path: Path
     ax.set_xticks(x + width * (len(changes) - 1) / 2, labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("top-1 change vs Keras (points)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def image_grid(items: List[Dict], path: Path, columns: int = 4) -> Path:
@@ -116,8 +113,4 @@ def image_grid(items: List[Dict], path: Path, columns: int = 4) -> Path:
             f"tflite {item['tflite']} {item['tflite_score']:.2f}",
             fontsize=8,
         )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=80)
