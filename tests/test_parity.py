@@ -88,14 +88,22 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     assert repaired.returncode == 0, repaired.stderr
     assert "fallback:" in repaired.stderr
     report = json.loads((run_copy / "export_report.json").read_text())
-    steps = report["fallback"]
+    fallback = report["fallback"]
+    # measured sensitivity finds the damaged layer first, so one float layer repairs it
+    assert fallback["ranking"][0]["layer"] == "block_16_project_BN", fallback["ranking"][:3]
+    steps = fallback["steps"]
     assert (
         steps[-1]["val_top1_drop_pts"] <= 3 and "block_16_project_BN" in steps[-1]["float_layers"]
     )
-    assert all({"size_bytes", "invoke_p50_ms"} <= set(step) for step in steps)
+    assert all({"size_bytes", "invoke_p50_ms", "val_agreement"} <= set(step) for step in steps)
     parity = json.loads((run_copy / "parity.json").read_text())
     mixed = next(m for m in parity["models"] if m["path"].endswith("model_int8_mixed.tflite"))
     assert mixed["top1_drop_pts"] <= 3 and mixed["quant"] == "int8-mixed"
+    # the full-INT8 file that failed is set aside, so validating the run gates what ships
+    assert not (run_copy / "model_int8.tflite").exists()
+    assert (run_copy / "model_int8.tflite.rejected").is_file()
+    gated = run_cli("validate", str(run_copy), "--max-drop", "3")
+    assert gated.returncode == 0, gated.stderr
 
 
 def test_validate_on_a_labeled_folder(run_copy, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import tempfile
@@ -227,8 +228,6 @@ def training(out_dir: Path, log=print) -> Dict[str, Any]:
     Real photos and real ImageNet weights (alpha 0.35, 128 px) when ``../shared``
     is there; otherwise the figures are not meaningful and the section is skipped.
     """
-    import json
-
     from toolchain.options import TrainOptions
     from toolchain.train import train
 
@@ -271,6 +270,7 @@ def training(out_dir: Path, log=print) -> Dict[str, Any]:
                 "test_top1": round(report["test_top1"], 4),
             }
             log(f"  {results[name]}")
+        results["parity"] = parity(Path(tmp) / "fine_tuned", log)
     cached, uncached = results["head_cached"], results["head_uncached"]
     results["ratios"] = {
         "head_epoch_uncached_over_cached": round(
@@ -286,6 +286,118 @@ def training(out_dir: Path, log=print) -> Dict[str, Any]:
     }
     log(f"training ratios: {results['ratios']}")
     return results
+
+
+def parity(run_dir: Path, log=print) -> Dict[str, Any]:
+    """INT8 parity of the fine-tuned flowers run: full INT8 against the accuracy-aware
+    mix that ``--auto-fallback --max-drop 1.0`` finds, and validation speed on every
+    photo (Keras alone vs the whole of ``edgetl validate``)."""
+    from edge.errors import GateFailed
+    from toolchain.export import export
+    from toolchain.parity import validate
+
+    quiet = lambda message: None  # noqa: E731
+    export(run_dir, ExportOptions(validate=False), log=quiet)
+    start = time.perf_counter()
+    every = validate(run_dir, data=str(SHARED_PHOTOS), log=quiet)
+    speed = {
+        "images": every["n_images"],
+        "validate_seconds": round(time.perf_counter() - start, 2),
+        "keras_predict_seconds": every["keras"]["seconds"],
+    }
+    speed["validate_over_keras"] = round(
+        speed["validate_seconds"] / speed["keras_predict_seconds"], 2
+    )
+
+    def figures(report: Dict[str, Any]) -> Dict[str, Any]:
+        out = {"keras_top1": round(report["keras"]["top1"], 4)}
+        for m in report["models"]:
+            out[Path(m["path"]).name] = {
+                "quant": m["quant"],
+                "top1": round(m["top1"], 4),
+                "top1_ci95": [round(v, 4) for v in m["top1_ci95"]],
+                "top1_drop_pts": round(m["top1_drop_pts"], 2),
+                "agreement": round(m["agreement"], 4),
+                "device_path_top1": round(m["device_path"]["top1"], 4),
+            }
+        return out
+
+    full = figures(validate(run_dir, log=quiet))
+    options = ExportOptions(max_drop=1.0, auto_fallback=True, force=True)
+    start = time.perf_counter()
+    try:
+        export(run_dir, options, log=quiet)
+        outcome = "passed"
+    except GateFailed as failure:
+        outcome = f"failed: {failure}"
+    seconds = round(time.perf_counter() - start, 1)
+    report = json.loads((run_dir / "export_report.json").read_text())
+    steps = report.get("fallback", {}).get("steps", [])
+    result = {
+        "validation_speed_all_photos": speed,
+        "test_split_full_int8": full,
+        "auto_fallback_max_drop_1": {
+            "outcome": outcome,
+            "export_seconds": seconds,
+            "float_ops": steps[-1]["float_layers"] if len(steps) > 1 else [],
+            "steps": steps,
+            "test_split": figures(json.loads((run_dir / "parity.json").read_text())),
+        },
+    }
+    if len(steps) > 1:
+        result["auto_fallback_max_drop_1"]["mixed_over_full_int8"] = {
+            "size": round(steps[-1]["size_bytes"] / steps[0]["size_bytes"], 3),
+            "invoke_p50": round(steps[-1]["invoke_p50_ms"] / steps[0]["invoke_p50_ms"], 2),
+        }
+    result["per_layer_error_ranking_baseline"] = error_ranked_fallback(run_dir)
+    log(f"parity: {result}")
+    return result
+
+
+def error_ranked_fallback(run_dir: Path) -> List[Dict[str, Any]]:
+    """The baseline the accuracy-aware fallback replaced: the 1, 2, 4 … 32 layers with the
+    largest per-layer (debugger) error kept in float, each mix's size and test parity."""
+    from toolchain import fallback, metrics
+    from toolchain.diagnose import Calibrated
+    from toolchain.export import _card, representative_images
+    from toolchain.quiet import keras
+    from toolchain.rundir import RunDir
+
+    run = RunDir(run_dir)
+    config = run.read_config()
+    size = int(config["image_size"])
+    model = keras().models.load_model(run.model, compile=False)
+    calibration, _ = representative_images(run, 200, int(config["options"].get("seed", 0)), size)
+    calibrated = Calibrated(model, calibration, run.path / "export.log")
+    ranked = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
+    scratch = run.path / ".bench.tflite"
+    predict, _ = fallback.interpreter_callbacks(scratch, _card(config, "int8-mixed", "uint8", {}))
+    paths, labels = run.split_files("test")
+    pixels, kept, _ = load_many(paths, size)
+    y = np.array([labels[i] for i in kept])
+    keras_probs = model.predict(pixels.astype(np.float32), verbose=0)
+    full = len(calibrated.quantize([]))
+    rows = []
+    for count in (1, 2, 4, 8, 16, 32):
+        flatbuffer = calibrated.quantize(ranked[:count])
+        probs = predict(flatbuffer, pixels)
+        rows.append(
+            {
+                "float_layers": count,
+                "size_over_full_int8": round(len(flatbuffer) / full, 3),
+                "test_top1_drop_pts": round(
+                    metrics.drop_points(
+                        metrics.topk_accuracy(keras_probs, y, 1), metrics.topk_accuracy(probs, y, 1)
+                    ),
+                    2,
+                ),
+                "test_agreement": round(
+                    float((probs.argmax(1) == keras_probs.argmax(1)).mean()), 4
+                ),
+            }
+        )
+    scratch.unlink(missing_ok=True)
+    return rows
 
 
 def main() -> None:

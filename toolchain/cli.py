@@ -250,7 +250,7 @@ def export(
     auto_fallback: Annotated[
         bool,
         typer.Option(
-            help="With --max-drop: keep the INT8 layers with the largest quantization error in float (1, 2, 4, … layers, chosen on the validation split) until the budget holds; writes model_int8_mixed.tflite."
+            help="With --max-drop: rank INT8 layers by measured sensitivity (each one alone in float, on the validation split) and keep the most sensitive in float, one at a time, until the budget holds; writes model_int8_mixed.tflite and renames the full-INT8 file that failed to model_int8.tflite.rejected."
         ),
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace model files that already exist.")] = False,

@@ -305,9 +305,12 @@ def export(
         _record_parity(run, results, json.loads(run.parity.read_text()), report)
         if not options.auto_fallback:
             raise
-        log(f"int8 misses the budget of {options.max_drop} pts: keeping the worst layers in float")
-        mixed, steps = auto_fallback(run, model, calibration, config, options, log)
-        report["fallback"] = steps
+        log(
+            f"int8 misses the budget ({options.max_drop} pts): looking for the fewest layers "
+            "to keep in float"
+        )
+        mixed, fallback_report = auto_fallback(run, model, calibration, config, options, log)
+        report["fallback"] = fallback_report
         if mixed is None:
             atomic.write_json(run.path / "export_report.json", report)
             raise GateFailed(
@@ -317,15 +320,30 @@ def export(
         results.append(mixed)
         report["models"].append(_result_json(mixed, run, log))
         atomic.write_json(run.path / "export_report.json", report)
-        parity = validate(run.path, written + [str(mixed.path)], log=log)
+        # The full-INT8 file that failed steps aside (renamed back if the mix fails too):
+        # the run then holds one INT8 model, the one within budget, so `edgetl validate
+        # RUN` gates what ships and nobody copies the failed file to a device by mistake.
+        failed = next(r for r in results if r.quant == "int8")
+        rejected = failed.path.with_name(failed.path.name + ".rejected")
+        failed.path.replace(rejected)
+        for entry in report["models"]:
+            if entry["path"] == failed.path.name:
+                entry["path"] = rejected.name
+        failed.path, original = rejected, failed.path
+        written = [str(r.path) for r in results]
+        parity = validate(run.path, written, log=log)
         _record_parity(run, results, parity, report)
         final = [m for m in parity["models"] if Path(m["path"]) == mixed.path]
         problems = gate_failures(final, options.max_drop, options.min_agreement)
         if problems:
+            rejected.replace(original)
             raise GateFailed(
                 "parity gate failed on the test split: " + "; ".join(problems)
             ) from None
-        log(f"{mixed.path.name} meets --max-drop {options.max_drop} on the test split")
+        log(
+            f"{mixed.path.name} meets --max-drop {options.max_drop} on the test split; "
+            f"the full-INT8 model that did not is kept as {rejected.name}"
+        )
     return results
 
 
@@ -407,60 +425,52 @@ def auto_fallback(
     options: ExportOptions,
     log: Log,
 ):
-    """Keep the INT8 layers with the largest quantization error in float, in growing
-    steps (1, 2, 4, … layers), until the top-1 drop on the *validation* split is
-    within ``max_drop``; the test split stays untouched for the final report.
+    """Accuracy-aware fallback (see ``fallback.py``) on the validation split.
 
-    Returns the written mixed model (or None) and each step's drop, size, latency.
+    Returns the written mixed model (or None) and the fallback's report.
     """
-    from edge.bench import invoke_latency
-    from edge.classifier import Classifier
-    from toolchain import metrics
-    from toolchain.diagnose import convert_keeping_float, layer_errors, short_name
-    from toolchain.parity import tflite_probabilities
+    from toolchain import fallback
+    from toolchain.diagnose import Calibrated, short_name, with_consumers
 
     paths, labels = run.split_files("val")
     if not paths:
         raise BadInput(f"{run.path}: the run has no validation split for --auto-fallback")
-    size = int(config["image_size"])
-    pixels, kept, _ = load_many(paths, size)
+    pixels, kept, _ = load_many(paths, int(config["image_size"]))
     y = np.array([labels[i] for i in kept])
-    keras_top1 = metrics.topk_accuracy(model.predict(pixels.astype(np.float32), verbose=0), y, 1)
-    ranked = layer_errors(model, calibration, run.path / "export.log", limit=0)
-    steps: List[Dict[str, Any]] = []
-    count = 1
-    while True:
-        count = min(count, len(ranked), options.fallback_max_layers)
-        float_layers = [row["tensor_name"] for row in ranked[:count]]
-        start = time.perf_counter()
-        flatbuffer = convert_keeping_float(
-            model, calibration, float_layers, run.path / "export.log", options.io
+    keras_probs = model.predict(pixels.astype(np.float32), verbose=0)
+    calibrated = Calibrated(model, calibration, run.path / "export.log", options.io)
+    tensors = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
+    groups = with_consumers(calibrated.quantize([]), tensors)
+    card = _card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
+    scratch = run.path / ".fallback_candidate.tflite"
+    predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
+    try:
+        outcome = fallback.repair(
+            calibrated.quantize,
+            groups,
+            predict,
+            latency_ms,
+            pixels,
+            y,
+            keras_probs,
+            options.max_drop,
+            options.min_agreement,
+            options.fallback_max_layers,
+            name=short_name,
+            log=log,
         )
-        seconds = time.perf_counter() - start
-        card = _card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
-        card["float_layers"] = [short_name(name) for name in float_layers]
-        candidate = run.path / ".fallback_candidate.tflite"
-        atomic.write_bytes(candidate, embed_metadata(flatbuffer, card, card["labels"]))
-        classifier = Classifier(candidate)
-        top1 = metrics.topk_accuracy(tflite_probabilities(classifier, pixels), y, 1)
-        step = {
-            "float_layers": card["float_layers"],
-            "val_top1_drop_pts": round(metrics.drop_points(keras_top1, top1), 3),
-            "size_bytes": candidate.stat().st_size,
-            "invoke_p50_ms": invoke_latency(classifier, runs=30)["p50_ms"],
-        }
-        steps.append(step)
-        log(
-            f"fallback: {count} float layer(s) -> val drop {step['val_top1_drop_pts']:+.2f} pts, "
-            f"{step['size_bytes'] / 1024:.0f} KiB, invoke p50 {step['invoke_p50_ms']:.2f} ms"
-        )
-        if step["val_top1_drop_pts"] <= options.max_drop:
-            target = run.path / "model_int8_mixed.tflite"
-            _refuse_overwrite([target], options.force)
-            candidate.unlink()
-            result = _write(target, flatbuffer, card, seconds, log)
-            return result, steps
-        if count >= min(len(ranked), options.fallback_max_layers):
-            candidate.unlink()
-            return None, steps
-        count *= 2
+    finally:
+        scratch.unlink(missing_ok=True)
+    report = {
+        "method": "accuracy-aware: layers ranked by measured sensitivity, kept in float one at "
+        "a time until the validation split meets the budget",
+        "seconds": round(outcome.seconds, 2),
+        "ranking": outcome.ranking[:20],
+        "steps": [step.json() for step in outcome.steps],
+    }
+    if outcome.flatbuffer is None:
+        return None, report
+    card["float_layers"] = [short_name(name) for name in outcome.float_tensors]
+    target = run.path / "model_int8_mixed.tflite"
+    _refuse_overwrite([target], options.force)
+    return _write(target, outcome.flatbuffer, card, outcome.seconds, log), report

@@ -1,0 +1,172 @@
+"""Accuracy-aware mixed precision: keep the INT8 layers that cost the most accuracy in float.
+
+What NNCF's accuracy control does for OpenVINO, done for TFLite:
+
+1. calibrate once (``diagnose.Calibrated``): each variant is then a ~30 ms
+   re-quantization, not a new conversion;
+2. rank every quantized tensor by *measured* sensitivity: how far the model's
+   probabilities move back towards Keras, on up to ``RANKING_IMAGES`` validation
+   images, when that tensor leaves INT8 (its producer and its consumers run in
+   float: ``diagnose.with_consumers``). The debugger's per-layer error
+   judges each layer in isolation, but an error early in the network is
+   amplified by everything after it: on flowers128 (alpha 0.35, 128 px) the
+   three stem layers recover more agreement than the twenty of blocks 13-16,
+   which the per-layer error ranks first;
+3. return those groups to float in that order, one at a time, until the top-1
+   drop on the validation split (and the agreement, when asked) meets the
+   budget. Groups whose reversal does not help are never kept in float.
+
+Selection uses the validation split only; the test split stays untouched for
+the figures ``edgetl validate`` reports afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+RANKING_IMAGES = 300  # NNCF's default ranking subset size
+
+
+@dataclass
+class Step:
+    """One candidate on the way: what it keeps in float and what that costs."""
+
+    float_layers: List[str]
+    val_top1_drop_pts: float
+    val_agreement: float
+    size_bytes: int
+    invoke_p50_ms: float
+
+    def json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Outcome:
+    flatbuffer: Optional[bytes]  # the accepted model, None when the budget was not met
+    float_tensors: List[str]
+    steps: List[Step]
+    ranking: List[Dict[str, Any]]
+    seconds: float
+
+
+def ranking_subset(count: int, limit: int = RANKING_IMAGES) -> np.ndarray:
+    """Evenly spaced indices, so every part of the (seeded) split is represented."""
+    return np.unique(np.linspace(0, count - 1, min(count, limit)).round().astype(int))
+
+
+def divergence(probs: np.ndarray, reference: np.ndarray) -> float:
+    """Mean absolute probability difference: smooth, unlike top-1, so small gains rank."""
+    return float(np.abs(probs - reference).mean())
+
+
+def accept(
+    drop_pts: float, agreement: float, max_drop: float, min_agreement: Optional[float]
+) -> bool:
+    return drop_pts <= max_drop and (min_agreement is None or agreement >= min_agreement)
+
+
+def repair(
+    quantize: Callable[[Sequence[str]], bytes],
+    groups: Dict[str, List[str]],
+    predict: Callable[[bytes, np.ndarray], np.ndarray],
+    latency_ms: Callable[[bytes], float],
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    keras_probs: np.ndarray,
+    max_drop: float,
+    min_agreement: Optional[float],
+    max_layers: int,
+    name: Callable[[str], str] = lambda tensor: tensor,
+    log: Callable[[str], None] = lambda message: None,
+) -> Outcome:
+    """Rank ``groups`` (a tensor -> the ops to keep in float to take it out of INT8)
+    by sensitivity, then keep them in float one group at a time.
+
+    ``quantize`` maps a list of float tensors to a flatbuffer; ``predict`` runs a
+    flatbuffer on pixels. Both are parameters so this loop is plain Python over
+    measured numbers.
+    """
+    from toolchain import metrics
+
+    start = time.perf_counter()
+    subset = ranking_subset(len(pixels))
+    reference = keras_probs[subset]
+    base = divergence(predict(quantize([]), pixels[subset]), reference)
+    ranking = []
+    for tensor, members in groups.items():
+        gain = base - divergence(predict(quantize(members), pixels[subset]), reference)
+        ranking.append({"layer": name(tensor), "ops": [name(m) for m in members], "gain": gain})
+        ranking[-1]["members"] = members
+    ranking.sort(key=lambda r: -r["gain"])
+    log(
+        f"fallback: ranked {len(groups)} INT8 tensors by measured sensitivity on "
+        f"{len(subset)} validation images in {time.perf_counter() - start:.1f}s; most sensitive: "
+        + ", ".join(f"{r['layer']} {r['gain']:.4f}" for r in ranking[:5])
+    )
+    keras_top1 = metrics.topk_accuracy(keras_probs, labels, 1)
+    keras_pred = keras_probs.argmax(1)
+
+    def measure(chosen: List[str]) -> Tuple[bytes, Step]:
+        flatbuffer = quantize(chosen)
+        probs = predict(flatbuffer, pixels)
+        return flatbuffer, Step(
+            float_layers=[name(t) for t in chosen],
+            val_top1_drop_pts=round(
+                metrics.drop_points(keras_top1, metrics.topk_accuracy(probs, labels, 1)), 3
+            ),
+            val_agreement=round(float((probs.argmax(1) == keras_pred).mean()), 4),
+            size_bytes=len(flatbuffer),
+            invoke_p50_ms=round(latency_ms(flatbuffer), 3),
+        )
+
+    steps: List[Step] = [measure([])[1]]  # step 0: full INT8, what every step is priced against
+    chosen: List[str] = []
+    for entry in (r for r in ranking if r["gain"] > 0):
+        added = [m for m in entry.pop("members") if m not in chosen]
+        if not added:
+            continue
+        if len(chosen) + len(added) > max_layers:
+            break
+        chosen += added
+        flatbuffer, step = measure(chosen)
+        steps.append(step)
+        log(
+            f"fallback: +{entry['layer']} -> {len(chosen)} float op(s), val drop "
+            f"{step.val_top1_drop_pts:+.2f} pts, agreement {step.val_agreement:.3f}, "
+            f"{step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
+        )
+        if accept(step.val_top1_drop_pts, step.val_agreement, max_drop, min_agreement):
+            return Outcome(flatbuffer, chosen, steps, _public(ranking), time.perf_counter() - start)
+    return Outcome(None, [], steps, _public(ranking), time.perf_counter() - start)
+
+
+def _public(ranking: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [{"layer": r["layer"], "ops": r["ops"], "gain": round(r["gain"], 6)} for r in ranking]
+
+
+def interpreter_callbacks(
+    scratch: Path, card: Dict[str, Any]
+) -> Tuple[Callable[[bytes, np.ndarray], np.ndarray], Callable[[bytes], float]]:
+    """``predict`` and ``latency_ms`` for ``repair``, on the edge runner's own interpreter."""
+    from edge.bench import invoke_latency
+    from edge.classifier import Classifier
+    from edge.modelfile import embed_metadata
+    from toolchain.parity import tflite_probabilities
+
+    def load(flatbuffer: bytes) -> Classifier:
+        scratch.write_bytes(embed_metadata(flatbuffer, card, card["labels"]))
+        return Classifier(scratch)
+
+    def predict(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
+        return tflite_probabilities(load(flatbuffer), pixels)
+
+    def latency_ms(flatbuffer: bytes) -> float:
+        return float(invoke_latency(load(flatbuffer), runs=30)["p50_ms"])
+
+    return predict, latency_ms
