@@ -91,7 +91,7 @@ def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
         with Image.open(path) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when upright
             rgb = to_rgb(image)
             rgb.load()
             return rgb

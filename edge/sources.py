@@ -45,11 +45,12 @@ class Source:
 
 
 def file_frames(paths: List[Path], size: int, root: Optional[Path] = None) -> Iterator[Frame]:
+    depth = len(root.parts) if root is not None else 0
     for path in paths:
         start = time.perf_counter()
-        label = (
-            path.relative_to(root).parts[0] if root is not None and path.parent != root else None
-        )
+        # root/<class>/… labels the image; this runs per image in the decode thread.
+        parts = path.parts
+        label = parts[depth] if root is not None and len(parts) > depth + 1 else None
         try:
             image = decode_rgb(path, size)
             yield Frame(str(path), image, "", (time.perf_counter() - start) * 1000.0, label)

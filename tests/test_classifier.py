@@ -15,6 +15,8 @@ def test_int8_input_shifts_by_zero_point():
     pixels = np.array([[[0, 128, 255]]], dtype=np.uint8)
     out = quantize_input(pixels, np.int8, 1.0, -128)
     assert out.dtype == np.int8 and out.tolist() == [[[-128, 0, 127]]]
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    assert np.array_equal(quantize_input(every, np.int8, 1.0, -128), every.astype(np.int16) - 128)
 
 
 def test_float_input_keeps_raw_range():
