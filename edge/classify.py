@@ -53,9 +53,11 @@ def classify_source(
     k: int = 3,
     threshold: float = 0.0,
     writer: Optional[PredictionWriter] = None,
-    on_result: Callable[[Result], None] = lambda result: None,
+    on_result: Callable[[Result], Optional[bool]] = lambda result: None,
     count_labels: bool = False,
 ) -> Summary:
+    """Classify every frame of ``source``; ``on_result`` returning False ends the session
+    (a closed preview window), as Ctrl-C ends a camera session."""
     summary = Summary()
     stages: Dict[str, List[float]] = {"decode": [], "resize": [], "invoke": [], "post": []}
     start = time.perf_counter()
@@ -80,7 +82,9 @@ def classify_source(
                 apply_threshold(result, threshold)
             if writer:
                 writer.write(result)
-            on_result(result)
+            if on_result(result) is False:
+                summary.interrupted = True
+                break
     except KeyboardInterrupt:
         if source.kind != "camera":
             raise

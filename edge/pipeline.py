@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Result:
     post_ms: float = 0.0
     error: str = ""
     label: Optional[str] = None
+    image: Any = None  # the frame as decoded (RGB Pillow image), for --show
 
 
 def _producer(
@@ -97,6 +98,7 @@ def classify_frames(
                 (done - invoked) * 1000.0,
                 "",
                 frame.label,
+                frame.image,
             )
     finally:
         stop.set()

@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
@@ -138,3 +140,113 @@ def test_runner_writes_the_input_tensor_in_place(tiny_run):
     first = classifier.probabilities(pixels)
     assert np.array_equal(classifier.interpreter.tensor(classifier._input["index"])()[0], pixels)
     assert np.array_equal(classifier.probabilities(pixels), first)
+
+
+FAKE_PICAMERA2 = '''
+"""Stands in for the Pi camera stack (python3-picamera2): this machine has no camera module."""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+FRAME = np.asarray(Image.open(os.environ["FAKE_PICAMERA_FRAME"]).convert("RGB"))
+
+
+def _log(event, **data):
+    with open(os.environ["FAKE_PICAMERA_LOG"], "a") as log:
+        log.write(json.dumps({"event": event, **data}) + "\\n")
+
+
+class Picamera2:
+    @staticmethod
+    def global_camera_info():
+        return [{"Model": "imx708", "Num": 0}]
+
+    def __init__(self, camera_num=0):
+        self.frames = 0
+        _log("open", index=camera_num)
+
+    def create_preview_configuration(self, main):
+        return {"main": main}
+
+    def configure(self, config):
+        _log("configure", format=config["main"]["format"])
+
+    def start(self):
+        pass
+
+    def capture_array(self, name="main"):
+        if self.frames == 5:
+            raise RuntimeError("Camera frontend has timed out!")  # what an unplugged module does
+        self.frames += 1
+        return FRAME  # libcamera's BGR888 is [R, G, B] per pixel in numpy
+
+    def stop(self):
+        pass
+
+    def close(self):
+        _log("close")
+'''
+
+
+def _top_scores(jsonl: Path):
+    return [
+        [p["score"] for p in json.loads(line)["top_k"]] for line in jsonl.read_text().splitlines()
+    ]
+
+
+def test_pi_camera_module_through_picamera2(tiny_run, tmp_path):
+    """camera:0 on a Pi with picamera2 reads the camera module in RGB, frame by frame,
+    and ends cleanly when it stops answering."""
+    fake = tmp_path / "fake" / "picamera2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_PICAMERA2)
+    frame = sorted((tiny_run / "synthetic_data" / "triangle").glob("*.png"))[0]
+    swapped = tmp_path / "swapped.png"
+    Image.fromarray(np.asarray(Image.open(frame).convert("RGB"))[:, :, ::-1]).save(swapped)
+    model = str(tiny_run / "model_int8.tflite")
+    log = tmp_path / "camera.log"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]),
+        "FAKE_PICAMERA_FRAME": str(frame),
+        "FAKE_PICAMERA_LOG": str(log),
+    }
+    out = tmp_path / "camera.jsonl"
+    result = run_cli("classify", model, "--source", "camera", "--output", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "camera 0 via picamera2" in result.stderr and "classified 5 image(s)" in result.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"event": "configure", "format": "BGR888"} in events and events[-1]["event"] == "close"
+
+    expected = {}
+    for name, image in (("direct", frame), ("swapped", swapped)):
+        run_cli(
+            "classify", model, "--source", str(image), "--output", str(tmp_path / f"{name}.jsonl")
+        )
+        expected[name] = _top_scores(tmp_path / f"{name}.jsonl")[0]
+    assert expected["direct"] != expected["swapped"]  # a channel swap would show
+    assert _top_scores(out) == [expected["direct"]] * 5
+
+
+def test_show_without_a_display_is_one_line_and_exit_3(tiny_run, tmp_path):
+    result = run_cli(
+        "classify",
+        str(tiny_run / "model_int8.tflite"),
+        "--source",
+        str(tiny_run / "synthetic_data"),
+        "--show",
+        env={"DISPLAY": "", "WAYLAND_DISPLAY": ""},
+    )
+    assert_one_line_error(result, 3, "--show needs a display")
+
+
+def test_annotate_draws_the_labels_and_keeps_the_frame():
+    from edge.display import annotate
+
+    frame = Image.new("RGB", (160, 120), (40, 160, 90))
+    drawn = annotate(frame, ["daisy 0.91", "12.5 FPS"])
+    assert drawn.shape == (120, 160, 3) and drawn.dtype == np.uint8
+    assert (drawn[2:30, 2:60] != (40, 160, 90)).any()  # text band at the top left
+    assert (drawn[100:, 100:] == (40, 160, 90)).all()  # the rest of the frame untouched
+    assert np.asarray(frame)[0, 0].tolist() == [40, 160, 90]  # the frame itself is not modified

@@ -375,6 +375,12 @@ def classify(
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print one line per image.")] = False,
+    show: Annotated[
+        bool,
+        typer.Option(
+            help="Show each frame in a window with its top classes and FPS drawn on it (needs a display and OpenCV with GUI support; q or Esc quits)."
+        ),
+    ] = False,
 ) -> None:
     """Classify images, a video or a camera on the device (no TensorFlow needed)."""
     from edge.classifier import Classifier
@@ -383,32 +389,46 @@ def classify(
     from edge.sources import open_source
 
     classifier = Classifier(model, runtime=runtime, threads=threads)
+    window = None
+    if show:
+        from edge.display import Window
+
+        window = Window()  # no display: one line and exit 3 before any frame is read
     opened = open_source(source)
     print(classifier.runtime.describe(), file=sys.stderr)
+    print(opened.describe(), file=sys.stderr)
     live = opened.kind in ("camera", "video") and sys.stderr.isatty()
     started = time.perf_counter()
     counter = {"n": 0}
 
-    def show(result) -> None:
+    def report(result) -> bool:
         if result.error:
             print(f"skipped: {result.error}", file=sys.stderr)
-            return
+            return True
         counter["n"] += 1
+        fps = counter["n"] / max(1e-9, time.perf_counter() - started)
         best = (
             ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions) or "(below threshold)"
         )
         if live:
-            fps = counter["n"] / max(1e-9, time.perf_counter() - started)
             print(f"\r{fps:6.1f} FPS  {best}\033[K", end="", file=sys.stderr, flush=True)
         elif not quiet:
             say(f"{result.path}: {best}")
+        if window is not None:
+            from edge.display import annotate
+
+            lines = [f"{p.label} {p.score:.2f}" for p in result.predictions] + [f"{fps:.1f} FPS"]
+            return window.show(annotate(result.image, lines))
+        return True
 
     writer = PredictionWriter(str(output), top_k) if output else None
     try:
-        summary = classify_source(classifier, opened, top_k, threshold, writer, show, data_labels)
+        summary = classify_source(classifier, opened, top_k, threshold, writer, report, data_labels)
     finally:
         if writer:
             writer.close()
+        if window is not None:
+            window.close()
     if live:
         print(file=sys.stderr)
     stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
