@@ -196,3 +196,13 @@ def test_saved_model_has_no_augmentation_layers(tiny_run):
     model = keras().models.load_model(tiny_run / "model.keras", compile=False)
     names = [layer.name for layer in model.layers]
     assert not any("augment" in n or n.startswith("random") for n in names), names
+
+
+def test_fine_tune_depth_follows_the_base():
+    from toolchain.options import TrainOptions
+    from toolchain.train import resolve_fine_tune_at
+
+    assert resolve_fine_tune_at(TrainOptions(weights="none")) == "0"  # random base: all of it
+    assert resolve_fine_tune_at(TrainOptions(weights="imagenet", alpha=1.0)) == "100"
+    assert resolve_fine_tune_at(TrainOptions(weights="w.h5", alpha=0.35)) == "block_5"
+    assert resolve_fine_tune_at(TrainOptions(alpha=0.35, fine_tune_at="block_13")) == "block_13"

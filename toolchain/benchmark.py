@@ -275,7 +275,8 @@ def training(out_dir: Path, log=print) -> Dict[str, Any]:
     runs = {
         "head_cached": base,
         "head_uncached": replace(base, cache_features=False),
-        "fine_tuned": replace(base, fine_tune_epochs=10),
+        # the recipe as users get it: auto fine-tune depth, early stopping restoring the best
+        "fine_tuned": replace(base, fine_tune_epochs=15, patience=TrainOptions.patience),
     }
     results: Dict[str, Any] = {
         "data": str(SHARED_PHOTOS),
@@ -352,7 +353,10 @@ def parity(run_dir: Path, log=print) -> Dict[str, Any]:
         return out
 
     full = figures(validate(run_dir, log=quiet))
-    options = ExportOptions(max_drop=1.0, auto_fallback=True, force=True)
+    # Agreement is the steadier target on 257 test images (a top-1 drop moves in steps
+    # of 0.39 points): ask for both so the fallback has work to do on a model whose
+    # full-INT8 drop is already small.
+    options = ExportOptions(max_drop=1.0, min_agreement=0.95, auto_fallback=True, force=True)
     start = time.perf_counter()
     try:
         export(run_dir, options, log=quiet)
@@ -365,7 +369,7 @@ def parity(run_dir: Path, log=print) -> Dict[str, Any]:
     result = {
         "validation_speed_all_photos": speed,
         "test_split_full_int8": full,
-        "auto_fallback_max_drop_1": {
+        "auto_fallback_max_drop_1_min_agreement_0.95": {
             "outcome": outcome,
             "export_seconds": seconds,
             "float_ops": steps[-1]["float_layers"] if len(steps) > 1 else [],
@@ -374,7 +378,7 @@ def parity(run_dir: Path, log=print) -> Dict[str, Any]:
         },
     }
     if len(steps) > 1:
-        result["auto_fallback_max_drop_1"]["mixed_over_full_int8"] = {
+        result["auto_fallback_max_drop_1_min_agreement_0.95"]["mixed_over_full_int8"] = {
             "size": round(steps[-1]["size_bytes"] / steps[0]["size_bytes"], 3),
             "invoke_p50": round(steps[-1]["invoke_p50_ms"] / steps[0]["invoke_p50_ms"], 2),
         }

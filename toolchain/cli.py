@@ -88,12 +88,15 @@ def train(
     ] = "imagenet",
     epochs: Annotated[int, typer.Option(help="Head-phase epochs on the frozen base.")] = 10,
     fine_tune_epochs: Annotated[
-        int, typer.Option(help="Fine-tuning epochs after the head phase (0 = head only).")
-    ] = 10,
+        int,
+        typer.Option(
+            help="Most fine-tuning epochs after the head phase (0 = head only); early stopping on val loss usually ends it sooner."
+        ),
+    ] = 15,
     fine_tune_at: Annotated[
         str,
         typer.Option(
-            help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (100 when pretrained, 0 from scratch)."
+            help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (pretrained: layer 100, or block_5 for alpha <= 0.5 whose thin features need more adapting; 0 from scratch)."
         ),
     ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,

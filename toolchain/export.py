@@ -305,10 +305,7 @@ def export(
         _record_parity(run, results, json.loads(run.parity.read_text()), report)
         if not options.auto_fallback:
             raise
-        log(
-            f"int8 misses the budget ({options.max_drop} pts): looking for the fewest layers "
-            "to keep in float"
-        )
+        log("int8 misses the gate: looking for the fewest layers to keep in float")
         mixed, fallback_report = auto_fallback(run, model, calibration, config, options, log)
         report["fallback"] = fallback_report
         if mixed is None:
@@ -341,7 +338,7 @@ def export(
                 "parity gate failed on the test split: " + "; ".join(problems)
             ) from None
         log(
-            f"{mixed.path.name} meets --max-drop {options.max_drop} on the test split; "
+            f"{mixed.path.name} meets the gate on the test split; "
             f"the full-INT8 model that did not is kept as {rejected.name}"
         )
     return results

@@ -22,7 +22,7 @@ class TrainOptions:
     alpha: float = 1.0
     weights: str = "imagenet"  # "imagenet", "none" or a path to a no-top .h5 file
     epochs: int = 10  # head phase, frozen base
-    fine_tune_epochs: int = 10
+    fine_tune_epochs: int = 15  # a cap: early stopping restores the best epoch
     fine_tune_at: str = "auto"  # base layer index, a name prefix ("block_13"), or auto
     batch_size: int = 32
     learning_rate: float = 1e-3
