@@ -56,7 +56,7 @@ format: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	@echo "== 1/5 train (generated data, MobileNetV2 alpha 0.35 at 96 px, from scratch)"
-	$(BIN)/edgetl train --data synthetic --out $(DEMO) --image-size 96 --alpha 0.35 \
+	$(BIN)/edgetl train --data synthetic --out $(DEMO) --force --image-size 96 --alpha 0.35 \
 		--weights none --epochs 1 --fine-tune-epochs 10 --fine-tune-learning-rate 0.003
 	@echo "== 2/5 export INT8"
 	$(BIN)/edgetl export $(DEMO) --quant int8 --no-validate --force

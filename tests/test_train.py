@@ -206,3 +206,27 @@ def test_fine_tune_depth_follows_the_base():
     assert resolve_fine_tune_at(TrainOptions(weights="imagenet", alpha=1.0)) == "100"
     assert resolve_fine_tune_at(TrainOptions(weights="w.h5", alpha=0.35)) == "block_5"
     assert resolve_fine_tune_at(TrainOptions(alpha=0.35, fine_tune_at="block_13")) == "block_13"
+
+
+def test_training_over_a_run_needs_force(run_copy):
+    before = (run_copy / "model.keras").read_bytes()
+    refused = run_cli("train", *SMALL, "--epochs", "1", "--out", str(run_copy))
+    assert_one_line_error(refused, 2, "already holds a run", "--force")
+    assert (run_copy / "model.keras").read_bytes() == before  # nothing was touched
+    assert (run_copy / "model_int8.tflite").is_file()
+
+    replaced = run_cli(
+        "train",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "0",
+        "--out",
+        str(run_copy),
+        "--force",
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert (run_copy / "model.keras").read_bytes() != before
+    # the old export no longer matches the new model, so it is gone with it
+    assert not list(run_copy.glob("model_*.tflite")) and not (run_copy / "parity.json").exists()

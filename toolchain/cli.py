@@ -181,6 +181,12 @@ def train(
             help="Continue an interrupted run in --out with its original options; at most the interrupted epoch is redone."
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace the run already in --out (its exports and parity reports go too, as they would no longer match)."
+        ),
+    ] = False,
 ) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
     from toolchain.options import TrainOptions
@@ -210,6 +216,7 @@ def train(
         strategy=strategy,
         mixed_precision=mixed_precision,
         resume=resume,
+        force=force,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
     )

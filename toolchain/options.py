@@ -44,6 +44,7 @@ class TrainOptions:
     strategy: str = "auto"
     mixed_precision: bool = False
     resume: bool = False
+    force: bool = False  # replace a run already in --out (and what was derived from it)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> TrainOptions:

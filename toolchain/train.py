@@ -184,11 +184,37 @@ class Trainer:
             )
             self.log(f"resuming {self.run.path} with the options it was started with")
             return
+        self._replace_existing_run()
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         atomic.write_json(saved, self.options.to_dict())
+
+    def _replace_existing_run(self) -> None:
+        """Refuse to train over a run unless ``--force``; with it, also remove what was
+        derived from the old model (exports, parity), which would no longer match."""
+        markers = [self.run.model, self.run.config, self.checkpoints / "options.json"]
+        if not any(path.exists() for path in markers):
+            return
+        if not self.options.force:
+            raise BadInput(
+                f"--out {self.run.path} already holds a run; pass --force to replace it, "
+                "--resume to continue an interrupted one, or choose another --out "
+                "(nothing was changed)"
+            )
+        derived = [
+            *self.run.path.glob("model_*.tflite"),
+            *self.run.path.glob("model_*.tflite.rejected"),
+            *self.run.path.glob("parity*"),
+            self.run.path / "export_report.json",
+            self.run.path / "labels.txt",
+        ]
+        removed = [path for path in derived if path.is_file()]
+        for path in removed:
+            path.unlink()
+        if removed:
+            self.log(f"--force: removed {len(removed)} file(s) derived from the old model")
 
     def _state(self) -> Dict[str, Any]:
         path = self.checkpoints / "state.json"
