@@ -230,3 +230,15 @@ def test_training_over_a_run_needs_force(run_copy):
     assert (run_copy / "model.keras").read_bytes() != before
     # the old export no longer matches the new model, so it is gone with it
     assert not list(run_copy.glob("model_*.tflite")) and not (run_copy / "parity.json").exists()
+
+
+def test_same_seed_same_model(tmp_path):
+    """Fine-tuning with augmentation is reproducible: the same --seed gives the same run."""
+    histories = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        args = [*SMALL, "--epochs", "1", "--fine-tune-epochs", "2", "--out", str(run)]
+        assert run_cli("train", *args).returncode == 0
+        histories.append(json.loads((run / "history.json").read_text()))
+    assert histories[0]["loss"] == histories[1]["loss"]
+    assert histories[0]["val_accuracy"] == histories[1]["val_accuracy"]

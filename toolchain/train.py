@@ -63,7 +63,7 @@ def resolve_fine_tune_at(options: TrainOptions) -> str:
     last ~third adapts, early edge detectors stay) for alpha above 0.5; from
     ``block_5`` for the slim bases (alpha 0.35, 0.5), whose thin ImageNet features
     need more adapting: on flowers128 at 0.35/128 px it beat layer 100 on the test
-    split in every run we made (0.67-0.71 in five runs vs 0.65-0.66 in four). The
+    split in every run we made (0.67-0.71 in six runs vs 0.65-0.66 in four). The
     whole base when training from scratch: a random frozen base gives chance accuracy."""
     if options.fine_tune_at != "auto":
         return options.fine_tune_at
@@ -118,9 +118,11 @@ def _pixel_dataset(tf, pixels, onehot, batch: int, seed: Optional[int], augment=
         ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augment is not None:
-        ds = ds.map(
-            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        # One batch at a time: the augmentation layers draw from one seeded stateful
+        # generator, and parallel calls would take its numbers in a racy order, so the
+        # same --seed would give a different model. Each call is a whole batch of TF
+        # ops (multi-threaded inside), and prefetch still overlaps it with training.
+        ds = ds.map(lambda x, y: (augment(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -194,8 +196,12 @@ class Trainer:
     def _replace_existing_run(self) -> None:
         """Refuse to train over a run unless ``--force``; with it, also remove what was
         derived from the old model (exports, parity), which would no longer match."""
-        markers = [self.run.model, self.run.config, self.checkpoints / "options.json"]
-        if not any(path.exists() for path in markers):
+        # A run that stopped at its data checks (options.json only) is not worth keeping.
+        started = self.checkpoints.is_dir() and any(
+            path.name != "options.json" for path in self.checkpoints.iterdir()
+        )
+        markers = [self.run.model, self.run.config, self.run.splits]
+        if not started and not any(path.exists() for path in markers):
             return
         if not self.options.force:
             raise BadInput(
