@@ -101,8 +101,7 @@ def repair(
     ranking = []
     for tensor, members in groups.items():
         gain = base - divergence(predict(quantize(members), pixels[subset]), reference)
-        ranking.append({"layer": name(tensor), "ops": [name(m) for m in members], "gain": gain})
-        ranking[-1]["members"] = members
+        ranking.append({"tensor": tensor, "layer": name(tensor), "gain": gain})
     ranking.sort(key=lambda r: -r["gain"])
     log(
         f"fallback: ranked {len(groups)} INT8 tensors by measured sensitivity on "
@@ -128,7 +127,7 @@ def repair(
     steps: List[Step] = [measure([])[1]]  # step 0: full INT8, what every step is priced against
     chosen: List[str] = []
     for entry in (r for r in ranking if r["gain"] > 0):
-        added = [m for m in entry.pop("members") if m not in chosen]
+        added = [m for m in groups[entry["tensor"]] if m not in chosen]
         if not added:
             continue
         if len(chosen) + len(added) > max_layers:
@@ -142,12 +141,27 @@ def repair(
             f"{step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
         )
         if accept(step.val_top1_drop_pts, step.val_agreement, max_drop, min_agreement):
-            return Outcome(flatbuffer, chosen, steps, _public(ranking), time.perf_counter() - start)
-    return Outcome(None, [], steps, _public(ranking), time.perf_counter() - start)
+            return Outcome(
+                flatbuffer,
+                chosen,
+                steps,
+                _public(ranking, groups, name),
+                time.perf_counter() - start,
+            )
+    return Outcome(None, [], steps, _public(ranking, groups, name), time.perf_counter() - start)
 
 
-def _public(ranking: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [{"layer": r["layer"], "ops": r["ops"], "gain": round(r["gain"], 6)} for r in ranking]
+def _public(
+    ranking: List[Dict[str, Any]], groups: Dict[str, List[str]], name
+) -> List[Dict[str, Any]]:
+    return [
+        {
+            "layer": r["layer"],
+            "ops": [name(m) for m in groups[r["tensor"]]],
+            "gain": round(r["gain"], 6),
+        }
+        for r in ranking
+    ]
 
 
 def interpreter_callbacks(
