@@ -4,8 +4,8 @@ Every source yields ``Frame``s (a name and an upright RGB Pillow image, or
 the reason it could not be read). Frames are produced inside the pipeline's
 decode thread, so reading the next file or video frame overlaps inference.
 Video and camera frames come from OpenCV in BGR order and are converted to
-RGB here (a Pi camera module comes through picamera2, already RGB); all frames are resized later by the same ``edge.image.resize_rgb``
-that training used.
+RGB here (a Pi camera module comes through picamera2, already RGB); all frames
+are resized later by the same ``edge.image.resize_rgb`` that training used.
 """
 
 from __future__ import annotations

@@ -331,8 +331,9 @@ def training(out_dir: Path, log=print) -> Dict[str, Any]:
 
 def parity(run_dir: Path, log=print) -> Dict[str, Any]:
     """INT8 parity of the fine-tuned flowers run: full INT8 against the accuracy-aware
-    mix that ``--auto-fallback --max-drop 1.0`` finds, and validation speed on every
-    photo (Keras alone vs the whole of ``edgetl validate``)."""
+    mix that ``--auto-fallback --max-drop 1 --min-agreement 0.95`` finds (and the
+    per-layer-error ranking it replaced), and validation speed on every photo
+    (Keras alone vs the whole of ``edgetl validate``)."""
     from edge.errors import GateFailed
     from toolchain.export import export
     from toolchain.parity import validate

@@ -78,7 +78,7 @@ class Calibrated:
     def __init__(self, model: Any, calibration: np.ndarray, log_path, io_type: str = "uint8"):
         tf = tensorflow()
         converter, dataset = _int8_converter(tf, model, calibration, io_type)
-        self._dtype = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_type]
+        self._dtype = converter.inference_input_type  # the I/O type _int8_converter set
         self._log_path = log_path
         with captured_output(log_path):
             options = tf.lite.experimental.QuantizationDebugOptions(
