@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from toolchain.fast_input import delegate_uint8_input
 from toolchain.quiet import captured_output, tensorflow
 
 
@@ -115,12 +116,13 @@ class Calibrated:
         from tensorflow.lite.python import convert
 
         with captured_output(self._log_path):
-            return convert.mlir_quantize(
+            quantized = convert.mlir_quantize(
                 self._debugger.calibrated_model,
                 input_data_type=self._dtype,
                 output_data_type=self._dtype,
                 denylisted_nodes=list(float_layers),
             )
+        return delegate_uint8_input(quantized)  # as export does: same bytes with no float layers
 
 
 def with_consumers(flatbuffer: bytes, tensors: Sequence[str]) -> Dict[str, List[str]]:
