@@ -1,8 +1,9 @@
 """edge.classifier's pure functions: quantization, dequantization, top-k."""
 
 import numpy as np
+import pytest
 
-from edge.classifier import as_probabilities, dequantize, quantize_input, top_k
+from edge.classifier import as_probabilities, dequantize, dequantize_table, quantize_input, top_k
 
 
 def test_uint8_input_with_unit_scale_passes_decoder_bytes_unchanged():
@@ -43,3 +44,26 @@ def test_top_k_orders_by_score_and_clamps_k():
     preds = top_k(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], 5)
     assert [p.label for p in preds] == ["b", "c", "a"]
     assert preds[0].index == 1 and abs(preds[0].score - 0.6) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "dtype,scale,zero_point", [(np.uint8, 1 / 256, 0), (np.int8, 1 / 256, -128), (np.int8, 0.05, 3)]
+)
+def test_dequantize_table_matches_dequantize_for_every_code(dtype, scale, zero_point):
+    codes = np.arange(256, dtype=np.uint8).view(dtype)
+    table = dequantize_table(np.dtype(dtype), scale, zero_point)
+    assert table.dtype == np.float32
+    assert np.array_equal(table[codes.view(np.uint8)], dequantize(codes, scale, zero_point))
+    assert dequantize_table(np.dtype(np.float32), 0.0, 0) is None
+
+
+@pytest.mark.parametrize("classes", [5, 1000])
+def test_top_k_short_and_long_paths_agree_with_a_stable_sort_on_ties(classes):
+    rng = np.random.default_rng(classes)
+    scores = rng.integers(0, 4, classes).astype(np.float32) / 4  # many ties
+    labels = [f"c{i}" for i in range(classes)]
+    expected = np.argsort(-scores, kind="stable")[:3]
+    preds = top_k(scores, labels, 3)
+    assert [p.index for p in preds] == expected.tolist()
+    assert [p.label for p in preds] == [labels[i] for i in expected]
+    assert all(isinstance(p.score, float) and p.score == scores[p.index] for p in preds)
