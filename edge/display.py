@@ -47,9 +47,9 @@ class Window:
                 "--show needs a display and DISPLAY is not set: run on the Pi's desktop "
                 "(or ssh -X), or drop --show"
             )
-        from edge.sources import _opencv
+        from edge.sources import import_opencv
 
-        self._cv2 = _opencv()
+        self._cv2 = import_opencv()
         try:
             self._cv2.namedWindow(WINDOW, self._cv2.WINDOW_NORMAL)
         except self._cv2.error as error:

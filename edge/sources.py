@@ -69,7 +69,8 @@ def file_frames(paths: List[Path], size: int, root: Optional[Path] = None) -> It
             yield Frame(str(path), None, str(error), (time.perf_counter() - start) * 1000.0, label)
 
 
-def _opencv():
+def import_opencv():
+    """OpenCV, imported only when a video, camera or window needs it (optional on a Pi)."""
     import os
 
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # its own warnings would drown our one line
@@ -86,7 +87,7 @@ def capture_frames(device: Any, name: str, is_camera: bool) -> Iterator[Frame]:
     """Frames from an OpenCV capture until the video ends or the camera stops answering."""
     from PIL import Image
 
-    cv2 = _opencv()
+    cv2 = import_opencv()
     capture = cv2.VideoCapture(device)
     try:
         index = 0
@@ -156,7 +157,7 @@ def open_source(source: str) -> Source:
         # webcam beyond the modules it lists is OpenCV's.
         if picamera2 is not None and int(index_text) < len(picamera2.global_camera_info()):
             return Source("camera", source, device=int(index_text), backend="picamera2")
-        cv2 = _opencv()
+        cv2 = import_opencv()
         with quiet_stderr():  # the FFMPEG backend prints a paragraph when no camera exists
             probe = cv2.VideoCapture(int(index_text))
             opened = probe.isOpened()
@@ -175,7 +176,7 @@ def open_source(source: str) -> Source:
         return Source("folder", str(path), images)
     if path.is_file():
         if path.suffix.lower() in VIDEO_EXTENSIONS:
-            cv2 = _opencv()
+            cv2 = import_opencv()
             probe = cv2.VideoCapture(str(path))
             opened = probe.isOpened()
             probe.release()

@@ -445,7 +445,7 @@ def error_ranked_fallback(run_dir: Path) -> List[Dict[str, Any]]:
     largest per-layer (debugger) error kept in float, each mix's size and test parity."""
     from toolchain import fallback, metrics
     from toolchain.diagnose import Calibrated
-    from toolchain.export import _card, representative_images
+    from toolchain.export import model_card, representative_images
     from toolchain.quiet import keras
     from toolchain.rundir import RunDir
 
@@ -457,7 +457,9 @@ def error_ranked_fallback(run_dir: Path) -> List[Dict[str, Any]]:
     calibrated = Calibrated(model, calibration, run.path / "export.log")
     ranked = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
     scratch = run.path / ".bench.tflite"
-    predict, _ = fallback.interpreter_callbacks(scratch, _card(config, "int8-mixed", "uint8", {}))
+    predict, _ = fallback.interpreter_callbacks(
+        scratch, model_card(config, "int8-mixed", "uint8", {})
+    )
     paths, labels = run.split_files("test")
     pixels, kept, _ = load_many(paths, size)
     y = np.array([labels[i] for i in kept])

@@ -181,9 +181,10 @@ def modes_for(quant: str) -> List[str]:
     return [quant]
 
 
-def _card(
+def model_card(
     config: Dict[str, Any], quant: str, io: str, calibration_info: Dict[str, Any]
 ) -> Dict[str, Any]:
+    """The JSON card embedded in each exported file: what a device needs to know."""
     return {
         "edgetl_version": __version__,
         "quant": quant,
@@ -284,7 +285,7 @@ def export(
             )
         start = time.perf_counter()
         flatbuffer = convert(model, mode_options, calibration, run.path / "export.log")
-        card = _card(config, mode, mode_options.io, calibration_info)
+        card = model_card(config, mode, mode_options.io, calibration_info)
         results.append(_write(run.tflite(mode), flatbuffer, card, time.perf_counter() - start, log))
     report: Dict[str, Any] = {
         "edgetl_version": __version__,
@@ -444,7 +445,7 @@ def auto_fallback(
     calibrated = Calibrated(model, calibration, run.path / "export.log", options.io)
     tensors = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
     groups = with_consumers(calibrated.quantize([]), tensors)
-    card = _card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
+    card = model_card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
     scratch = run.path / ".fallback_candidate.tflite"
     predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
     try:
