@@ -30,6 +30,7 @@ class Summary:
     unknown_labels: Dict[str, int] = field(default_factory=dict)
     stage_ms: Dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    skipped: int = 0  # live camera frames passed over because a newer one had arrived
 
     @property
     def images_per_s(self) -> float:
@@ -62,7 +63,10 @@ def classify_source(
     stages: Dict[str, List[float]] = {"decode": [], "resize": [], "invoke": [], "post": []}
     start = time.perf_counter()
     try:
-        for result in classify_frames(classifier, source.frames(classifier.image_size), k):
+        frames = source.frames(classifier.image_size)
+        live = source.kind == "camera"
+        for result in classify_frames(classifier, frames, k, live=live):
+            summary.skipped += result.skipped
             if result.error:
                 if source.kind == "file":
                     raise BadInput(f"{result.error}; give a JPEG/PNG image or a folder of them")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -215,7 +216,17 @@ def test_pi_camera_module_through_picamera2(tiny_run, tmp_path):
     out = tmp_path / "camera.jsonl"
     result = run_cli("classify", model, "--source", "camera", "--output", str(out), env=env)
     assert result.returncode == 0, result.stderr
-    assert "camera 0 via picamera2" in result.stderr and "classified 5 image(s)" in result.stderr
+    assert "camera 0 via picamera2" in result.stderr
+    # Live: the model takes the newest frame, so this instant fake camera's five frames
+    # are each either classified or counted as skipped, never lost, and the last is kept.
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    classified = int(re.search(r"classified (\d+) image", result.stderr).group(1))
+    skipped = re.search(r"(\d+) older camera frame\(s\) skipped", result.stderr)
+    assert (
+        1 <= classified == len(rows) and classified + int(skipped.group(1) if skipped else 0) == 5
+    )
+    assert rows[-1]["path"] == "camera#000004"
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert {"event": "configure", "format": "BGR888"} in events and events[-1]["event"] == "close"
 
@@ -226,7 +237,19 @@ def test_pi_camera_module_through_picamera2(tiny_run, tmp_path):
         )
         expected[name] = _top_scores(tmp_path / f"{name}.jsonl")[0]
     assert expected["direct"] != expected["swapped"]  # a channel swap would show
-    assert _top_scores(out) == [expected["direct"]] * 5
+    assert _top_scores(out) == [expected["direct"]] * classified
+
+
+def test_live_handoff_gives_the_newest_frame_and_counts_the_rest():
+    from edge.pipeline import _DONE, Latest
+
+    mailbox = Latest()
+    for frame in ("a", "b", "c"):
+        mailbox.put(frame)
+    assert mailbox.get() == "c" and mailbox.skipped == 2
+    mailbox.put("d")
+    mailbox.finish()  # the camera stopped: the frame waiting is still delivered
+    assert mailbox.get() == "d" and mailbox.get() is _DONE and mailbox.skipped == 2
 
 
 def test_show_without_a_display_is_one_line_and_exit_3(tiny_run, tmp_path):

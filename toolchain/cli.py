@@ -444,7 +444,13 @@ def classify(
     stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
     print(
         f"classified {summary.classified} image(s), {len(summary.unreadable)} unreadable, "
-        f"{summary.images_per_s:.1f} images/s ({stages})" + (f"; wrote {output}" if output else ""),
+        f"{summary.images_per_s:.1f} images/s ({stages})"
+        + (
+            f", {summary.skipped} older camera frame(s) skipped to stay live"
+            if summary.skipped
+            else ""
+        )
+        + (f"; wrote {output}" if output else ""),
         file=sys.stderr,
     )
     if data_labels:
