@@ -65,6 +65,30 @@ def test_classify_runs_with_tensorflow_blocked(tiny_run, tmp_path):
     assert sum(r["top_k"][0]["label"] == "square" for r in records) >= 56  # >= 70%
 
 
+def test_bench_splits_a_folder_run_and_compares_it_with_a_sequential_loop(tiny_run, tmp_path):
+    folder = tiny_run / "synthetic_data" / "circle"
+    images = [p for p in folder.iterdir() if p.suffix in (".png", ".jpg")]
+    out = tmp_path / "bench.json"
+    result = _blocked(
+        "bench",
+        str(tiny_run / "model_int8.tflite"),
+        "--runs",
+        "20",
+        "--source",
+        str(folder),
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["invoke"]["runs"] == 20 and figures["invoke"]["p50_ms"] > 0
+    assert figures["folder"]["images"] == figures["label_image_loop"]["images"] == len(images)
+    for stage in ("decode", "resize", "invoke", "post"):
+        assert figures["folder"][f"{stage}_ms_mean"] >= 0
+    assert 0 <= figures["folder"]["share_outside_invoke"] < 1
+    assert "label_image-style loop" in result.stdout and "x that" in result.stdout
+
+
 def test_training_commands_say_tensorflow_is_missing_with_exit_3(tiny_run):
     result = _blocked("export", str(tiny_run), "--force")
     assert result.returncode == 3, result.stderr

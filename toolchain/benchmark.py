@@ -30,7 +30,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edge import atomic
-from edge.bench import folder_throughput, invoke_latency
+from edge.bench import folder_throughput, invoke_latency, median_run, sequential_throughput
 from edge.classifier import Classifier
 from edge.image import list_images, load_many
 from edge.modelfile import embed_metadata
@@ -79,22 +79,8 @@ def machine() -> Dict[str, Any]:
 
 
 def label_image_loop(model_path: Path, paths: List[Path], threads: int) -> Dict[str, Any]:
-    """The sequential loop of TensorFlow's label_image.py: open, convert, resize, set, invoke."""
-    from PIL import Image
-
-    classifier = Classifier(model_path, threads=threads)
-    size = classifier.image_size
-    index = classifier.interpreter.get_input_details()[0]["index"]
-    start = time.perf_counter()
-    for path in paths:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.uint8)
-        # As label_image.py does it: a fresh batch array per image, then set_tensor.
-        classifier.interpreter.set_tensor(index, np.expand_dims(pixels, 0))
-        classifier.invoke()
-        classifier.output_probabilities()
-    seconds = time.perf_counter() - start
-    return {"images": len(paths), "images_per_s": round(len(paths) / seconds, 2)}
+    """The sequential loop of TensorFlow's label_image.py, on a fresh interpreter."""
+    return sequential_throughput(Classifier(model_path, threads=threads), paths)
 
 
 def build_models(workdir: Path, calibration: np.ndarray, log) -> Dict[str, Dict[str, Path]]:
@@ -144,10 +130,6 @@ def large_jpegs(photos: List[Path], folder: Path, count: int = 40) -> List[Path]
     return made
 
 
-def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    return sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
-
-
 def pipeline_figures(
     path: Path, sets: Dict[str, List[Path]], threads: int, repeats: int = ROUNDS
 ) -> Dict[str, Any]:
@@ -172,10 +154,10 @@ def pipeline_figures(
         for name, files in sets.items():
             measured[name][0].append(folder_throughput(classifier, files))
             measured[name][1].append(label_image_loop(path, files, threads))
-    out["raw_invoke"] = _median_run(raws)
+    out["raw_invoke"] = median_run(raws)
     raw = out["raw_invoke"]["images_per_s"]
     for name, (folders, loops) in measured.items():
-        folder, loop = _median_run(folders), _median_run(loops)
+        folder, loop = median_run(folders), median_run(loops)
         out[name] = {
             "folder": folder,
             "label_image_loop": loop,

@@ -481,9 +481,10 @@ def bench(
         Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
 ) -> None:
-    """Invoke latency (p50/p90/p99) and, with --source, folder throughput."""
+    """Invoke latency (p50/p90/p99) and, with --source, folder throughput against a
+    label_image.py-style sequential loop on the same files."""
     from edge import atomic
-    from edge.bench import folder_throughput, invoke_latency
+    from edge.bench import folder_vs_sequential, invoke_latency
     from edge.classifier import Classifier
     from edge.sources import resolve_source
 
@@ -502,14 +503,22 @@ def bench(
         f"{inv['images_per_s']:.1f} images/s"
     )
     if source:
-        folder = folder_throughput(classifier, resolve_source(source))
-        figures["folder"] = folder
+        compared = folder_vs_sequential(classifier, resolve_source(source))
+        folder, sequential = compared["folder"], compared["label_image_loop"]
+        figures.update(compared)
         say(
             f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
             f"decode {folder['decode_ms_mean']:.3f} ms  resize {folder['resize_ms_mean']:.3f} ms  "
             f"invoke {folder['invoke_ms_mean']:.3f} ms  post {folder['post_ms_mean']:.3f} ms  "
             f"{100 * folder['share_outside_invoke']:.0f}% of wall time outside invoke"
         )
+        if compared["folder_over_label_image_loop"]:
+            say(
+                f"label_image-style loop (one image at a time): "
+                f"{sequential['images_per_s']:.1f} images/s; the pipeline is "
+                f"{compared['folder_over_label_image_loop']:.2f}x that "
+                f"(medians of {compared['rounds']} interleaved runs after a warm-up)"
+            )
     if json_out:
         atomic.write_json(json_out, figures)
 
