@@ -109,21 +109,26 @@ def sequential_throughput(classifier: Classifier, paths: List[Path]) -> Dict[str
     return {"images": done, "images_per_s": round(done / seconds, 2) if seconds > 0 else 0.0}
 
 
-def median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    return sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
+def median_run(runs: List[Dict[str, Any]], key: str = "images_per_s") -> Dict[str, Any]:
+    """The run whose ``key`` is the median of the runs (the upper one of an even count)."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
 
 
-def folder_vs_sequential(classifier: Classifier, paths: List[Path], rounds: int = 3):
-    """The pipeline and the label_image loop on the same files, measured fairly.
-
-    Every file is read once first (so neither pays the disk, only the page
-    cache), each runs once unmeasured (a first run was 10-20% slower), then
-    ``rounds`` interleaved runs; the median run of each is kept.
-    """
+def warm_up(classifier: Classifier, paths: List[Path]) -> None:
+    """Read every file once (later runs pay the page cache, not the disk) and run both
+    loops once unmeasured: a first run was 10-20% slower."""
     for path in paths:
         path.read_bytes()
     folder_throughput(classifier, paths[:50])
     sequential_throughput(classifier, paths[:50])
+
+
+def folder_vs_sequential(
+    classifier: Classifier, paths: List[Path], rounds: int = 3
+) -> Dict[str, Any]:
+    """The pipeline and the label_image loop on the same files, measured fairly:
+    after ``warm_up``, ``rounds`` interleaved runs; the median run of each is kept."""
+    warm_up(classifier, paths)
     folders, loops = [], []
     for _ in range(max(1, rounds)):
         folders.append(folder_throughput(classifier, paths))

@@ -30,7 +30,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edge import atomic
-from edge.bench import folder_throughput, invoke_latency, median_run, sequential_throughput
+from edge.bench import folder_throughput, invoke_latency, median_run, sequential_throughput, warm_up
 from edge.classifier import Classifier
 from edge.image import list_images, load_many
 from edge.modelfile import embed_metadata
@@ -136,18 +136,13 @@ def pipeline_figures(
 ) -> Dict[str, Any]:
     """Raw invoke loop vs edgetl's folder pipeline vs a label_image loop, same threads.
 
-    Every file is read once first (so neither loop pays the first disk read),
-    each loop runs once unmeasured (the first run of a loop was up to 10% slower),
-    and the three are measured in turn ``repeats`` times; the median run of each
-    is kept: on a 2-core machine single runs of a 0.2 ms model move by ±10%.
+    After ``warm_up`` on each set, the three are measured in turn ``repeats``
+    times; the median run of each is kept: on a 2-core machine single runs of a
+    0.2 ms model move by ±10%.
     """
-    for files in sets.values():
-        for file in files:
-            file.read_bytes()
     classifier = Classifier(path, threads=threads)
     for files in sets.values():
-        folder_throughput(classifier, files[:50])
-        label_image_loop(path, files[:50], threads)
+        warm_up(classifier, files)
     out: Dict[str, Any] = {"threads": threads, "repeats": repeats}
     raws, measured = [], {name: ([], []) for name in sets}
     for _ in range(repeats):
@@ -190,9 +185,8 @@ def model_figures(name: str, files: Dict[str, Path], sets: Dict[str, List[Path]]
         entry[quant] = {"size_bytes": path.stat().st_size, "invoke_by_threads": {}}
     for (quant, threads), classifier in classifiers.items():
         entry[quant]["runtime"] = f"{classifier.runtime.name} {classifier.runtime.version}"
-        timed = sorted(rounds[(quant, threads)], key=lambda r: r["p50_ms"])
         entry[quant]["invoke_by_threads"][str(threads)] = {
-            **timed[len(timed) // 2],
+            **median_run(rounds[(quant, threads)], key="p50_ms"),
             "p50_ms_rounds": [r["p50_ms"] for r in rounds[(quant, threads)]],
         }
     # One invoke thread while the producer thread decodes: the layout that
@@ -218,27 +212,24 @@ def model_figures(name: str, files: Dict[str, Path], sets: Dict[str, List[Path]]
         "folder_vs_label_image_3mp": pipe["jpeg_3mp"]["folder_vs_label_image_loop"],
         "share_outside_invoke_128px": pipe["photos_128px"]["folder"]["share_outside_invoke"],
     }
-    entry["largest_round_spread"] = largest_spread(entry)
+    entry["largest_round_spread"] = largest_spread(
+        [[r["p50_ms"] for r in timed] for timed in rounds.values()]
+        + [pipe[name][runs] for name in sets for runs in PIPELINE_RUNS]
+    )
     return entry
 
 
-def largest_spread(entry: Dict[str, Any]) -> float:
+PIPELINE_RUNS = ("folder_images_per_s_runs", "label_image_images_per_s_runs")
+
+
+def largest_spread(figures: List[List[float]]) -> float:
     """The largest slowest/fastest ratio between the rounds of any one figure.
 
     On a quiet machine rounds agree within a few percent; a shared VM sometimes
     slows a whole stretch of a run (rounds 1.5-2x apart were seen). Medians hide
     part of that, this number says when a run should not be quoted.
     """
-    groups: List[List[float]] = []
-    for value in entry.values():
-        if not isinstance(value, dict):
-            continue
-        for timed in value.get("invoke_by_threads", {}).values():
-            groups.append(timed["p50_ms_rounds"])
-        for pipe in value.get("pipeline_1_thread", {}).values():
-            if isinstance(pipe, dict) and "folder_images_per_s_runs" in pipe:
-                groups += [pipe["folder_images_per_s_runs"], pipe["label_image_images_per_s_runs"]]
-    spreads = [max(g) / min(g) for g in groups if g and min(g) > 0]
+    spreads = [max(rounds) / min(rounds) for rounds in figures if rounds and min(rounds) > 0]
     return round(max(spreads), 3) if spreads else 1.0
 
 
