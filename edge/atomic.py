@@ -3,7 +3,10 @@
 Every artefact edgetl writes (models, JSON reports, label files) goes to a
 temporary name in the same folder and is renamed over the final path:
 ``os.replace`` is atomic on one filesystem, so a Ctrl-C, a kill or a full
-disk leaves either the old file or the new one, never half of one.
+disk leaves either the old file or the new one, never half of one. With
+``durable`` (the default) the contents are fsynced before the rename and the
+folder after it, so a power cut cannot leave the new name pointing at blocks
+that never reached the disk.
 """
 
 from __future__ import annotations
@@ -11,13 +14,97 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Tuple
+
+# ".{final name}.{token}.partial{final suffix}": the suffix stays last because some
+# writers (Keras) refuse a file name that does not end in the expected one.
+_PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>\.[^.]*)?")
+
+
+def partial_name(final: Path) -> str:
+    """A fresh temporary name for ``final``, hidden, in the same folder."""
+    return f".{final.name}.{secrets.token_hex(6)}.partial{final.suffix}"
+
+
+def is_partial_name(name: str) -> bool:
+    """True for a name ``partial_name`` makes: a write that was never committed."""
+    match = _PARTIAL_NAME.fullmatch(name)
+    return match is not None and Path(match["final"]).suffix == (match["suffix"] or "")
+
+
+def left_by_a_kill(final: Path, before: float) -> List[Path]:
+    """Temporary files of ``final`` that a killed writer left (last written before
+    ``before``, a ``time.time()``): the next complete write of ``final`` supersedes them.
+    Only names ``partial_name`` made for this exact file, so nothing else is touched."""
+    prefix = f".{final.name}."
+    stale = []
+    for entry in final.parent.iterdir() if final.parent.is_dir() else []:
+        if entry.name.startswith(prefix) and is_partial_name(entry.name):
+            try:
+                if entry.is_file() and entry.stat().st_mtime < before:
+                    stale.append(entry)
+            except OSError:
+                continue
+    return stale
+
+
+def open_partial(path: str | os.PathLike) -> Tuple[Path, int]:
+    """Create a new, empty temporary file beside ``path``; return it and a write descriptor.
+
+    Mode 0o666 before the umask, as ``open()`` would give the final file:
+    ``tempfile.mkstemp`` makes 0600 files, and every renamed artefact kept
+    that, unreadable by the group that was meant to use it.
+    """
+    final = Path(path)
+    while True:
+        partial = final.with_name(partial_name(final))
+        try:
+            return partial, os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:  # 48 random bits collided; draw again
+            continue
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a rename in folder ``path`` survive a power cut, where the filesystem allows.
+
+    Some filesystems (and Windows) refuse to open or sync a folder; the rename
+    itself is still atomic there, so that is not an error.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a closed file's contents to the disk (before it is renamed into place)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def commit(partial: Path, final: Path, durable: bool = True) -> None:
+    """Rename the finished ``partial`` over ``final``, synced first when ``durable``."""
+    if durable:
+        fsync_file(partial)
+    os.replace(partial, final)
+    if durable:
+        fsync_directory(final.parent)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
     The temporary file is removed if the body raises (including
@@ -25,29 +112,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    partial, descriptor = open_partial(final)
+    os.close(descriptor)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        yield partial
+        commit(partial, final, durable)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            partial.unlink()
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
+    with atomic_path(path, durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", durable)

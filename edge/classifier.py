@@ -9,12 +9,12 @@ dtype and its quantization; nothing is guessed from the file name.
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
 from edge.errors import BadInput
-from edge.image import DEFAULT_RESIZE
+from edge.image import DEFAULT_RESIZE, RESIZE_FILTERS
 from edge.modelfile import ModelCard, read_model_card
 from edge.runtime import RuntimeInfo, load_interpreter
 
@@ -133,7 +133,20 @@ class Classifier:
         self.card: ModelCard = read_model_card(self.model_path, int(out_shape[1]))
         self.labels = self.card.labels
         # The model card says how training resized; the device must do the same.
-        self.resize = str(self.card.metadata.get("input", {}).get("resize_filter", DEFAULT_RESIZE))
+        self.resize = card_resize(self.card.metadata, self.model_path)
+
+    def set_resize(self, name: str) -> None:
+        """Resize frames with filter ``name`` instead of the card's (``--device-resize``).
+
+        Checked here, in the caller's thread: the decode thread is where an
+        unknown name would otherwise first be used.
+        """
+        if name not in RESIZE_FILTERS:
+            raise BadInput(
+                f"resize filter {name!r} is not one edgetl knows; "
+                f"choose one of {', '.join(RESIZE_FILTERS)}"
+            )
+        self.resize = name
 
     @property
     def runtime_info(self) -> RuntimeInfo:
@@ -172,6 +185,18 @@ class Classifier:
 
     def classify(self, pixels: np.ndarray, k: int = 3) -> List[Prediction]:
         return top_k(self.probabilities(pixels), self.labels, k)
+
+
+def card_resize(metadata: Dict[str, Any], model_path: str) -> str:
+    """The resize filter a model card prescribes (bilinear when it names none)."""
+    card_input = metadata.get("input", {})
+    name = card_input.get("resize_filter", DEFAULT_RESIZE) if isinstance(card_input, dict) else None
+    if not isinstance(name, str) or name not in RESIZE_FILTERS:
+        raise BadInput(
+            f"{model_path}: its card names resize filter {name!r}, which edgetl does not know "
+            f"({', '.join(RESIZE_FILTERS)}); export the model again"
+        )
+    return name
 
 
 def _looks_quantized(model_path: str) -> bool:

@@ -48,6 +48,22 @@ def apply_threshold(result: Result, threshold: float) -> Result:
     return result
 
 
+def nothing_classified(source: Source, summary: Summary) -> Optional[str]:
+    """A folder where not one image could be read is a failed run, not an empty result.
+
+    Otherwise the command would exit 0 with an empty prediction file, and a
+    script would carry on as if the folder had been classified.
+    """
+    if source.kind != "folder" or summary.classified or summary.interrupted:
+        return None
+    if not summary.unreadable:  # an empty folder is refused earlier, by open_source
+        return None
+    return (
+        f"{source.name}: none of the {len(summary.unreadable)} image(s) could be read "
+        f"(first: {summary.unreadable[0]}); give a folder of JPEG/PNG images"
+    )
+
+
 def classify_source(
     classifier: Classifier,
     source: Source,
@@ -94,5 +110,8 @@ def classify_source(
             raise
         summary.interrupted = True  # Ctrl-C is how a camera session ends
     summary.seconds = time.perf_counter() - start
+    problem = nothing_classified(source, summary)
+    if problem:
+        raise BadInput(problem)
     summary.stage_ms = {s: round(float(np.mean(v)), 3) for s, v in stages.items() if v}
     return summary

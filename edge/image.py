@@ -18,8 +18,9 @@ What it does, and why:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +38,16 @@ RESIZE_FILTERS = {
 DEFAULT_RESIZE = "bilinear"
 DRAFT_FACTOR = 2
 RESIZE_DESCRIPTION = "Pillow bilinear (antialiased), whole frame, no crop"
+# A file's header may declare any size, and decoding allocates what it declares:
+# a PNG of a few megabytes can claim 70000x70000 (14 GB as RGB). Pillow's own
+# warning limit (~89.5 MP, 268 MB as RGB) is our bound; phone and Pi camera
+# photos (12-50 MP) are well below it.
+MAX_PIXELS = 89_478_485
+MAX_SIDE = 65_535
+
+# We refuse oversized images ourselves, before decoding; Pillow's multi-line
+# warning on the way would break the one-line error contract of the CLI.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class UnreadableImage(BadInput):
@@ -61,6 +72,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def size_problem(width: int, height: int) -> Optional[str]:
+    """Why an image of this declared size must not be decoded, or None."""
+    if width < 1 or height < 1:
+        return f"declares an empty {width}x{height} image; the file is damaged"
+    if width > MAX_SIDE or height > MAX_SIDE:
+        return (
+            f"too large to decode safely ({width}x{height} pixels, a side over {MAX_SIDE}); "
+            "resize it first"
+        )
+    if width * height > MAX_PIXELS:
+        return (
+            f"too large to decode safely ({width}x{height} pixels, over the {MAX_PIXELS} "
+            "pixel limit); resize it first"
+        )
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message as one line (its type when it has none): the CLI prints one line."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """``struct.error: unpack requires...``: the type says which library gave up, in one line."""
+    kind = type(error)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return f"{name}: {one_line(error)}"
 
 
 def resize_filter(name: str) -> int:
@@ -89,16 +134,29 @@ def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
     """
     try:
         with Image.open(path) as image:
+            problem = size_problem(*image.size)  # from the header: nothing decoded yet
+            if problem:
+                raise UnreadableImage(f"{path}: {problem}")
             if image.format == "JPEG":
                 image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
             ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when upright
             rgb = to_rgb(image)
             rgb.load()
             return rgb
+    except UnreadableImage:
+        raise
     except FileNotFoundError as error:
         raise BadInput(f"{path}: no such file") from error
+    except Image.DecompressionBombError as error:  # past twice the bound, Pillow's own check
+        raise UnreadableImage(
+            f"{path}: too large to decode safely ({one_line(error)}); resize it first"
+        ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise UnreadableImage(f"{path}: not a readable image ({error})") from error
+        raise UnreadableImage(f"{path}: not a readable image ({one_line(error)})") from error
+    except Exception as error:
+        # Decoders fed hostile bytes raise anything (struct.error, IndexError,
+        # ZeroDivisionError, MemoryError...): it is still one bad file, to skip and list.
+        raise UnreadableImage(f"{path}: not a readable image ({describe_error(error)})") from error
 
 
 def load_rgb(path: str | os.PathLike, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:

@@ -7,25 +7,37 @@ a bounded few ahead, which keeps memory flat on a 1 GB Pi; a live camera hands
 over only its newest frame, so results never fall behind the scene. Each result carries
 per-stage times (decode, resize, invoke, postprocess) so a user can see where
 the time goes.
+
+A frame that cannot be decoded or resized becomes a result carrying ``error``
+and the stream goes on; anything else that goes wrong in the decode thread
+(a camera's driver, a source's bug) is raised again in the caller's thread,
+so a stream never just ends early looking complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from edge.classifier import Classifier, Prediction, top_k
-from edge.image import resize_rgb
+from edge.image import describe_error, resize_filter, resize_rgb
 from edge.sources import Frame, file_frames
 
 _DONE = object()
 _EMPTY = object()
+
+
+class _Failed(NamedTuple):
+    """What the decode thread hands over instead of a frame when it dies."""
+
+    error: BaseException
 
 
 @dataclass
@@ -71,6 +83,9 @@ class Bounded:
     def finish(self) -> None:
         self._ready.put(_DONE)  # needs no slot: the end is never blocked
 
+    def fail(self, error: BaseException) -> None:
+        self._ready.put(_Failed(error))  # after the frames already waiting, needing no slot
+
     def release(self) -> None:
         """Wake a decoder waiting for a slot (it then sees the stop flag)."""
         self._free.put(None)
@@ -90,6 +105,7 @@ class Latest:
         self._changed = threading.Condition()
         self._item: Any = _EMPTY
         self._finished = False
+        self._failed: Optional[_Failed] = None
         self.skipped = 0
 
     def put(self, item: Any) -> None:
@@ -104,17 +120,48 @@ class Latest:
             self._finished = True
             self._changed.notify()
 
+    def fail(self, error: BaseException) -> None:
+        """End the stream with ``error``, after the frame still waiting (never replacing it)."""
+        with self._changed:
+            self._failed = _Failed(error)
+            self._finished = True
+            self._changed.notify()
+
     def get(self) -> Any:
         with self._changed:
             while self._item is _EMPTY and not self._finished:
                 self._changed.wait()
             if self._item is _EMPTY:
-                return _DONE
+                return self._failed or _DONE
             item, self._item = self._item, _EMPTY
             return item
 
     def release(self) -> None:
         pass  # put never blocks
+
+
+def prepare(frame: Frame, size: int, resize: str) -> Tuple[Frame, Optional[np.ndarray], float]:
+    """Resize one decoded frame; a frame that will not resize becomes an unreadable one.
+
+    A camera or video can hand over an odd frame (a mode or shape Pillow cannot
+    resize): that frame is reported and skipped like a corrupt file, and the
+    stream goes on.
+    """
+    if frame.image is None:
+        return frame, None, 0.0
+    start = time.perf_counter()
+    try:
+        pixels = resize_rgb(frame.image, size, resize)
+        if pixels.shape != (size, size, 3):
+            raise ValueError(f"resize gave shape {pixels.shape}, not {(size, size, 3)}")
+    except Exception as error:
+        problem = f"{frame.name}: could not be resized ({describe_error(error)})"
+        return dataclasses.replace(frame, problem=problem), None, _ms_since(start)
+    return frame, pixels, _ms_since(start)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
 
 
 def _producer(
@@ -128,14 +175,11 @@ def _producer(
         for frame in frames:
             if stop.is_set():
                 break
-            pixels, resize_ms = None, 0.0
-            if frame.image is not None:
-                start = time.perf_counter()
-                pixels = resize_rgb(frame.image, size, resize)
-                resize_ms = (time.perf_counter() - start) * 1000.0
-            handoff.put((frame, pixels, resize_ms))
+            handoff.put(prepare(frame, size, resize))
             if stop.is_set():
                 break
+    except BaseException as error:  # handed to the caller's thread, raised there
+        handoff.fail(error)
     finally:
         handoff.finish()
 
@@ -150,8 +194,11 @@ def classify_frames(
     """Yield one ``Result`` per frame, in order; unreadable frames carry ``error``.
 
     ``live`` (cameras): classify the newest frame each time instead of every
-    frame; ``Result.skipped`` says how many were passed over before it.
+    frame; ``Result.skipped`` says how many were passed over before it. An
+    exception in the decode thread is raised here, the same object, after the
+    frames decoded before it.
     """
+    resize_filter(classifier.resize)  # an unknown name fails every frame: say so once, here
     handoff: Bounded | Latest = Latest() if live else Bounded(prefetch)
     stop = threading.Event()
     worker = threading.Thread(
@@ -166,6 +213,8 @@ def classify_frames(
             item = handoff.get()
             if item is _DONE:
                 break
+            if isinstance(item, _Failed):
+                raise item.error
             frame, pixels, resize_ms = item
             skipped, seen_skipped = handoff.skipped - seen_skipped, handoff.skipped
             if pixels is None:

@@ -4,25 +4,87 @@ No logic lives here that a test would want to call: each command builds an
 options dataclass and calls ``toolchain.train`` / ``export`` / ``parity`` or
 ``edge``. Heavy modules are imported inside the commands, so ``edgetl --help``
 and ``edgetl classify`` start without TensorFlow. Errors from the
-``EdgetlError`` family become one line on stderr and the exit code of
-DESIGN.md (1 gate, 2 bad input, 3 environment).
+exception becomes one line on stderr and an exit code of the contract in
+``edge.errors.EXIT_CODES`` (1 gate, 2 bad input, 3 environment, 4 a bug).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated, Callable, List, Literal, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from edge.errors import EdgetlError
+from edge.errors import BAD_INPUT, ENVIRONMENT, INTERRUPTED, BadInput, EdgetlError
+from edge.image import RESIZE_FILTERS
+from edge.runtime import RUNTIMES
+from toolchain.failures import describe_failure
+from toolchain.options import (
+    CLASS_WEIGHT_MODES,
+    IO_TYPES,
+    QUANT_MODES,
+    STRATEGIES,
+)
+
+try:  # Typer 0.2x carries its own copy of Click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older Typer on top of Click
+    from click import exceptions as click_exceptions
+
+Runtime = Literal[RUNTIMES]
+ResizeFilter = Literal[tuple(RESIZE_FILTERS)]
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors as one line (``edgetl: error: …``) instead of Click's boxed panel,
+    with exit 2, so every way edgetl refuses reads the same in a terminal and in CI."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(
+                args=args,
+                prog_name=prog_name or "edgetl",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except click_exceptions.NoArgsIsHelpError as error:
+            print(error.ctx.get_help() if error.ctx else "edgetl --help", file=sys.stderr)
+            code = BAD_INPUT
+        except click_exceptions.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "edgetl"
+            message = " ".join(error.format_message().split())
+            print(f"edgetl: error: {message} (see `{where} --help`)", file=sys.stderr)
+            code = BAD_INPUT
+        except click_exceptions.ClickException as error:
+            print(f"edgetl: error: {' '.join(error.format_message().split())}", file=sys.stderr)
+            code = error.exit_code
+        except typer.Abort:
+            code = INTERRUPTED
+        except SystemExit as error:
+            # Typer exits 1 itself when stdout is a closed pipe (`edgetl … --help | head`);
+            # 1 is the gate's code, so this becomes the environment's.
+            if error.code != 1:
+                raise
+            _silence_stdout()
+            print("edgetl: error: the program reading the output closed it early", file=sys.stderr)
+            code = ENVIRONMENT
+        code = int(code or 0)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
 
 app = typer.Typer(
     name="edgetl",
+    cls=OneLineErrors,
     help="Train a MobileNetV2 classifier, export it to quantized TFLite, prove parity, "
     "and run it on a device.",
     no_args_is_help=True,
@@ -30,6 +92,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+DEBUG = {"on": False}
+
+
+@app.callback()
+def global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="EDGETL_DEBUG",
+            help="Print the traceback of an internal error (exit 4) to report it.",
+        ),
+    ] = False,
+) -> None:
+    """Train a MobileNetV2 classifier, export it to quantized TFLite, prove parity,
+    and run it on a device."""
+    DEBUG["on"] = debug
 
 
 def fail(message: str, code: int) -> None:
@@ -37,26 +116,57 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush
+    does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def reports_errors(command: Callable) -> Callable:
-    """Turn EdgetlError and Ctrl-C into one line and an exit code, never a traceback."""
+    """Every exception becomes one line and the contract's exit code (``toolchain.failures``);
+    a traceback only with ``--debug``."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except EdgetlError as error:
-            fail(str(error), error.exit_code)
+        except typer.Exit:
+            raise
         except KeyboardInterrupt:
             fail(
                 "interrupted; files already written are complete, nothing half-written was kept",
-                130,
+                INTERRUPTED,
             )
+        except Exception as error:
+            if isinstance(error, BrokenPipeError):
+                _silence_stdout()
+            code, message = describe_failure(error)
+            if DEBUG["on"]:
+                traceback.print_exc(file=sys.stderr)
+            fail(message, code)
 
     return wrapper
 
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def check_json_output(path: Path, inputs: List[Path]) -> None:
+    """A report path must be a new or replaceable .json file, never one of the inputs."""
+    if path.suffix.lower() != ".json":
+        raise BadInput(f"--json {path}: give a file name ending in .json")
+    if path.is_dir():
+        raise BadInput(f"--json {path}: is a folder; give a file name such as {path}/bench.json")
+    if not path.parent.is_dir():
+        raise BadInput(f"--json {path}: folder {path.parent} does not exist")
+    for given in inputs:
+        if path.exists() and given.exists() and path.resolve() == given.resolve():
+            raise BadInput(f"--json {path} is an input of this command; choose another name")
 
 
 @app.command()
@@ -71,13 +181,17 @@ def train(
     image_size: Annotated[
         int,
         typer.Option(
-            help="Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed."
+            min=32,
+            max=1024,
+            help="Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed.",
         ),
     ] = 224,
     alpha: Annotated[
         float,
         typer.Option(
-            help="Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4."
+            min=0.1,
+            max=2.0,
+            help="Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.",
         ),
     ] = 1.0,
     weights: Annotated[
@@ -86,11 +200,15 @@ def train(
             help="imagenet | none | FILE.h5 (a local no-top weights file for offline machines)."
         ),
     ] = "imagenet",
-    epochs: Annotated[int, typer.Option(help="Head-phase epochs on the frozen base.")] = 10,
+    epochs: Annotated[
+        int, typer.Option(min=0, max=10000, help="Head-phase epochs on the frozen base.")
+    ] = 10,
     fine_tune_epochs: Annotated[
         int,
         typer.Option(
-            help="Most fine-tuning epochs after the head phase (0 = head only); early stopping on val loss usually ends it sooner."
+            min=0,
+            max=10000,
+            help="Most fine-tuning epochs after the head phase (0 = head only); early stopping on val loss usually ends it sooner.",
         ),
     ] = 15,
     fine_tune_at: Annotated[
@@ -99,19 +217,29 @@ def train(
             help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (pretrained: layer 100, or block_5 for alpha <= 0.5 whose thin features need more adapting; 0 from scratch)."
         ),
     ] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Head-phase Adam learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per step.")] = 32,
+    learning_rate: Annotated[
+        float, typer.Option(min=1e-8, max=10.0, help="Head-phase Adam learning rate.")
+    ] = 1e-3,
     fine_tune_learning_rate: Annotated[
         float,
         typer.Option(
-            help="Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten."
+            min=1e-8,
+            max=10.0,
+            help="Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten.",
         ),
     ] = 1e-4,
     seed: Annotated[
-        int, typer.Option(help="Seed for splits, shuffling, initialisation and synthetic data.")
+        int,
+        typer.Option(
+            min=0,
+            max=2**31 - 1,
+            help="Seed for splits, shuffling, initialisation and synthetic data.",
+        ),
     ] = 42,
     synthetic_per_class: Annotated[
-        int, typer.Option(help="Images per class generated for --data synthetic.")
+        int,
+        typer.Option(min=3, max=100000, help="Images per class generated for --data synthetic."),
     ] = 100,
     augment: Annotated[
         bool,
@@ -133,16 +261,22 @@ def train(
     ] = True,
     dropout: Annotated[
         float,
-        typer.Option(help="Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top."),
+        typer.Option(
+            min=0.0,
+            max=0.95,
+            help="Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top.",
+        ),
     ] = 0.2,
     label_smoothing: Annotated[
         float,
         typer.Option(
-            help="Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better."
+            min=0.0,
+            max=0.95,
+            help="Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better.",
         ),
     ] = 0.1,
     class_weights: Annotated[
-        str,
+        Literal[CLASS_WEIGHT_MODES],
         typer.Option(
             help="auto (inverse-frequency weights when a class has over 2x the images of another), on, off."
         ),
@@ -150,11 +284,13 @@ def train(
     patience: Annotated[
         int,
         typer.Option(
-            help="Early stopping: epochs without a lower val loss before a phase stops; best weights are restored. 0 = off."
+            min=0,
+            max=10000,
+            help="Early stopping: epochs without a lower val loss before a phase stops; best weights are restored. 0 = off.",
         ),
     ] = 5,
     strategy: Annotated[
-        str,
+        Literal[STRATEGIES],
         typer.Option(
             help="auto (all local GPUs when several), mirrored, or multiworker (set TF_CONFIG on each machine)."
         ),
@@ -168,12 +304,18 @@ def train(
     val_fraction: Annotated[
         float,
         typer.Option(
-            help="Share of each class held out for validation (early stopping, checkpoints)."
+            min=0.0,
+            max=0.9,
+            help="Share of each class held out for validation (early stopping, checkpoints).",
         ),
     ] = 0.1,
     test_fraction: Annotated[
         float,
-        typer.Option(help="Share of each class held out for the final test and `edgetl validate`."),
+        typer.Option(
+            min=0.01,
+            max=0.9,
+            help="Share of each class held out for the final test and `edgetl validate`.",
+        ),
     ] = 0.1,
     resume: Annotated[
         bool,
@@ -221,8 +363,9 @@ def train(
         test_fraction=test_fraction,
     )
     result = run_training(options)
+    done = "already trained, nothing to do" if result.already_finished else "trained"
     say(
-        f"trained: {result.run_dir}  val top-1 {result.val_top1:.4f}  test top-1 {result.test_top1:.4f}"
+        f"{done}: {result.run_dir}  val top-1 {result.val_top1:.4f}  test top-1 {result.test_top1:.4f}"
     )
 
 
@@ -230,15 +373,19 @@ def train(
 @reports_errors
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")],
-    quant: Annotated[str, typer.Option(help="int8 | float16 | dynamic | float32 | all")] = "int8",
+    quant: Annotated[
+        Literal[(*QUANT_MODES, "all")], typer.Option(help="The TFLite flavour to write.")
+    ] = "int8",
     calibration_samples: Annotated[
         int,
         typer.Option(
-            help="INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain."
+            min=1,
+            max=100000,
+            help="INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain.",
         ),
     ] = 200,
     io: Annotated[
-        str,
+        Literal[IO_TYPES],
         typer.Option(
             help="INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32."
         ),
@@ -251,11 +398,19 @@ def export(
     ] = True,
     max_drop: Annotated[
         Optional[float],
-        typer.Option(help="Gate: exit 1 when a model loses more top-1 than this many points."),
+        typer.Option(
+            min=0.0,
+            max=100.0,
+            help="Gate: exit 1 when a model loses more top-1 than this many points.",
+        ),
     ] = None,
     min_agreement: Annotated[
         Optional[float],
-        typer.Option(help="Gate: exit 1 when top-1 agreement with Keras is below this fraction."),
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Gate: exit 1 when top-1 agreement with Keras is below this fraction.",
+        ),
     ] = None,
     auto_fallback: Annotated[
         bool,
@@ -303,17 +458,18 @@ def validate(
     max_drop: Annotated[
         Optional[float],
         typer.Option(
-            help="Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras."
+            min=0.0,
+            max=100.0,
+            help="Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras.",
         ),
     ] = None,
-    runtime: Annotated[
-        Optional[str],
-        typer.Option(help="Force a TFLite runtime: ai_edge_litert, tflite_runtime or tensorflow."),
-    ] = None,
+    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
     min_agreement: Annotated[
         Optional[float],
         typer.Option(
-            help="Fail (exit 1) when top-1 agreement with Keras is below this fraction (0..1)."
+            min=0.0,
+            max=1.0,
+            help="Fail (exit 1) when top-1 agreement with Keras is below this fraction.",
         ),
     ] = None,
     diagnose: Annotated[
@@ -321,9 +477,9 @@ def validate(
         typer.Option(help="Rank INT8 layers by quantization error (also done when a gate fails)."),
     ] = False,
     device_resize: Annotated[
-        Optional[str],
+        Optional[ResizeFilter],
         typer.Option(
-            help="Resize the device path with this filter (bilinear, nearest, bicubic, box, lanczos) instead of the model's own: what if the device resized differently?"
+            help="Resize the device path with this filter instead of the model's own: what if the device resized differently?"
         ),
     ] = None,
 ) -> None:
@@ -363,21 +519,23 @@ def classify(
             help="An image file, a folder of images (recursive), a video file, or camera / camera:N."
         ),
     ],
-    top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 3,
-    threshold: Annotated[float, typer.Option(help="Hide classes scored below this (0..1).")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=1, max=1000, help="Classes to report per image.")] = 3,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Hide classes scored below this.")
+    ] = 0.0,
     threads: Annotated[
         Optional[int],
         typer.Option(
-            help="Interpreter threads (default: all cores, 1 where more are known to hurt)."
+            min=1,
+            max=256,
+            help="Interpreter threads (default: all cores, 1 where more are known to hurt).",
         ),
     ] = None,
     output: Annotated[
         Optional[Path],
         typer.Option(help="Write predictions to FILE.csv or FILE.jsonl, flushed per image."),
     ] = None,
-    runtime: Annotated[
-        Optional[str], typer.Option(help="Force ai_edge_litert, tflite_runtime or tensorflow.")
-    ] = None,
+    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
     data_labels: Annotated[
         bool,
         typer.Option(
@@ -398,6 +556,8 @@ def classify(
     from edge.output import PredictionWriter
     from edge.sources import open_source
 
+    if output is not None and output.resolve() == model.resolve():
+        raise BadInput(f"--output {output} is the model itself; give a .csv or .jsonl file name")
     classifier = Classifier(model, runtime=runtime, threads=threads)
     window = None
     if show:
@@ -431,14 +591,20 @@ def classify(
             return window.show(annotate(result.image, lines))
         return True
 
+    # Rows stream into a temporary file beside --output, renamed over it only when the
+    # session ends normally: a crash or a kill never leaves a half-written --output.
     writer = PredictionWriter(str(output), top_k) if output else None
     try:
         summary = classify_source(classifier, opened, top_k, threshold, writer, report, data_labels)
-    finally:
+    except BaseException:
         if writer:
-            writer.close()
+            writer.abort()
+        raise
+    finally:
         if window is not None:
             window.close()
+    if writer:
+        writer.close()
     if live:
         print(file=sys.stderr)
     stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
@@ -471,12 +637,16 @@ def classify(
 @reports_errors
 def bench(
     model: Annotated[Path, typer.Argument(help="A .tflite classifier.")],
-    runs: Annotated[int, typer.Option(help="Timed invokes after warm-up.")] = 100,
-    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads.")] = None,
+    runs: Annotated[
+        int, typer.Option(min=1, max=1000000, help="Timed invokes after warm-up.")
+    ] = 100,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, max=256, help="Interpreter threads.")
+    ] = None,
     source: Annotated[
         Optional[str], typer.Option(help="A folder of images for end-to-end throughput.")
     ] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="Force a TFLite runtime.")] = None,
+    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
@@ -488,6 +658,8 @@ def bench(
     from edge.classifier import Classifier
     from edge.sources import resolve_source
 
+    if json_out is not None:
+        check_json_output(json_out, [model])
     classifier = Classifier(model, runtime=runtime, threads=threads)
     print(classifier.runtime.describe(), file=sys.stderr)
     figures = {

@@ -18,12 +18,13 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edge.errors import BadInput, MissingEnvironment
 from edge.image import is_image_name
+from edge.modelfile import label_problem
 from toolchain import synthetic
 
 DEFAULT_TFDS = "tf_flowers"
@@ -58,11 +59,28 @@ def resolve_data(spec: str, run_dir: Path, per_class: int, seed: int) -> Tuple[P
     return path.resolve(), f"image folder {path}"
 
 
+def class_name_problem(name: str) -> Optional[str]:
+    """Why a class folder's name cannot be a label, or None. Labels travel through
+    labels.txt (one per line), CSV and Markdown, and must come back byte for byte."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return label_problem(name)
+
+
 def scan_class_folders(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     """Class names (sorted folder names) and ``(relative path, label)`` of every image."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise BadInput(f"{root}: no class folders; put images in {root}/<class name>/")
+    for name in classes:
+        problem = class_name_problem(name)
+        if problem:
+            raise BadInput(
+                f"{root}: class folder {name!r} {problem}, so its label would not survive "
+                "labels.txt and the model file exactly; rename the folder"
+            )
     items: List[Tuple[str, int]] = []
     empty = []
     for label, name in enumerate(classes):

@@ -15,8 +15,7 @@ import os
 from typing import Any, List, Tuple
 
 from edge.errors import BadInput, MissingEnvironment
-
-STRATEGIES = ("auto", "mirrored", "multiworker")
+from toolchain.options import STRATEGIES
 
 
 def describe_devices(tf: Any) -> Tuple[List[str], str]:

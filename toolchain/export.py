@@ -18,7 +18,6 @@ written atomically; the converter's C++ logs go to ``export.log``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,9 +32,9 @@ from edge.modelfile import embed_metadata
 from edge.runtime import load_interpreter
 from toolchain import __version__
 from toolchain.fast_input import delegate_uint8_input
-from toolchain.options import IO_TYPES, QUANT_MODES, ExportOptions
+from toolchain.options import IO_TYPES, QUANT_MODES, ExportOptions, check_gate_options
 from toolchain.progress import Log, stderr_log
-from toolchain.rundir import RunDir
+from toolchain.rundir import RunDir, read_json_object
 
 
 @dataclass
@@ -89,10 +88,10 @@ def anchor_input_range(calibration: np.ndarray) -> np.ndarray:
 
 def representative_images(run: RunDir, samples: int, seed: int, size: int):
     """Calibration pixels (uint8) from the training split, and per-class counts."""
-    paths, labels = run.split_files("train")
+    names = run.labels()
+    paths, labels = run.split_files("train", len(names))
     chosen = stratified_sample(labels, samples, seed)
     pixels, kept, _ = load_many([paths[i] for i in chosen], size)
-    names = run.labels()
     per_class: Dict[str, int] = {}
     for i in kept:
         per_class[names[labels[chosen[i]]]] = per_class.get(names[labels[chosen[i]]], 0) + 1
@@ -181,6 +180,59 @@ def modes_for(quant: str) -> List[str]:
     return [quant]
 
 
+def check_export_options(options: ExportOptions) -> List[str]:
+    """Every option of ``edgetl export``, checked before the model is loaded or a file
+    written (a typo must not cost minutes of conversion); returns the modes to export."""
+    modes = modes_for(options.quant)
+    if options.io not in IO_TYPES:
+        raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
+    samples = options.calibration_samples
+    if "int8" in modes and (
+        not isinstance(samples, int) or isinstance(samples, bool) or samples < 1
+    ):
+        raise BadInput(
+            f"--calibration-samples {samples}: int8 needs at least 1 training image to "
+            "calibrate on (100-500 is the usual range)"
+        )
+    check_gate_options(options.max_drop, options.min_agreement)
+    gates = options.max_drop is not None or options.min_agreement is not None
+    if not options.validate and (gates or options.auto_fallback):
+        raise BadInput(
+            "--max-drop, --min-agreement and --auto-fallback judge the validation that "
+            "--no-validate turns off; drop --no-validate or the gate"
+        )
+    if options.auto_fallback and options.max_drop is None:
+        raise BadInput("--auto-fallback needs --max-drop PTS: the budget the fallback works to")
+    if options.auto_fallback and "int8" not in modes:
+        raise BadInput("--auto-fallback applies to --quant int8 (or all)")
+    return modes
+
+
+def planned_files(run: RunDir, modes: List[str], options: ExportOptions) -> List[Path]:
+    """Every model file this export may write or replace, known before any work starts:
+    with --auto-fallback also the mixed model and the full-INT8 file set aside."""
+    files = [run.tflite(mode) for mode in modes]
+    if options.auto_fallback:
+        int8 = run.tflite("int8")
+        files += [run.tflite("int8_mixed"), int8.with_name(int8.name + ".rejected")]
+    return files
+
+
+def config_seed(run: RunDir, config: Dict[str, Any]) -> int:
+    """The run's seed (calibration is sampled with it), one line if it was edited."""
+    value = config["options"].get("seed", 0)
+    try:
+        seed = int(value)
+    except (TypeError, ValueError, OverflowError):
+        seed = -1
+    if seed < 0 or isinstance(value, bool):
+        raise BadInput(
+            f"{run.config}: options.seed {str(value)[:40]!r} is not a whole number >= 0; "
+            f"it was edited: train again with `edgetl train --out {run.path} --force`"
+        )
+    return seed
+
+
 def model_card(
     config: Dict[str, Any], quant: str, io: str, calibration_info: Dict[str, Any]
 ) -> Dict[str, Any]:
@@ -231,6 +283,30 @@ def _write(
     return result
 
 
+def calibration_set(run: RunDir, options: ExportOptions, seed: int, size: int, log: Log) -> tuple:
+    """INT8 calibration pixels and what the card says about them, read before the model
+    is loaded: a run whose training images are all unreadable fails in seconds."""
+    calibration, per_class = representative_images(run, options.calibration_samples, seed, size)
+    if len(calibration) == 0:
+        raise BadInput(
+            f"{run.path}: none of the training images chosen for calibration could be read; "
+            "restore the dataset folder named in splits.json"
+        )
+    info = {
+        "images": int(len(calibration)),
+        "per_class": per_class,
+        "source": "train split, stratified by class",
+        "pixel_mean": round(float(calibration.mean()), 2),
+        "pixel_std": round(float(calibration.std()), 2),
+        **training_pixel_stats(run, seed, size),
+    }
+    log(
+        f"int8: calibrating on {len(calibration)} training images "
+        f"({', '.join(f'{k} {v}' for k, v in per_class.items())})"
+    )
+    return calibration, info
+
+
 def _refuse_overwrite(paths: List[Path], force: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not force:
@@ -241,57 +317,29 @@ def export(
     run_dir: str | Path, options: ExportOptions, log: Log = stderr_log
 ) -> List[ExportResult]:
     """Write ``model_<quant>.tflite`` for each mode, then validate and gate them."""
+    modes = check_export_options(options)
     run = RunDir(run_dir).require_trained()
-    if options.io not in IO_TYPES:
-        raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
-    if options.auto_fallback and options.max_drop is None:
-        raise BadInput("--auto-fallback needs --max-drop PTS: the budget the fallback works to")
-    modes = modes_for(options.quant)
-    if options.auto_fallback and "int8" not in modes:
-        raise BadInput("--auto-fallback applies to --quant int8 (or all)")
-    _refuse_overwrite([run.tflite(mode) for mode in modes], options.force)
+    _refuse_overwrite(planned_files(run, modes, options), options.force)
     config = run.read_config()
     size = int(config["image_size"])
-    seed = int(config["options"].get("seed", 0))
-
-    from toolchain.quiet import keras as import_keras
-
-    keras = import_keras()
-    model = keras.models.load_model(run.model, compile=False)
+    seed = config_seed(run, config)
+    calibration, calibration_info = None, {}
+    if "int8" in modes:
+        calibration, calibration_info = calibration_set(run, options, seed, size, log)
+    model = run.load_keras_model()
     results: List[ExportResult] = []
-    calibration = None
     for mode in modes:
         mode_options = replace(options, quant=mode, io=options.io if mode == "int8" else "float32")
-        calibration_info: Dict[str, Any] = {}
-        if mode == "int8":
-            if options.calibration_samples < 1:
-                raise BadInput("--calibration-samples must be at least 1 for int8")
-            calibration, per_class = representative_images(
-                run, options.calibration_samples, seed, size
-            )
-            if len(calibration) == 0:
-                raise BadInput(f"{run.path}: no readable training images for calibration")
-            calibration_info = {
-                "images": int(len(calibration)),
-                "per_class": per_class,
-                "source": "train split, stratified by class",
-                "pixel_mean": round(float(calibration.mean()), 2),
-                "pixel_std": round(float(calibration.std()), 2),
-                **training_pixel_stats(run, seed, size),
-            }
-            log(
-                f"int8: calibrating on {len(calibration)} training images "
-                f"({', '.join(f'{k} {v}' for k, v in per_class.items())})"
-            )
         start = time.perf_counter()
         flatbuffer = convert(model, mode_options, calibration, run.path / "export.log")
-        card = model_card(config, mode, mode_options.io, calibration_info)
+        info = calibration_info if mode == "int8" else {}
+        card = model_card(config, mode, mode_options.io, info)
         results.append(_write(run.tflite(mode), flatbuffer, card, time.perf_counter() - start, log))
     report: Dict[str, Any] = {
         "edgetl_version": __version__,
         "models": [_result_json(r, run, log) for r in results],
     }
-    atomic.write_json(run.path / "export_report.json", report)
+    atomic.write_json(run.export_report, report)
     if not options.validate:
         return results
 
@@ -309,21 +357,21 @@ def export(
         )
         _record_parity(run, results, parity, report)
     except GateFailed:
-        _record_parity(run, results, json.loads(run.parity.read_text()), report)
+        _record_parity(run, results, read_json_object(run.parity), report)
         if not options.auto_fallback:
             raise
         log("int8 misses the gate: looking for the fewest layers to keep in float")
         mixed, fallback_report = auto_fallback(run, model, calibration, config, options, log)
         report["fallback"] = fallback_report
         if mixed is None:
-            atomic.write_json(run.path / "export_report.json", report)
+            atomic.write_json(run.export_report, report)
             raise GateFailed(
                 f"auto-fallback: no mix within {options.fallback_max_layers} float layers met "
                 f"--max-drop {options.max_drop} on the validation split; see export_report.json"
             ) from None
         results.append(mixed)
         report["models"].append(_result_json(mixed, run, log))
-        atomic.write_json(run.path / "export_report.json", report)
+        atomic.write_json(run.export_report, report)
         # The full-INT8 file that failed steps aside (renamed back if the mix fails too):
         # the run then holds one INT8 model, the one within budget, so `edgetl validate
         # RUN` gates what ships and nobody copies the failed file to a device by mistake.
@@ -356,7 +404,7 @@ def _record_parity(run: RunDir, results: List[ExportResult], parity, report) -> 
     sizes = {r.path.name: r.size_bytes for r in results}
     for entry in report["models"]:
         entry["size_bytes"] = sizes.get(entry["path"], entry["size_bytes"])
-    atomic.write_json(run.path / "export_report.json", report)
+    atomic.write_json(run.export_report, report)
 
 
 def embed_parity(results: List[ExportResult], parity: Dict[str, Any]) -> None:
@@ -436,10 +484,15 @@ def auto_fallback(
     from toolchain import fallback
     from toolchain.diagnose import Calibrated, short_name, with_consumers
 
-    paths, labels = run.split_files("val")
+    paths, labels = run.split_files("val", len(config["labels"]))
     if not paths:
         raise BadInput(f"{run.path}: the run has no validation split for --auto-fallback")
     pixels, kept, _ = load_many(paths, int(config["image_size"]))
+    if not kept:
+        raise BadInput(
+            f"{run.path}: none of the {len(paths)} validation images could be read for "
+            "--auto-fallback; restore the dataset folder named in splits.json"
+        )
     y = np.array([labels[i] for i in kept])
     keras_probs = model.predict(pixels.astype(np.float32), verbose=0)
     calibrated = Calibrated(model, calibration, run.path / "export.log", options.io)

@@ -7,11 +7,16 @@ decided (image size, labels, normalisation, split seed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional
 
+from edge.errors import BadInput
+
 QUANT_MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
+STRATEGIES = ("auto", "mirrored", "multiworker")
+CLASS_WEIGHT_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,24 @@ class ValidateOptions:
     max_drop: Optional[float] = None  # percentage points of top-1
     data: Optional[str] = None
     runtime: Optional[str] = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_gate_options(max_drop: Optional[float], min_agreement: Optional[float]) -> None:
+    """The gates' ranges (validate and export share them): a NaN or negative budget would
+    pass or fail every model whatever its figures, and agreement is a fraction."""
+    if max_drop is not None and not (
+        _is_number(max_drop) and math.isfinite(max_drop) and max_drop >= 0
+    ):
+        raise BadInput(
+            f"--max-drop {max_drop}: give the top-1 percentage points a model may lose, "
+            "a finite number >= 0 (e.g. --max-drop 1)"
+        )
+    if min_agreement is not None and not (_is_number(min_agreement) and 0 <= min_agreement <= 1):
+        raise BadInput(
+            f"--min-agreement {min_agreement}: give a fraction from 0 to 1 "
+            "(e.g. --min-agreement 0.95)"
+        )

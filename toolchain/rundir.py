@@ -2,12 +2,17 @@
 
 Every step reads what earlier steps wrote here instead of re-guessing:
 
+    .edgetl-run      marker: only edgetl writes it, so only a marked folder counts as a run
     config.json      every training option, labels, image size, input contract
     labels.txt       one class name per line, in output order
     splits.json      which image files are train / val / test (seeded)
     model.keras      the trained Keras model (raw 0–255 RGB in, probabilities out)
     history.json     per-epoch metrics of both phases
     model_<quant>.tflite, export_report.json, parity.json, parity.md
+
+The names below are the only files edgetl ever removes from a run, and only
+from a marked one: ``--force`` deletes by exact name, never by pattern, so a
+file a user keeps in their run folder survives every edgetl command.
 """
 
 from __future__ import annotations
@@ -15,9 +20,41 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from edge.errors import BadInput
+from toolchain.options import QUANT_MODES
+
+MARKER = ".edgetl-run"
+# Written by training, replaced as a set when a run is trained again.
+TRAINING_FILES = (
+    "config.json",
+    "labels.txt",
+    "splits.json",
+    "model.keras",
+    "history.json",
+    "train_report.json",
+    "training_curves.png",
+    "confusion_val.png",
+)
+# Derived from the trained model: stale (and removed) once the model is replaced.
+MODEL_NAMES = tuple(f"model_{quant}.tflite" for quant in (*QUANT_MODES, "int8_mixed"))
+DERIVED_FILES = (
+    *MODEL_NAMES,
+    *(f"{name}.rejected" for name in MODEL_NAMES),
+    "export_report.json",
+    "export.log",
+    "parity.json",
+    "parity.md",
+    "parity_confusion.png",
+    "parity_per_class.png",
+    "parity_disagreements.png",
+)
+# Training's own working state: folders edgetl creates inside a run and owns whole.
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+LOG_FILES = ("head.csv", "fine_tune.csv")
+TENSORBOARD = "tensorboard"
 
 
 class RunDir:
@@ -25,6 +62,10 @@ class RunDir:
         self.path = Path(path)
 
     # File names in one place.
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
+
     @property
     def config(self) -> Path:
         return self.path / "config.json"
@@ -49,11 +90,35 @@ class RunDir:
     def parity(self) -> Path:
         return self.path / "parity.json"
 
+    @property
+    def parity_markdown(self) -> Path:
+        return self.path / "parity.md"
+
+    @property
+    def export_report(self) -> Path:
+        return self.path / "export_report.json"
+
+    @property
+    def train_report(self) -> Path:
+        return self.path / "train_report.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def logs(self) -> Path:
+        return self.path / LOGS
+
     def tflite(self, quant: str) -> Path:
         return self.path / f"model_{quant}.tflite"
 
     def tflite_models(self) -> List[Path]:
-        return sorted(self.path.glob("model_*.tflite"))
+        """The run's exported models, by their exact names (nothing a user added)."""
+        return [self.path / name for name in MODEL_NAMES if (self.path / name).is_file()]
+
+    def is_marked(self) -> bool:
+        return self.marker.is_file()
 
     def require_trained(self) -> RunDir:
         """Fail with one line when this is not a finished training run."""
@@ -67,28 +132,80 @@ class RunDir:
                     f"{self.path}: {needed.name} is missing, so this is not a finished training run; "
                     f"run `edgetl train --out {self.path}`"
                 )
+        self.read_config()  # a damaged config is named now, not as a KeyError later
         return self
 
     def read_config(self) -> Dict[str, Any]:
-        return _read_json(self.config)
+        """config.json, checked for the keys every later step reads."""
+        config = read_json_object(self.config)
+        labels = config.get("labels")
+        options = config.get("options")
+        size = config.get("image_size")
+        problem = None
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(x, str) for x in labels)
+        ):
+            problem = "'labels' is not a list of at least two class names"
+        elif not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= 4096:
+            problem = "'image_size' is not a whole number of pixels from 32 to 4096"
+        elif not isinstance(options, dict):
+            problem = "'options' is not an object"
+        if problem:
+            raise BadInput(
+                f"{self.config}: {problem}; it was not written by edgetl train or was edited: "
+                f"train again with `edgetl train --out {self.path} --force`"
+            )
+        return config
 
     def read_splits(self) -> Dict[str, Any]:
-        return _read_json(self.splits)
+        splits = read_json_object(self.splits)
+        for name in ("train", "val", "test"):
+            entries = splits.get(name)
+            if not isinstance(entries, list) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entries
+            ):
+                raise BadInput(
+                    f"{self.splits}: '{name}' is not a list of [file, label] pairs; train again "
+                    f"with `edgetl train --out {self.path} --force`"
+                )
+        if not isinstance(splits.get("root"), str):
+            raise BadInput(f"{self.splits}: 'root' (the dataset folder) is missing")
+        return splits
 
     def labels(self) -> List[str]:
         return list(self.read_config()["labels"])
 
-    def split_files(self, name: str) -> Tuple[List[Path], List[int]]:
-        """Absolute paths and label indices of one split (``train``, ``val``, ``test``)."""
+    def split_files(
+        self, name: str, n_classes: Optional[int] = None
+    ) -> Tuple[List[Path], List[int]]:
+        """Absolute paths and label indices of one split (``train``, ``val``, ``test``).
+
+        With ``n_classes``, each index must be a class of config.json: an index past
+        the labels (splits.json from another run) would otherwise surface as an
+        IndexError deep in the metrics.
+        """
         splits = self.read_splits()
         root = self.data_root(splits)
         entries = splits[name]
-        return [root / rel for rel, _ in entries], [int(label) for _, label in entries]
+        try:
+            paths, indices = [root / rel for rel, _ in entries], [int(lab) for _, lab in entries]
+        except (TypeError, ValueError) as error:
+            raise BadInput(f"{self.splits}: a label of split '{name}' is not a number") from error
+        bad = next((i for i in indices if n_classes is not None and not 0 <= i < n_classes), None)
+        if bad is not None:
+            raise BadInput(
+                f"{self.splits}: split '{name}' has label index {bad}, but config.json has "
+                f"{n_classes} classes; the two files are from different runs: train again with "
+                f"`edgetl train --out {self.path} --force`"
+            )
+        return paths, indices
 
     def data_root(self, splits: Dict[str, Any]) -> Path:
         """The dataset folder: relative to the run first (a moved run keeps its data)."""
         relative = splits.get("root_relative")
-        if relative is not None and (self.path / relative).is_dir():
+        if isinstance(relative, str) and (self.path / relative).is_dir():
             return (self.path / relative).resolve()
         absolute = Path(splits["root"])
         if absolute.is_dir():
@@ -97,11 +214,39 @@ class RunDir:
             f"{self.path}: the dataset folder {absolute} is gone; restore it or pass --data PATH"
         )
 
+    def load_keras_model(self) -> Any:
+        """model.keras, or one line saying it is damaged (a truncated copy, a failed disk)."""
+        from toolchain.quiet import keras as import_keras
 
-def _read_json(path: Path) -> Dict[str, Any]:
+        keras = import_keras()
+        try:
+            return keras.models.load_model(self.model, compile=False)
+        except Exception as error:  # Keras raises ValueError, OSError, zipfile errors, KeyError…
+            reason = " ".join(str(error).split())[:160] or type(error).__name__
+            raise BadInput(
+                f"{self.model}: cannot be loaded ({type(error).__name__}: {reason}); the file is "
+                f"damaged or not a Keras model: copy it again or retrain with "
+                f"`edgetl train --out {self.path} --force`"
+            ) from None
+
+
+def read_json_object(path: Path) -> Dict[str, Any]:
+    """A JSON file that must hold an object; every way it can fail is one line."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise BadInput(f"{path}: missing") from error
+    except IsADirectoryError as error:
+        raise BadInput(f"{path}: is a folder, not a JSON file") from error
+    except UnicodeDecodeError as error:
+        raise BadInput(f"{path}: not UTF-8 text, so not a file edgetl wrote") from error
     except json.JSONDecodeError as error:
         raise BadInput(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    except RecursionError as error:
+        raise BadInput(f"{path}: nested too deeply to be a file edgetl wrote") from error
+    if not isinstance(value, dict):
+        raise BadInput(
+            f"{path}: holds a JSON {type(value).__name__}, not an object; "
+            "it was not written by edgetl"
+        )
+    return value

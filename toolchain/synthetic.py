@@ -68,6 +68,23 @@ def draw_example(name: str, rng: np.random.Generator, size: int = SOURCE_SIZE) -
     return image
 
 
+def _remove_generated(root: Path, stamp: Path) -> None:
+    """A different size or seed: remove the images an earlier call wrote, by their exact
+    names, so a smaller set is not mixed with the rest of a larger one."""
+    if not stamp.is_file():
+        return
+    fields = dict(part.split("=", 1) for part in stamp.read_text().split() if "=" in part)
+    try:
+        previous = int(fields.get("per_class", "0"))
+    except ValueError:
+        return
+    stamp.unlink()
+    for name in CLASSES:
+        for index in range(previous):
+            suffix = ".jpg" if index % 2 == 0 else ".png"
+            (root / name / f"{name}_{index:04d}{suffix}").unlink(missing_ok=True)
+
+
 def generate(root: Path, per_class: int = 100, seed: int = 0) -> List[Path]:
     """Write ``per_class`` images of each class under ``root/<class>/``.
 
@@ -79,6 +96,7 @@ def generate(root: Path, per_class: int = 100, seed: int = 0) -> List[Path]:
     expected = f"per_class={per_class} seed={seed} classes={','.join(CLASSES)} v1"
     if stamp.is_file() and stamp.read_text() == expected:
         return sorted(p for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
+    _remove_generated(root, stamp)
     rng = np.random.default_rng(seed)
     written = []
     for name in CLASSES:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -29,9 +31,9 @@ import numpy as np
 from edge import atomic
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE, RESIZE_DESCRIPTION, load_many
-from toolchain import __version__
-from toolchain.datasets import resolve_data, scan_class_folders, split_items
-from toolchain.options import TrainOptions
+from toolchain import __version__, runstate
+from toolchain.datasets import DEFAULT_TFDS, resolve_data, scan_class_folders, split_items
+from toolchain.options import CLASS_WEIGHT_MODES, STRATEGIES, TrainOptions
 from toolchain.progress import Log, epoch_logger, stderr_log
 from toolchain.rundir import RunDir
 
@@ -53,6 +55,7 @@ class TrainResult:
     val_top1: float
     test_top1: float
     seconds: Dict[str, float]
+    already_finished: bool = False  # --resume on a finished run: nothing was trained
 
 
 SMALL_ALPHA = 0.5  # at or below: fine-tune deeper
@@ -84,21 +87,124 @@ def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+BASE_LAYERS = 154  # MobileNetV2 without top, at every alpha and size
+# Layer-name prefixes of the MobileNetV2 base that --fine-tune-at may name.
+BASE_NAME_PREFIXES = ("Conv1", "bn_Conv1", "expanded_conv", "Conv_1", "out_relu")
+
+
+def fine_tune_at_problem(text: str) -> Optional[str]:
+    """Why ``--fine-tune-at`` cannot name a base layer, or None; checked before any file
+    is written, so a typo never leaves a half-made run behind."""
+    text = str(text).strip()
+    if text == "auto":
+        return None
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        return None if 0 <= index < BASE_LAYERS else f"the base has layers 0..{BASE_LAYERS - 1}"
+    block = re.fullmatch(r"block_(\d+)(_.*)?", text)
+    if block:
+        return None if 1 <= int(block.group(1)) <= 16 else "MobileNetV2 has block_1..block_16"
+    if any(name.startswith(text) or text.startswith(name) for name in BASE_NAME_PREFIXES):
+        return None
+    return "use auto, a layer index, or a block name such as block_13"
+
+
+def _positive_finite(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
 def check_options(options: TrainOptions) -> None:
-    for name, value in (
-        ("--epochs", options.epochs),
-        ("--fine-tune-epochs", options.fine_tune_epochs),
-    ):
+    """Every option, checked before anything is read at length or written (exit 2).
+
+    The CLI declares the same ranges (shown in ``--help``); this is the check for
+    library callers and for what one option means next to another."""
+    o = options
+    for name, value in (("--epochs", o.epochs), ("--fine-tune-epochs", o.fine_tune_epochs)):
         if value < 0:
             raise BadInput(f"{name} {value}: must be 0 or more")
-    if options.epochs + options.fine_tune_epochs == 0:
+    if o.epochs + o.fine_tune_epochs == 0:
         raise BadInput("--epochs and --fine-tune-epochs are both 0: nothing would be trained")
-    if options.batch_size < 1:
-        raise BadInput(f"--batch-size {options.batch_size}: must be at least 1")
-    if not 0 <= options.label_smoothing < 1:
-        raise BadInput(f"--label-smoothing {options.label_smoothing}: must be in [0, 1)")
-    if not 0 <= options.dropout < 1:
-        raise BadInput(f"--dropout {options.dropout}: must be in [0, 1)")
+    if o.batch_size < 1:
+        raise BadInput(f"--batch-size {o.batch_size}: must be at least 1")
+    if not 32 <= o.image_size <= 1024:
+        raise BadInput(f"--image-size {o.image_size}: MobileNetV2 takes 32 to 1024 pixels")
+    if not _positive_finite(o.alpha) or o.alpha > 2:
+        raise BadInput(f"--alpha {o.alpha}: must be above 0 and at most 2")
+    for name, value in (
+        ("--learning-rate", o.learning_rate),
+        ("--fine-tune-learning-rate", o.fine_tune_learning_rate),
+    ):
+        if not _positive_finite(value):
+            raise BadInput(f"{name} {value}: must be a number above 0")
+    if not 0 <= o.label_smoothing < 1:
+        raise BadInput(f"--label-smoothing {o.label_smoothing}: must be in [0, 1)")
+    if not 0 <= o.dropout < 1:
+        raise BadInput(f"--dropout {o.dropout}: must be in [0, 1)")
+    if o.seed < 0:
+        raise BadInput(f"--seed {o.seed}: must be 0 or more")
+    if o.patience < 0:
+        raise BadInput(f"--patience {o.patience}: must be 0 or more")
+    if o.synthetic_per_class < 3:
+        raise BadInput(f"--synthetic-per-class {o.synthetic_per_class}: must be at least 3")
+    if not 0 <= o.val_fraction < 1 or not 0 < o.test_fraction < 1:
+        raise BadInput("--val-fraction must be in [0, 1) and --test-fraction in (0, 1)")
+    if o.val_fraction + o.test_fraction >= 1:
+        raise BadInput(
+            f"--val-fraction {o.val_fraction} + --test-fraction {o.test_fraction}: "
+            "nothing would be left to train on; keep their sum below 1"
+        )
+    if o.class_weights not in CLASS_WEIGHT_MODES:
+        raise BadInput(f"--class-weights {o.class_weights}: choose auto, on or off")
+    if o.strategy not in STRATEGIES:
+        raise BadInput(f"--strategy {o.strategy}: choose one of {', '.join(STRATEGIES)}")
+    problem = fine_tune_at_problem(o.fine_tune_at)
+    if problem:
+        raise BadInput(f"--fine-tune-at {o.fine_tune_at}: {problem}")
+    _check_weights(o)
+    _check_data_spec(o.data)
+
+
+def _check_weights(o: TrainOptions) -> None:
+    from toolchain.model import KERAS_ALPHAS
+
+    if o.weights.lower() == "imagenet":
+        if o.alpha not in KERAS_ALPHAS:
+            raise BadInput(
+                f"--alpha {o.alpha}: ImageNet weights exist for "
+                f"{', '.join(str(a) for a in KERAS_ALPHAS)} only (or pass --weights none)"
+            )
+    elif o.weights.lower() != "none":
+        path = Path(o.weights)
+        if not path.is_file():
+            raise BadInput(
+                f"--weights {o.weights}: no such file; give imagenet, none or a no-top .h5 file"
+            )
+        if not path.name.lower().endswith((".h5", ".hdf5")):
+            raise BadInput(f"--weights {o.weights}: not an .h5 weights file")
+
+
+def _check_data_spec(spec: str) -> None:
+    if spec == "synthetic" or spec == DEFAULT_TFDS:
+        return
+    if spec.startswith("tfds:"):
+        if not spec[5:]:
+            raise BadInput("--data tfds:NAME needs a dataset name, e.g. tfds:tf_flowers")
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise BadInput(
+            f"--data {spec}: no such folder; give a folder of class subfolders, "
+            "'synthetic', 'tf_flowers' or 'tfds:NAME'"
+        )
+    if not path.is_dir():
+        raise BadInput(f"--data {spec}: is a file; give a folder with one subfolder per class")
+
+
+def data_folder(spec: str) -> Optional[Path]:
+    """The user's own image folder named by ``--data``, or None for generated/tfds data."""
+    if spec == "synthetic" or spec == DEFAULT_TFDS or spec.startswith("tfds:"):
+        return None
+    return Path(spec)
 
 
 def load_split_pixels(
@@ -165,84 +271,76 @@ class Trainer:
         self.options = options
         self.log = log
         self.run = RunDir(options.out)
-        self.checkpoints = self.run.path / "checkpoints"
-        self.logs = self.run.path / "logs"
+        self.checkpoints = self.run.checkpoints
+        self.logs = runstate.working_logs(self.run)
+        self.staged = runstate.staged(self.run)
         self.seconds: Dict[str, float] = {}
         self.images_per_second: Dict[str, float] = {}
         self.epoch_seconds: Dict[str, List[float]] = {}
 
     # -- state ------------------------------------------------------------------
-    def _prepare_run_dir(self) -> None:
-        if self.run.path.exists() and not self.run.path.is_dir():
-            raise BadInput(f"--out {self.run.path}: is a file; give a folder for the run")
+    def _saved_options(self) -> TrainOptions:
+        """The interrupted run's own options (a moved run keeps its new place)."""
         saved = self.checkpoints / "options.json"
-        if self.options.resume:
-            if not saved.is_file():
-                raise BadInput(
-                    f"--resume: {self.run.path} holds no interrupted run; train without --resume"
-                )
-            self.options = replace(
-                TrainOptions.from_dict(json.loads(saved.read_text())), resume=True
-            )
-            self.log(f"resuming {self.run.path} with the options it was started with")
-            return
-        self._replace_existing_run()
-        shutil.rmtree(self.checkpoints, ignore_errors=True)
-        shutil.rmtree(self.logs, ignore_errors=True)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(saved, self.options.to_dict())
-
-    def _replace_existing_run(self) -> None:
-        """Refuse to train over a run unless ``--force``; with it, also remove what was
-        derived from the old model (exports, parity), which would no longer match."""
-        # A run that stopped at its data checks (options.json only) is not worth keeping.
-        started = self.checkpoints.is_dir() and any(
-            path.name != "options.json" for path in self.checkpoints.iterdir()
-        )
-        markers = [self.run.model, self.run.config, self.run.splits]
-        if not started and not any(path.exists() for path in markers):
-            return
-        if not self.options.force:
+        try:
+            values = json.loads(saved.read_text(encoding="utf-8"))
+            if not isinstance(values, dict):
+                raise ValueError("not an object")
+            return replace(TrainOptions.from_dict(values), resume=True, out=str(self.run.path))
+        except (ValueError, TypeError, OSError) as error:
             raise BadInput(
-                f"--out {self.run.path} already holds a run; pass --force to replace it, "
-                "--resume to continue an interrupted one, or choose another --out "
-                "(nothing was changed)"
-            )
-        derived = [
-            *self.run.path.glob("model_*.tflite"),
-            *self.run.path.glob("model_*.tflite.rejected"),
-            *self.run.path.glob("parity*"),
-            self.run.path / "export_report.json",
-            self.run.path / "labels.txt",
-        ]
-        removed = [path for path in derived if path.is_file()]
-        for path in removed:
-            path.unlink()
-        if removed:
-            self.log(f"--force: removed {len(removed)} file(s) derived from the old model")
+                f"--resume: {saved} is damaged ({error}); start over with --force"
+            ) from None
 
     def _state(self) -> Dict[str, Any]:
-        path = self.checkpoints / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return runstate.read_state(self.run)
 
     def _set_state(self, **values: Any) -> None:
-        atomic.write_json(self.checkpoints / "state.json", {**self._state(), **values})
+        runstate.write_state(self.run, **values)
 
     # -- data -------------------------------------------------------------------
-    def _load_data(self) -> None:
+    def _dataset(self) -> Tuple[Path, str, List[str], List[Tuple[str, int]]]:
+        """The image folder, its description, class names and every image (read only)."""
+        o = self.options
+        root, description = resolve_data(o.data, self.run.path, o.synthetic_per_class, o.seed)
+        labels, items = scan_class_folders(root)
+        return root, description, labels, items
+
+    def _saved_splits(self) -> Optional[Dict[str, Any]]:
+        """``--resume`` uses the splits the run started with instead of re-scanning
+        the folder (photos added since would leak into val or test)."""
+        path = self.checkpoints / "splits.json"
+        if not (self.options.resume and path.is_file()):
+            return None
+        from toolchain.rundir import read_json_object
+
+        return read_json_object(path)
+
+    def _load_data(self, dataset) -> None:
         o = self.options
         start = time.perf_counter()
-        root, self.description = resolve_data(o.data, self.run.path, o.synthetic_per_class, o.seed)
-        self.labels, items = scan_class_folders(root)
-        splits = split_items(items, o.seed, o.val_fraction, o.test_fraction)
+        saved = self._saved_splits()
+        if saved is not None:
+            root = RunDir(self.run.path).data_root(saved)
+            self.description = f"{saved.get('description', 'image folder')} (splits reused)"
+            self.labels = list(saved["labels"])
+            splits = {
+                name: [(rel, int(label)) for rel, label in saved[name]]
+                for name in ("train", "val", "test")
+            }
+            n_items = sum(len(v) for v in splits.values())
+            self.log(f"resume: reusing the run's splits ({n_items} images) from {root}")
+        else:
+            root, self.description, self.labels, items = dataset or self._dataset()
+            splits = split_items(items, o.seed, o.val_fraction, o.test_fraction)
+            n_items = len(items)
+            self.log(
+                f"data: {self.description}: {n_items} images, {len(self.labels)} classes "
+                f"({', '.join(self.labels)})"
+            )
         self.log(
-            f"data: {self.description}: {len(items)} images, {len(self.labels)} classes "
-            f"({', '.join(self.labels)})"
-        )
-        self.log(
-            f"decoding {len(items)} images at {o.image_size}px into memory "
-            f"(~{len(items) * o.image_size**2 * 3 / 2**20:.0f} MiB)"
+            f"decoding {n_items} images at {o.image_size}px into memory "
+            f"(~{n_items * o.image_size**2 * 3 / 2**20:.0f} MiB)"
         )
         self.decoded: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         self.skipped: List[Tuple[str, str]] = []
@@ -264,20 +362,19 @@ class Trainer:
         self.seconds["data"] = time.perf_counter() - start
         self.root = root
         relative = os.path.relpath(root, self.run.path)
-        atomic.write_json(
-            self.run.splits,
-            {
-                "root": str(root),
-                "root_relative": relative if not relative.startswith("..") else None,
-                "seed": o.seed,
-                "val_fraction": o.val_fraction,
-                "test_fraction": o.test_fraction,
-                "labels": self.labels,
-                **{n: [[rel, label] for rel, label in splits[n]] for n in ("train", "val", "test")},
-                "skipped": [[path, reason] for path, reason in self.skipped],
-            },
-        )
-        atomic.write_text(self.run.labels_file, "\n".join(self.labels) + "\n")
+        self.splits = {
+            "root": str(root),
+            "root_relative": relative if not relative.startswith("..") else None,
+            "description": self.description,
+            "seed": o.seed,
+            "val_fraction": o.val_fraction,
+            "test_fraction": o.test_fraction,
+            "labels": self.labels,
+            **{n: [[rel, label] for rel, label in splits[n]] for n in ("train", "val", "test")},
+            "skipped": [[path, reason] for path, reason in self.skipped],
+        }
+        if saved is None:
+            atomic.write_json(self.checkpoints / "splits.json", self.splits)
 
     def _onehot(self, split_name: str) -> np.ndarray:
         return np.eye(len(self.labels), dtype=np.float32)[self.decoded[split_name][1]]
@@ -461,9 +558,24 @@ class Trainer:
     def run_all(self) -> TrainResult:
         check_options(self.options)
         self.options = replace(self.options, fine_tune_at=resolve_fine_tune_at(self.options))
-        self._prepare_run_dir()
         o = self.options
-        self._load_data()
+        plan = runstate.check_out_folder(self.run, data_folder(o.data), o.resume, o.force)
+        if plan == "finished":
+            return self._already_finished()
+        if plan == "resume":
+            self.options = o = self._saved_options()
+            self.log(f"resuming {self.run.path} with the options it was started with")
+            if self._state().get("installing") is not None:
+                return self._commit()  # killed while committing: finish the renames
+        elif o.mixed_precision:
+            self._require_gpu()
+        # A user's folder or a tfds set is read (and its class names checked) before
+        # anything is written; generated data is written into the run, so after the claim.
+        dataset = None if o.data == "synthetic" or o.resume else self._dataset()
+        runstate.claim(self.run, fresh=not o.resume)
+        if not o.resume:
+            atomic.write_json(self.checkpoints / "options.json", o.to_dict())
+        self._load_data(dataset)
 
         from toolchain.augment import augmentation
         from toolchain.devices import choose_strategy, describe_devices, enable_mixed_precision
@@ -506,7 +618,8 @@ class Trainer:
         return self._finish(model)
 
     def _finish(self, model: Any) -> TrainResult:
-        o, run = self.options, self.run
+        """Write the new run's files into the staging folder, then commit them at once."""
+        o, staged = self.options, self.staged
         keras_model = self._float32_copy(model)
 
         def predictions(split_name: str) -> np.ndarray:
@@ -524,13 +637,25 @@ class Trainer:
                 self._plot_confusion(y, probs.argmax(axis=1))
         self.log(f"keras top-1: val {top1['val']:.3f}, test {top1['test']:.3f}")
 
-        _save_model(keras_model, run.model)
+        staged.mkdir(parents=True, exist_ok=True)
+        _save_model(keras_model, staged / "model.keras")
         history, head_epochs = read_csv_history(
             [self.logs / "head.csv", self.logs / "fine_tune.csv"]
         )
-        atomic.write_json(run.history, {"fine_tune_start_epoch": head_epochs, **history})
         atomic.write_json(
-            run.config,
+            staged / "history.json", {"fine_tune_start_epoch": head_epochs, **history}
+        )
+        atomic.write_json(staged / "splits.json", self.splits)
+        atomic.write_text(staged / "labels.txt", "\n".join(self.labels) + "\n")
+        self._write_report(history, head_epochs, top1)
+        try:
+            from toolchain.plots import training_curves
+
+            training_curves(history, head_epochs, staged / "training_curves.png")
+        except ImportError:
+            self.log("note: matplotlib is not installed; training_curves.png not written")
+        atomic.write_json(
+            staged / "config.json",
             {
                 "edgetl_version": __version__,
                 "options": o.to_dict(),
@@ -546,21 +671,45 @@ class Trainer:
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             },
         )
-        self._write_report(history, head_epochs, top1)
-        try:
-            from toolchain.plots import training_curves
+        return self._commit()
 
-            training_curves(history, head_epochs, run.path / "training_curves.png")
-        except ImportError:
-            self.log("note: matplotlib is not installed; training_curves.png not written")
-        self._set_state(done=True)
-        for leftover in self.checkpoints.glob("*"):  # keep best weights, drop per-epoch backups
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-        self.log(f"wrote {run.model}, training_curves.png, train_report.json in {run.path}")
-        return TrainResult(
-            run.path, self.labels, self.counts, top1["val"], top1["test"], self.seconds
+    def _commit(self) -> TrainResult:
+        runstate.commit(self.run, self.log)
+        for phase in ("head", "fine_tune"):  # per-epoch backups; best weights stay
+            shutil.rmtree(self.checkpoints / phase, ignore_errors=True)
+        self.log(
+            f"wrote {self.run.model}, training_curves.png, train_report.json in {self.run.path}"
         )
+        return self._result()
+
+    def _result(self, already_finished: bool = False) -> TrainResult:
+        config = self.run.read_config()
+        results = config.get("results") or {}
+        data = config.get("data") or {}
+        return TrainResult(
+            self.run.path,
+            list(config["labels"]),
+            dict(data.get("counts") or {}),
+            float(results.get("val_top1", float("nan"))),
+            float(results.get("test_top1", float("nan"))),
+            dict(config.get("seconds") or {}),
+            already_finished,
+        )
+
+    def _already_finished(self) -> TrainResult:
+        self.run.require_trained()
+        self.log(f"--resume: {self.run.path} finished training already; nothing to do")
+        return self._result(already_finished=True)
+
+    def _require_gpu(self) -> None:
+        """--mixed-precision without a GPU is refused before the run folder is touched."""
+        from toolchain.devices import enable_mixed_precision
+        from toolchain.quiet import keras as import_keras
+        from toolchain.quiet import tensorflow
+
+        tf = tensorflow()
+        if not tf.config.list_physical_devices("GPU"):
+            enable_mixed_precision(tf, import_keras())  # raises the one-line environment error
 
     def _plot_confusion(self, y: np.ndarray, predicted: np.ndarray) -> None:
         try:
@@ -571,7 +720,7 @@ class Trainer:
             confusion_matrices(
                 {"validation split (Keras)": matrix},
                 self.labels,
-                self.run.path / "confusion_val.png",
+                self.staged / "confusion_val.png",
             )
         except ImportError:
             pass
@@ -588,7 +737,7 @@ class Trainer:
         }
         val_loss = history.get("val_loss", [])
         atomic.write_json(
-            self.run.path / "train_report.json",
+            self.staged / "train_report.json",
             {
                 "edgetl_version": __version__,
                 "data": self.description,

@@ -1,0 +1,193 @@
+"""A training run's life in its folder: checked, claimed, worked in, committed.
+
+The promise: edgetl never loses what a user had.
+
+- **Checked** before anything is written: ``--out`` must be new, empty, or a
+  folder edgetl marked as its own run (``.edgetl-run``); it may not lie inside
+  ``--data``; replacing a finished or interrupted run needs ``--force``.
+- **Claimed**: the marker is written; a fresh start clears only edgetl's own
+  working folder (``checkpoints/``).
+- **Worked in**: checkpoints, logs, splits and the new artefacts all live in
+  ``checkpoints/`` while training runs, so a kill or a crash leaves the
+  previous run's model, exports and reports exactly as they were.
+- **Committed** at the end: stale exports and parity reports of the old model
+  are removed by exact name, then the new files are renamed into place with
+  ``config.json`` last. A kill during the renames is finished by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from edge import atomic
+from edge.errors import BadInput
+from toolchain import __version__
+from toolchain.rundir import (
+    DERIVED_FILES,
+    LOG_FILES,
+    TENSORBOARD,
+    TRAINING_FILES,
+    RunDir,
+)
+
+# Working files that alone do not make a run worth keeping (training never started).
+SETUP_FILES = ("options.json", "splits.json")
+STATE = "state.json"
+
+
+def staged(run: RunDir) -> Path:
+    """Where the new run's top-level files wait until the commit."""
+    return run.checkpoints / "staged"
+
+
+def working_logs(run: RunDir) -> Path:
+    """CSV and TensorBoard logs of the run in progress (moved to ``logs/`` at commit)."""
+    return run.checkpoints / "logs"
+
+
+def read_state(run: RunDir) -> Dict[str, Any]:
+    path = run.checkpoints / STATE
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(run: RunDir, **values: Any) -> None:
+    atomic.write_json(run.checkpoints / STATE, {**read_state(run), **values})
+
+
+def started(run: RunDir) -> bool:
+    """Training got past its setup: an epoch, a checkpoint or a finished phase exists."""
+    if not run.checkpoints.is_dir():
+        return False
+    return any(entry.name not in SETUP_FILES for entry in run.checkpoints.iterdir())
+
+
+def holds_a_run(run: RunDir) -> bool:
+    return started(run) or any((run.path / name).exists() for name in TRAINING_FILES)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def check_out_folder(
+    run: RunDir, data_folder: Optional[Path], resume: bool, force: bool
+) -> Optional[str]:
+    """Refuse an ``--out`` that would lose or mix up the user's files; touches nothing.
+
+    Returns ``"finished"`` for ``--resume`` on a finished run (nothing to do),
+    ``"resume"`` when an interrupted run will be continued, otherwise None.
+    """
+    path = run.path
+    unchanged = "(nothing was changed)"
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--out {path}: is a file; give a folder for the run {unchanged}")
+    if data_folder is not None and data_folder.is_dir() and _inside(path, data_folder):
+        raise BadInput(
+            f"--out {path} is inside --data {data_folder}: the run would be written into your "
+            f"dataset (and read back as a class); choose an --out outside it {unchanged}"
+        )
+    if resume:
+        if not run.is_marked() or not (run.checkpoints / "options.json").is_file():
+            raise BadInput(
+                f"--resume: {path} holds no interrupted edgetl run; train without --resume "
+                f"{unchanged}"
+            )
+        return "finished" if read_state(run).get("done") else "resume"
+    if not path.is_dir():
+        return None
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return None
+    if not run.is_marked():
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise BadInput(
+            f"--out {path} holds files that are not an edgetl run ({shown}); edgetl writes only "
+            f"into a new or empty folder or one of its own runs: choose another --out {unchanged}"
+        )
+    if holds_a_run(run) and not force:
+        interrupted = started(run) and not read_state(run).get("done")
+        raise BadInput(
+            f"--out {path} holds an interrupted run: pass --resume to continue it or --force "
+            f"to start over {unchanged}"
+            if interrupted
+            else f"--out {path} already holds a run; pass --force to replace it (its exports "
+            f"and parity reports go too, once the new model is saved), --resume to continue "
+            f"an interrupted one, or choose another --out {unchanged}"
+        )
+    return None
+
+
+def claim(run: RunDir, fresh: bool) -> None:
+    """Mark the folder as edgetl's; a fresh start clears the old working state only."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    if not run.is_marked():
+        atomic.write_json(run.marker, {"edgetl_version": __version__, "kind": "training run"})
+    if fresh and run.checkpoints.is_dir():
+        shutil.rmtree(run.checkpoints)
+    run.checkpoints.mkdir(exist_ok=True)
+    working_logs(run).mkdir(exist_ok=True)
+    staged(run).mkdir(exist_ok=True)
+
+
+def commit(run: RunDir, log) -> List[str]:
+    """Put the staged run in place: stale derived files out, new files in, config last.
+
+    Safe to call again after a kill part-way (``--resume`` does): what was
+    already moved is not touched twice. Returns the derived files removed.
+    """
+    state = read_state(run)
+    waiting = staged(run)
+    installing = state.get("installing")
+    if installing is None:
+        installing = [name for name in TRAINING_FILES if (waiting / name).is_file()]
+        write_state(run, installing=installing)
+    removed = []
+    for name in DERIVED_FILES:
+        path = run.path / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    if removed:
+        log(f"removed {len(removed)} file(s) derived from the old model: {', '.join(removed)}")
+    if not read_state(run).get("logs_installed"):
+        _install_logs(run)
+        write_state(run, logs_installed=True)
+    for name in sorted(TRAINING_FILES, key=lambda n: n == "config.json"):  # config.json last
+        source, target = waiting / name, run.path / name
+        if name in installing:
+            if source.is_file():
+                os.replace(source, target)
+        elif target.is_file():
+            target.unlink()  # the old run's file that the new run does not have
+    atomic.fsync_directory(run.path)
+    shutil.rmtree(waiting, ignore_errors=True)
+    write_state(run, done=True, installing=None, logs_installed=None)
+    return removed
+
+
+def _install_logs(run: RunDir) -> None:
+    """The new run's CSV and TensorBoard logs replace the old ones in ``logs/``."""
+    new_logs = working_logs(run)
+    if not new_logs.is_dir():
+        return
+    run.logs.mkdir(exist_ok=True)
+    for name in LOG_FILES:
+        source, target = new_logs / name, run.logs / name
+        if source.is_file():
+            os.replace(source, target)
+        elif target.is_file():
+            target.unlink()
+    if (new_logs / TENSORBOARD).is_dir():
+        shutil.rmtree(run.logs / TENSORBOARD, ignore_errors=True)
+        os.replace(new_logs / TENSORBOARD, run.logs / TENSORBOARD)
