@@ -44,11 +44,41 @@ def left_by_a_kill(final: Path, before: float) -> List[Path]:
     for entry in final.parent.iterdir() if final.parent.is_dir() else []:
         if entry.name.startswith(prefix) and is_partial_name(entry.name):
             try:
-                if entry.is_file() and entry.stat().st_mtime < before:
+                if entry.is_file() and entry.stat().st_mtime < before and not in_use(entry):
                     stale.append(entry)
             except OSError:
                 continue
     return stale
+
+
+def hold(descriptor: int) -> None:
+    """Mark an open temporary file as being written (an advisory lock, released when
+    the writer exits, killed or not), so another session never removes it."""
+    try:
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass  # no flock here (Windows, some network filesystems): cleanup relies on age
+
+
+def in_use(path: Path) -> bool:
+    """True while a live writer holds ``path`` (see ``hold``)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
 
 
 def open_partial(path: str | os.PathLike) -> Tuple[Path, int]:

@@ -66,6 +66,7 @@ class PredictionWriter:
         self.k = k
         self._started = time.time()
         self.partial, descriptor = atomic.open_partial(self.path)
+        atomic.hold(descriptor)
         self._file: Optional[IO[str]] = os.fdopen(descriptor, "w", encoding="utf-8", newline="")
         self._csv = None
         if self.format == ".csv":

@@ -150,6 +150,7 @@ def test_train_out_inside_data_is_refused(tmp_path, where):
         ("--image-size", "16", "--image-size"),
         ("--fine-tune-at", "block_99", "--fine-tune-at"),
         ("--fine-tune-at", "no_such_layer", "--fine-tune-at"),
+        ("--fine-tune-at", "block_3_x", "--fine-tune-at"),
         ("--strategy", "bogus", "--strategy"),
         ("--class-weights", "maybe", "--class-weights"),
         ("--batch-size", "0", "--batch-size"),
@@ -234,6 +235,49 @@ def test_train_over_a_finished_run_without_force(run_copy):
     before = snapshot(run_copy)
     result = cli("train", "--data", "synthetic", "--out", run_copy, *TINY_TRAIN)
     refused(result, 2, "already holds a run", "--force")
+    assert snapshot(run_copy) == before
+
+
+def test_train_bad_tf_config_is_refused_before_any_file(tmp_path):
+    data = class_folders(tmp_path / "photos")
+    out = tmp_path / "run"
+    for config in ("5", '{"cluster": 1}', '{"cluster": {"worker": ["a:1"]}, "task": {"index": 3}}'):
+        result = cli(
+            "train", "--data", data, "--out", out, "--strategy", "multiworker", *TINY_TRAIN,
+            env={"TF_CONFIG": config},
+        )  # fmt: skip
+        refused(result, 2, "TF_CONFIG")
+        assert not out.exists()
+
+
+def test_train_that_failed_in_its_setup_does_not_lock_its_folder(tmp_path):
+    """A weights file that does not fit is found only when the model is built; the
+    corrected command must then run, not be refused as 'an interrupted run'."""
+    from toolchain.rundir import RunDir
+    from toolchain.runstate import check_out_folder
+
+    data = class_folders(tmp_path / "photos")
+    out = tmp_path / "run"
+    weights = tmp_path / "wrong.h5"
+    weights.write_bytes(b"not an HDF5 file")
+    result = cli("train", "--data", data, "--out", out, *TINY_TRAIN[:4], "--weights", weights)
+    refused(result, 2, "--weights")
+    assert check_out_folder(RunDir(out), data, resume=False, force=False) is None
+
+
+def test_train_resume_with_damaged_saved_options(run_copy):
+    (run_copy / "checkpoints" / "state.json").write_text('{"head_done": true}')
+    (run_copy / "checkpoints" / "options.json").write_text('{"image_size": "big"}')
+    before = snapshot(run_copy)
+    refused(cli("train", "--out", run_copy, "--resume"), 2, "options.json", "--force")
+    assert snapshot(run_copy) == before
+
+
+def test_export_refuses_a_run_stopped_in_the_middle_of_its_commit(run_copy):
+    """A kill between the renames of a new run: model and config may not match."""
+    (run_copy / "checkpoints" / "state.json").write_text('{"installing": ["model.keras"]}')
+    before = snapshot(run_copy)
+    refused(cli("export", run_copy, "--force"), 2, "--resume")
     assert snapshot(run_copy) == before
 
 
@@ -360,6 +404,26 @@ def test_validate_skips_and_lists_a_decompression_bomb(run_copy, tmp_path):
     parity = json.loads((run_copy / "parity.json").read_text())
     assert parity["n_images"] == 12
     assert any("bomb.png" in path and "too large" in reason for path, reason in parity["skipped"])
+
+
+def test_a_failed_gate_stays_1_when_the_diagnosis_cannot_run(run_copy, tmp_path):
+    """The diagnosis reads the training split; with that dataset gone, the verdict on
+    a labeled folder must still be the gate's exit 1 (it was 2), with its reports."""
+    data = tmp_path / "photos"  # the run's own test split, where test_1 sees a gate fail
+    splits = json.loads((run_copy / "splits.json").read_text())
+    labels = json.loads((run_copy / "config.json").read_text())["labels"]
+    for relative, label in splits["test"]:
+        image = run_copy / "synthetic_data" / relative
+        (data / labels[label]).mkdir(parents=True, exist_ok=True)
+        (data / labels[label] / image.name).write_bytes(image.read_bytes())
+    splits["root"], splits["root_relative"] = "/nonexistent/photos", None
+    (run_copy / "splits.json").write_text(json.dumps(splits))
+    result = cli("validate", run_copy, "--data", data, "--max-drop", "0", "--min-agreement", "1")
+    if result.exit_code == 0:
+        pytest.skip("this INT8 model matches Keras on every image here")
+    refused(result, 1, "gate failed")
+    parity = json.loads((run_copy / "parity.json").read_text())
+    assert "not possible" in parity["diagnosis"]["note"]
 
 
 # -- classify --------------------------------------------------------------------------

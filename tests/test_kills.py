@@ -108,9 +108,14 @@ def test_kill_train_force_keeps_the_previous_run(run_copy):
     done_before = len(csv_epochs(run_copy / "checkpoints" / "logs" / "fine_tune.csv"))
     assert 2 <= done_before < fine_tune_epochs, "the kill must land mid fine-tuning"
 
+    # A photo added after the start must not leak into the resumed run's splits.
+    late = run_copy / "synthetic_data" / "circle" / "added_later.png"
+    late.write_bytes((run_copy / "synthetic_data" / "circle" / "circle_0001.png").read_bytes())
+
     resumed = run_cli("train", "--out", str(run_copy), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "head phase already done" in resumed.stderr
+    assert "reusing the run's splits" in resumed.stderr
     rerun = resumed.stderr.count("fine_tune epoch")
     assert fine_tune_epochs - done_before <= rerun <= fine_tune_epochs - done_before + 1
     history = json.loads((run_copy / "history.json").read_text())
@@ -119,6 +124,7 @@ def test_kill_train_force_keeps_the_previous_run(run_copy):
     assert outputs(run_copy)["model.keras"] != before["model.keras"]
     assert not (run_copy / "model_int8.tflite").exists()  # stale once the model changed
     assert json.loads((run_copy / "config.json").read_text())["image_size"] == 32
+    assert "added_later" not in (run_copy / "splits.json").read_text()
     no_half_written(run_copy)
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Callable, List, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from edge.errors import BAD_INPUT, ENVIRONMENT, INTERRUPTED, BadInput, EdgetlError
+from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
 from edge.image import RESIZE_FILTERS
 from edge.runtime import RUNTIMES
 from toolchain.failures import describe_failure
@@ -140,6 +140,14 @@ def reports_errors(command: Callable) -> Callable:
             fail(
                 "interrupted; files already written are complete, nothing half-written was kept",
                 INTERRUPTED,
+            )
+        except SystemExit as error:  # a library that exits on its own: not our contract
+            if DEBUG["on"]:
+                traceback.print_exc(file=sys.stderr)
+            fail(
+                f"internal error (a library exited with {error.code!r}); this is a bug in "
+                "edgetl: please report it with the output of `edgetl --debug …`",
+                INTERNAL,
             )
         except Exception as error:
             if isinstance(error, BrokenPipeError):

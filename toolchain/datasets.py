@@ -40,7 +40,7 @@ def cache_root() -> Path:
 def resolve_data(spec: str, run_dir: Path, per_class: int, seed: int) -> Tuple[Path, str]:
     """Return the image-folder root for ``--data spec`` and a short description."""
     if spec == "synthetic":
-        root = run_dir / "synthetic_data"
+        root = synthetic.folder_for(run_dir, per_class, seed)
         synthetic.generate(root, per_class=per_class, seed=seed)
         return root, f"synthetic ({per_class} images per class, seed {seed})"
     if spec == DEFAULT_TFDS or spec.startswith("tfds:"):

@@ -12,10 +12,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from edge.errors import BadInput, MissingEnvironment
 from toolchain.options import STRATEGIES
+
+TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+
+
+def tf_config_problem(text: Optional[str]) -> Optional[str]:
+    """Why ``TF_CONFIG`` cannot start a worker, or None (a pure check, before any file
+    is written: TensorFlow's own errors come later and as tracebacks)."""
+    if not text:
+        return f"set TF_CONFIG on every machine, e.g. {TF_CONFIG_EXAMPLE}"
+    try:
+        config = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return "TF_CONFIG is not valid JSON"
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    workers = cluster.get("worker") if isinstance(cluster, dict) else None
+    if not isinstance(workers, list) or not workers or not all(isinstance(w, str) for w in workers):
+        return (
+            f"TF_CONFIG needs a cluster with a list of worker addresses, e.g. {TF_CONFIG_EXAMPLE}"
+        )
+    index = task.get("index") if isinstance(task, dict) else None
+    if not isinstance(task, dict) or task.get("type") not in ("worker", "chief"):
+        return 'TF_CONFIG needs a task such as {"type": "worker", "index": 0}'
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workers):
+        return f"TF_CONFIG task index {index!r} is not one of the {len(workers)} workers"
+    return None
 
 
 def describe_devices(tf: Any) -> Tuple[List[str], str]:
@@ -34,15 +63,9 @@ def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
         with contextlib.suppress(RuntimeError):  # already initialised: keep as is
             tf.config.experimental.set_memory_growth(gpu, True)
     if name == "multiworker":
-        if not os.environ.get("TF_CONFIG"):
-            raise BadInput(
-                "--strategy multiworker needs TF_CONFIG on every machine, e.g. "
-                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
-            )
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as error:
-            raise BadInput(f"TF_CONFIG is not valid JSON ({error.msg})") from error
+        problem = tf_config_problem(os.environ.get("TF_CONFIG"))
+        if problem:
+            raise BadInput(f"--strategy multiworker: {problem}")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
         strategy = tf.distribute.MirroredStrategy()

@@ -262,6 +262,16 @@ def _write(
             "(phone runtimes need it): pip install 'edgetl[train]'"
         )
     payload = standard or flatbuffer
+    if card["quant"] == "int8":  # checked before the write: a good earlier file stays
+        from toolchain.modelinfo import inspect_tflite
+
+        left = inspect_tflite(payload)["float_weight_tensors"]
+        if left:
+            raise BadInput(
+                f"{path.name}: the converter left {left} float weight tensor(s), so it is not "
+                "a full-INT8 model (nothing was written); use --auto-fallback for a "
+                "deliberate mixed model"
+            )
     path = atomic.write_bytes(path, embed_metadata(payload, card, card["labels"]))
     tensors = tensor_report(path)
     result = ExportResult(
@@ -436,12 +446,6 @@ def _result_json(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
     from toolchain.modelinfo import inspect_tflite
 
     info = inspect_tflite(r.path)
-    if r.quant == "int8" and info["float_weight_tensors"]:
-        r.path.unlink()
-        raise BadInput(
-            f"{r.path.name}: {info['float_weight_tensors']} float weight tensor(s) left, so it is "
-            "not a full-INT8 model (removed); use --auto-fallback for a deliberate mixed model"
-        )
     compatibility = runtimes.check(r.path)
     log(f"{r.path.name} on device runtimes:")
     for line in runtimes.describe(compatibility):
@@ -499,7 +503,7 @@ def auto_fallback(
     tensors = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
     groups = with_consumers(calibrated.quantize([]), tensors)
     card = model_card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
-    scratch = run.path / ".fallback_candidate.tflite"
+    scratch = run.path / atomic.partial_name(run.tflite("int8_mixed"))  # a kill leaves a temp name
     predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
     try:
         outcome = fallback.repair(

@@ -6,19 +6,34 @@ Uses TensorFlow's generated schema reader, so it runs on the workstation.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict
 
+from edge.errors import BadInput
 
-def inspect_tflite(path: str | Path) -> Dict[str, Any]:
+
+def inspect_tflite(model: str | Path | bytes) -> Dict[str, Any]:
+    """``model``: a path or the flatbuffer's bytes. A file that is not a well-formed
+    flatbuffer (someone else's, damaged) is one line of BadInput, not a crash."""
+    data = model if isinstance(model, bytes) else Path(model).read_bytes()
+    try:
+        return _inspect(data)
+    except (AttributeError, IndexError, TypeError, ValueError, struct.error) as error:
+        name = "the model" if isinstance(model, bytes) else str(model)
+        raise BadInput(
+            f"{name}: not a well-formed TFLite flatbuffer ({type(error).__name__}); export it again"
+        ) from None
+
+
+def _inspect(data: bytes) -> Dict[str, Any]:
     from toolchain.quiet import tensorflow
 
     tensorflow()
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.python import schema_util
 
-    data = Path(path).read_bytes()
     model = schema.Model.GetRootAsModel(data, 0)
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
@@ -49,7 +64,7 @@ def inspect_tflite(path: str | Path) -> Dict[str, Any]:
         entry = model.Metadata(i)
         buffer = model.Buffers(entry.Buffer())
         raw = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
-        metadata[entry.Name().decode()] = raw
+        metadata[(entry.Name() or b"").decode("utf-8", "replace")] = raw
     min_version = metadata.get("min_runtime_version", b"").split(b"\0")[0].decode() or None
     return {
         "ops": {

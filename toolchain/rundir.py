@@ -132,8 +132,22 @@ class RunDir:
                     f"{self.path}: {needed.name} is missing, so this is not a finished training run; "
                     f"run `edgetl train --out {self.path}`"
                 )
+        if self.committing():
+            raise BadInput(
+                f"{self.path}: a training run was stopped while it put its files in place; "
+                f"finish it first with `edgetl train --out {self.path} --resume`"
+            )
         self.read_config()  # a damaged config is named now, not as a KeyError later
         return self
+
+    def committing(self) -> bool:
+        """A kill fell between a new run's renames: config and model may not match."""
+        state = self.checkpoints / "state.json"
+        try:
+            values = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else {}
+        except (ValueError, OSError):
+            return False
+        return isinstance(values, dict) and values.get("installing") is not None
 
     def read_config(self) -> Dict[str, Any]:
         """config.json, checked for the keys every later step reads."""
@@ -159,19 +173,26 @@ class RunDir:
             )
         return config
 
-    def read_splits(self) -> Dict[str, Any]:
-        splits = read_json_object(self.splits)
+    def read_splits(self, path: Optional[Path] = None) -> Dict[str, Any]:
+        """splits.json (or the in-progress copy a resumed run reads), checked for shape."""
+        path = path or self.splits
+        splits = read_json_object(path)
         for name in ("train", "val", "test"):
             entries = splits.get(name)
             if not isinstance(entries, list) or not all(
                 isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entries
             ):
                 raise BadInput(
-                    f"{self.splits}: '{name}' is not a list of [file, label] pairs; train again "
+                    f"{path}: '{name}' is not a list of [file, label] pairs; train again "
                     f"with `edgetl train --out {self.path} --force`"
                 )
         if not isinstance(splits.get("root"), str):
-            raise BadInput(f"{self.splits}: 'root' (the dataset folder) is missing")
+            raise BadInput(f"{path}: 'root' (the dataset folder) is missing")
+        labels = splits.get("labels")
+        if labels is not None and not (
+            isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+        ):
+            raise BadInput(f"{path}: 'labels' is not a list of class names")
         return splits
 
     def labels(self) -> List[str]:

@@ -65,10 +65,15 @@ def write_state(run: RunDir, **values: Any) -> None:
 
 
 def started(run: RunDir) -> bool:
-    """Training got past its setup: an epoch, a checkpoint or a finished phase exists."""
+    """Training got past its setup: a log, an epoch's checkpoint or a finished phase
+    exists. A run that failed in its setup (a weights file that does not fit, no
+    readable image) is not worth keeping, so the corrected command is not refused."""
     if not run.checkpoints.is_dir():
         return False
-    return any(entry.name not in SETUP_FILES for entry in run.checkpoints.iterdir())
+    return any(
+        path.is_file() and path.relative_to(run.checkpoints).as_posix() not in SETUP_FILES
+        for path in run.checkpoints.rglob("*")
+    )
 
 
 def holds_a_run(run: RunDir) -> bool:
@@ -149,9 +154,11 @@ def commit(run: RunDir, log) -> List[str]:
     state = read_state(run)
     waiting = staged(run)
     installing = state.get("installing")
-    if installing is None:
+    logs = state.get("installing_logs")
+    if installing is None:  # decided once, so a second call after a kill moves the rest
         installing = [name for name in TRAINING_FILES if (waiting / name).is_file()]
-        write_state(run, installing=installing)
+        logs = [n for n in (*LOG_FILES, TENSORBOARD) if (working_logs(run) / n).exists()]
+        write_state(run, installing=installing, installing_logs=logs)
     removed = []
     for name in DERIVED_FILES:
         path = run.path / name
@@ -160,9 +167,7 @@ def commit(run: RunDir, log) -> List[str]:
             removed.append(name)
     if removed:
         log(f"removed {len(removed)} file(s) derived from the old model: {', '.join(removed)}")
-    if not read_state(run).get("logs_installed"):
-        _install_logs(run)
-        write_state(run, logs_installed=True)
+    _install_logs(run, logs or [])
     for name in sorted(TRAINING_FILES, key=lambda n: n == "config.json"):  # config.json last
         source, target = waiting / name, run.path / name
         if name in installing:
@@ -172,22 +177,23 @@ def commit(run: RunDir, log) -> List[str]:
             target.unlink()  # the old run's file that the new run does not have
     atomic.fsync_directory(run.path)
     shutil.rmtree(waiting, ignore_errors=True)
-    write_state(run, done=True, installing=None, logs_installed=None)
+    write_state(run, done=True, installing=None, installing_logs=None)
     return removed
 
 
-def _install_logs(run: RunDir) -> None:
-    """The new run's CSV and TensorBoard logs replace the old ones in ``logs/``."""
+def _install_logs(run: RunDir, names: List[str]) -> None:
+    """The new run's CSV and TensorBoard logs replace the old ones in ``logs/``; an old
+    log the new run does not have goes (it would describe another model)."""
     new_logs = working_logs(run)
-    if not new_logs.is_dir():
-        return
     run.logs.mkdir(exist_ok=True)
-    for name in LOG_FILES:
+    for name in (*LOG_FILES, TENSORBOARD):
         source, target = new_logs / name, run.logs / name
-        if source.is_file():
+        if name not in names:
+            if target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+        elif source.exists():  # not yet moved (a call after a kill skips what was)
+            if target.is_dir():
+                shutil.rmtree(target)
             os.replace(source, target)
-        elif target.is_file():
-            target.unlink()
-    if (new_logs / TENSORBOARD).is_dir():
-        shutil.rmtree(run.logs / TENSORBOARD, ignore_errors=True)
-        os.replace(new_logs / TENSORBOARD, run.logs / TENSORBOARD)

@@ -68,21 +68,19 @@ def draw_example(name: str, rng: np.random.Generator, size: int = SOURCE_SIZE) -
     return image
 
 
-def _remove_generated(root: Path, stamp: Path) -> None:
-    """A different size or seed: remove the images an earlier call wrote, by their exact
-    names, so a smaller set is not mixed with the rest of a larger one."""
-    if not stamp.is_file():
-        return
-    fields = dict(part.split("=", 1) for part in stamp.read_text().split() if "=" in part)
-    try:
-        previous = int(fields.get("per_class", "0"))
-    except ValueError:
-        return
-    stamp.unlink()
-    for name in CLASSES:
-        for index in range(previous):
-            suffix = ".jpg" if index % 2 == 0 else ".png"
-            (root / name / f"{name}_{index:04d}{suffix}").unlink(missing_ok=True)
+def _stamp(per_class: int, seed: int) -> str:
+    return f"per_class={per_class} seed={seed} classes={','.join(CLASSES)} v1"
+
+
+def folder_for(run_dir: Path, per_class: int, seed: int) -> Path:
+    """``RUN/synthetic_data``, or a folder named for the size and seed when that one
+    holds another set: an earlier run's images are never rewritten in place (its
+    splits still point at them until a new run commits)."""
+    default = Path(run_dir) / "synthetic_data"
+    stamp = default / ".edgetl-synthetic"
+    if not stamp.is_file() or stamp.read_text() == _stamp(per_class, seed):
+        return default  # new, unfinished (no stamp yet) or the same set
+    return Path(run_dir) / f"synthetic_data_{per_class}_per_class_seed_{seed}"
 
 
 def generate(root: Path, per_class: int = 100, seed: int = 0) -> List[Path]:
@@ -93,10 +91,9 @@ def generate(root: Path, per_class: int = 100, seed: int = 0) -> List[Path]:
     """
     root = Path(root)
     stamp = root / ".edgetl-synthetic"
-    expected = f"per_class={per_class} seed={seed} classes={','.join(CLASSES)} v1"
+    expected = _stamp(per_class, seed)
     if stamp.is_file() and stamp.read_text() == expected:
         return sorted(p for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
-    _remove_generated(root, stamp)
     rng = np.random.default_rng(seed)
     written = []
     for name in CLASSES:

@@ -19,7 +19,6 @@ import csv
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -89,7 +88,23 @@ def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional
 
 BASE_LAYERS = 154  # MobileNetV2 without top, at every alpha and size
 # Layer-name prefixes of the MobileNetV2 base that --fine-tune-at may name.
-BASE_NAME_PREFIXES = ("Conv1", "bn_Conv1", "expanded_conv", "Conv_1", "out_relu")
+# Every layer name of the MobileNetV2 base (the same at every alpha and size), so that
+# --fine-tune-at is checked before the run starts, not after its head phase.
+_PADDED_BLOCKS = (1, 3, 6, 13)
+_ADD_BLOCKS = (2, 4, 5, 7, 8, 9, 11, 12, 14, 15)
+BASE_LAYER_NAMES = (
+    "Conv1", "bn_Conv1", "Conv1_relu",
+    *(f"expanded_conv_{part}" for part in ("depthwise", "depthwise_BN", "depthwise_relu",
+                                            "project", "project_BN")),
+    *(
+        f"block_{b}_{part}"
+        for b in range(1, 17)
+        for part in ("expand", "expand_BN", "expand_relu", "pad", "depthwise",
+                     "depthwise_BN", "depthwise_relu", "project", "project_BN", "add")
+        if (part != "pad" or b in _PADDED_BLOCKS) and (part != "add" or b in _ADD_BLOCKS)
+    ),
+    "Conv_1", "Conv_1_bn", "out_relu",
+)  # fmt: skip
 
 
 def fine_tune_at_problem(text: str) -> Optional[str]:
@@ -98,15 +113,16 @@ def fine_tune_at_problem(text: str) -> Optional[str]:
     text = str(text).strip()
     if text == "auto":
         return None
-    if text.lstrip("-").isdigit():
+    if text.isascii() and text.lstrip("-").isdigit():
         index = int(text)
         return None if 0 <= index < BASE_LAYERS else f"the base has layers 0..{BASE_LAYERS - 1}"
-    block = re.fullmatch(r"block_(\d+)(_.*)?", text)
-    if block:
-        return None if 1 <= int(block.group(1)) <= 16 else "MobileNetV2 has block_1..block_16"
-    if any(name.startswith(text) or text.startswith(name) for name in BASE_NAME_PREFIXES):
+    if text and any(name.startswith(text) for name in BASE_LAYER_NAMES):
         return None
     return "use auto, a layer index, or a block name such as block_13"
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _positive_finite(value: float) -> bool:
@@ -157,6 +173,12 @@ def check_options(options: TrainOptions) -> None:
         raise BadInput(f"--class-weights {o.class_weights}: choose auto, on or off")
     if o.strategy not in STRATEGIES:
         raise BadInput(f"--strategy {o.strategy}: choose one of {', '.join(STRATEGIES)}")
+    if o.strategy == "multiworker":
+        from toolchain.devices import tf_config_problem
+
+        problem = tf_config_problem(os.environ.get("TF_CONFIG"))
+        if problem:
+            raise BadInput(f"--strategy multiworker: {problem}")
     problem = fine_tune_at_problem(o.fine_tune_at)
     if problem:
         raise BadInput(f"--fine-tune-at {o.fine_tune_at}: {problem}")
@@ -233,14 +255,10 @@ def _pixel_dataset(tf, pixels, onehot, batch: int, seed: Optional[int], augment=
 
 
 def _save_model(model: Any, path: Path) -> None:
-    """Keras insists on a ``.keras`` suffix, so the temporary name keeps it."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
-    try:
+    """Saved under a temporary name (which keeps the ``.keras`` suffix Keras insists on),
+    synced and renamed: a kill never leaves half a model under the final name."""
+    with atomic.atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_csv_history(paths: List[Path]) -> Tuple[Dict[str, List[float]], int]:
@@ -286,8 +304,14 @@ class Trainer:
             values = json.loads(saved.read_text(encoding="utf-8"))
             if not isinstance(values, dict):
                 raise ValueError("not an object")
-            return replace(TrainOptions.from_dict(values), resume=True, out=str(self.run.path))
-        except (ValueError, TypeError, OSError) as error:
+            options = replace(TrainOptions.from_dict(values), resume=True, out=str(self.run.path))
+            check_options(options)  # an edited file is named here, not as a crash later
+            return replace(options, fine_tune_at=resolve_fine_tune_at(options))
+        except BadInput as error:
+            raise BadInput(
+                f"--resume: {saved} holds a bad option ({error}); start over with --force"
+            ) from None
+        except (ValueError, TypeError, AttributeError, OSError) as error:
             raise BadInput(
                 f"--resume: {saved} is damaged ({error}); start over with --force"
             ) from None
@@ -312,22 +336,29 @@ class Trainer:
         path = self.checkpoints / "splits.json"
         if not (self.options.resume and path.is_file()):
             return None
-        from toolchain.rundir import read_json_object
-
-        return read_json_object(path)
+        return self.run.read_splits(path)
 
     def _load_data(self, dataset) -> None:
         o = self.options
         start = time.perf_counter()
         saved = self._saved_splits()
         if saved is not None:
-            root = RunDir(self.run.path).data_root(saved)
+            root = self.run.data_root(saved)
             self.description = f"{saved.get('description', 'image folder')} (splits reused)"
-            self.labels = list(saved["labels"])
-            splits = {
-                name: [(rel, int(label)) for rel, label in saved[name]]
-                for name in ("train", "val", "test")
-            }
+            self.labels = list(saved.get("labels") or [])
+            try:
+                splits = {
+                    name: [(rel, int(label)) for rel, label in saved[name]]
+                    for name in ("train", "val", "test")
+                }
+            except (TypeError, ValueError):
+                raise BadInput(
+                    f"--resume: {self.checkpoints / 'splits.json'} is damaged; start over with --force"
+                ) from None
+            if len(self.labels) < 2:
+                raise BadInput(
+                    f"--resume: {self.checkpoints / 'splits.json'} names no classes; start over with --force"
+                )
             n_items = sum(len(v) for v in splits.values())
             self.log(f"resume: reusing the run's splits ({n_items} images) from {root}")
         else:
@@ -684,15 +715,15 @@ class Trainer:
 
     def _result(self, already_finished: bool = False) -> TrainResult:
         config = self.run.read_config()
-        results = config.get("results") or {}
-        data = config.get("data") or {}
+        results = config.get("results") if isinstance(config.get("results"), dict) else {}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
         return TrainResult(
             self.run.path,
             list(config["labels"]),
-            dict(data.get("counts") or {}),
-            float(results.get("val_top1", float("nan"))),
-            float(results.get("test_top1", float("nan"))),
-            dict(config.get("seconds") or {}),
+            data.get("counts") if isinstance(data.get("counts"), dict) else {},
+            _number(results.get("val_top1")),
+            _number(results.get("test_top1")),
+            config.get("seconds") if isinstance(config.get("seconds"), dict) else {},
             already_finished,
         )
 
