@@ -12,6 +12,7 @@ that never reached the disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -22,6 +23,10 @@ from typing import Any, Iterator, List, Tuple
 # ".{final name}.{token}.partial{final suffix}": the suffix stays last because some
 # writers (Keras) refuse a file name that does not end in the expected one.
 _PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>\.[^.]*)?")
+
+
+# What a write can fail with that is the machine's doing, not the path's (exit 3).
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def partial_name(final: Path) -> str:

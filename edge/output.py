@@ -65,9 +65,21 @@ class PredictionWriter:
             raise BadInput(problem)
         self.k = k
         self._started = time.time()
-        self.partial, descriptor = atomic.open_partial(self.path)
+        try:
+            self.partial, descriptor = atomic.open_partial(self.path)
+        except OSError as error:
+            if error.errno in atomic.ENVIRONMENT_ERRNOS:
+                raise  # a full disk or a read-only card: the environment's, exit 3
+            raise BadInput(
+                f"--output {path}: cannot be written there ({error.strerror}); "
+                "choose a file in a folder you can write to"
+            ) from None
         atomic.hold(descriptor)
-        self._file: Optional[IO[str]] = os.fdopen(descriptor, "w", encoding="utf-8", newline="")
+        # A file name that is not UTF-8 (a camera card's, another system's) is written
+        # with backslash escapes instead of failing the whole session.
+        self._file: Optional[IO[str]] = os.fdopen(
+            descriptor, "w", encoding="utf-8", errors="backslashreplace", newline=""
+        )
         self._csv = None
         if self.format == ".csv":
             self._csv = csv.writer(self._file)

@@ -63,3 +63,25 @@ def test_unknown_tfds_dataset(tmp_path):
         "train", "--data", "tfds:no_such_dataset_xyz", "--out", str(tmp_path / "r"), env=env
     )
     assert_one_line_error(result, 2, "no_such_dataset_xyz")
+
+
+def test_help_at_80_columns_shows_every_option_whole_and_its_choices():
+    """Pi users read --help in an 80-column terminal: no name cut short (the rich panels
+    cut `--calibration-samples` to `--calibration-samp…`), choices listed by value."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+
+    group = get_command(app)
+    for name, command in group.commands.items():
+        result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80
+        words = set(result.stdout.replace("/", " ").replace(",", " ").split())
+        for param in command.params:
+            for option in param.opts + param.secondary_opts:
+                if option.startswith("-"):
+                    assert option in words, (name, option)
+    export_help = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "80"}).stdout
+    assert "<int8|float16|dynamic|float32|all>" in export_help

@@ -159,6 +159,7 @@ def test_train_out_inside_data_is_refused(tmp_path, where):
         ("--learning-rate", "0", "--learning-rate"),
         ("--weights", "missing.h5", "missing.h5"),
         ("--seed", "-3", "--seed"),
+        ("--data", "", "--data"),
     ],
 )
 def test_train_options_are_checked_before_any_file_is_written(tmp_path, option, value, fragment):
@@ -520,6 +521,21 @@ def test_classify_neutralises_spreadsheet_formulas(tiny_run, tmp_path):
     rows = list(csv.reader(output.open()))
     for row in rows[1:]:
         assert not row[0].startswith(("=", "+", "-", "@")), row
+
+
+def test_classify_a_file_name_that_is_not_utf8(tiny_run, tmp_path):
+    """A name from another system must not end the session (it used to, exit 2)."""
+    folder = tmp_path / "photos"
+    write_image(folder / "good.png")
+    odd = os.fsdecode(bytes(folder) + b"/caf\xe9.png")
+    write_image(Path(odd))
+    output = tmp_path / "p.csv"
+    result = cli(
+        "classify", tiny_run / "model_int8.tflite", "--source", folder, "--output", output,
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(output.read_text(encoding="utf-8").splitlines()) == 3
 
 
 def test_classify_model_is_the_output(tiny_run, tmp_path):

@@ -10,6 +10,7 @@ exception becomes one line on stderr and an exit code of the contract in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -90,6 +91,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 DEBUG = {"on": False}
@@ -755,6 +757,11 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
 
 
 def main() -> None:
+    # File names that are not UTF-8 print with backslash escapes instead of crashing a
+    # session half-way (Python's stdout is strict under a UTF-8 locale).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     app()
 
 

@@ -206,6 +206,10 @@ def _check_weights(o: TrainOptions) -> None:
 
 
 def _check_data_spec(spec: str) -> None:
+    if not spec.strip():
+        raise BadInput(
+            "--data is empty; give a folder of class subfolders, 'synthetic' or 'tf_flowers'"
+        )
     if spec == "synthetic" or spec == DEFAULT_TFDS:
         return
     if spec.startswith("tfds:"):
