@@ -1,6 +1,6 @@
 """Find a TFLite interpreter on this machine and say which one ran.
 
-Order (DESIGN.md): ``ai_edge_litert`` (maintained, XNNPACK for INT8), then
+Order (README, *Traps we measured*): ``ai_edge_litert`` (maintained, XNNPACK for INT8), then
 ``tflite_runtime`` (2.14, the last release: Pi OS Bookworm, numpy<2), then
 ``tensorflow.lite`` as a last resort on a workstation. TensorFlow is only
 imported here, lazily, when neither device runtime is installed.
@@ -78,7 +78,8 @@ def _interpreter_class(name: str) -> Tuple[Callable[..., Any], str]:
 
 
 def slow_runtime_warning(name: str, quantized: bool) -> str:
-    """A warning where NOTES.md measured a runtime to be slow for this model kind."""
+    """A warning where a runtime was measured to be slow for this model kind (README,
+    *Traps we measured*)."""
     if name == "tflite_runtime" and quantized and platform.machine() in ("x86_64", "AMD64"):
         return (
             "tflite-runtime 2.14 runs INT8 models without XNNPACK on x86 (about 10x slower "

@@ -1,7 +1,7 @@
 """Shared fixtures. TensorFlow is slow to start, so the tiny trained run and its
 INT8 export are built once per session and shared (read-only) by the tests.
 
-The tiny model follows NOTES.md: MobileNetV2 alpha 0.35 at 96 px from scratch
+The tiny model follows the README's *Traps we measured*: MobileNetV2 alpha 0.35 at 96 px from scratch
 (``weights=none``), BatchNorm momentum 0.9, trained end to end on generated
 images; it reaches ~0.95+ validation accuracy on five classes (chance 0.2).
 """

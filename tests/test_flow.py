@@ -31,7 +31,7 @@ def test_run_dir_has_everything_later_steps_read(tiny_run):
 
 
 def test_tiny_model_learns_well_above_chance(tiny_run):
-    # Five classes: chance is 0.20. NOTES.md measured ~0.92 for this recipe; 0.7 leaves
+    # Five classes: chance is 0.20. about 0.92 was measured for this recipe; 0.7 leaves
     # room for run-to-run noise while still failing if training is broken.
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["results"]["test_top1"] >= 0.7
@@ -65,7 +65,8 @@ def test_validate_writes_the_contract_and_int8_keeps_accuracy(tiny_run):
     for value in (saved["keras"]["top1"], model["top1"], model["agreement"]):
         assert 0.0 <= value <= 1.0
     assert np.isclose(model["top1_drop_pts"], 100 * (saved["keras"]["top1"] - model["top1"]))
-    # INT8 of a well-trained small model loses little: NOTES.md measured 0.92 -> 0.905.
+    # INT8 of a well-trained small model loses little: 0.92 -> 0.905 was measured
+    # (README, *Traps we measured*).
     # On 40 images one flip is 2.5 points; allow two.
     assert model["top1_drop_pts"] <= 5.0 and model["agreement"] >= 0.9
     assert (tiny_run / "parity.md").is_file() and (tiny_run / "parity_confusion.png").is_file()

@@ -1,8 +1,8 @@
 """Training-only augmentation as Keras preprocessing layers.
 
-Applied in the ``tf.data`` pipeline, never inside the model: NOTES.md shows
-``model.export`` traces augmentation layers in training mode, and the TFLite
-converter then fails on ``StatelessRandomGetKeyCounter``. The saved and
+Applied in the ``tf.data`` pipeline, never inside the model: ``model.export``
+traces augmentation layers in training mode, and the TFLite converter then
+fails on ``StatelessRandomGetKeyCounter`` (README, *Traps we measured*). The saved and
 exported model therefore contains no augmentation at all.
 
 Defaults follow the TensorFlow transfer-learning tutorial (horizontal flip,

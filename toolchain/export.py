@@ -9,7 +9,7 @@ Modes (named constructors in ``ExportOptions``):
 - ``float16``: float16 weights, float32 compute and I/O (half the size).
 - ``dynamic``: int8 weights, float activations. Dense layers are quantized
   per-tensor: per-channel Dense emits FULLY_CONNECTED v12, which tflite-runtime
-  2.14 refuses to load (NOTES.md).
+  2.14 refuses to load (README, *Traps we measured*).
 - ``float32``: the reference conversion.
 
 Each file gets labels and a JSON card appended (``edge.modelfile``) and is

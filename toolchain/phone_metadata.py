@@ -5,9 +5,9 @@ image-classifier metadata: input normalisation, and the labels as an
 associated file of the output tensor. We write it with MediaPipe's own
 metadata writer. Its wheels (0.10.30 and later) lack one compiled helper,
 ``_pywrap_metadata_version.GetMinimumMetadataParserVersion``; we provide a
-pure-Python stand-in before importing the writer (NOTES.md).
+pure-Python stand-in before importing the writer (README, *Traps we measured*).
 
-What the values must be (measured, NOTES.md): edgetl models rescale inside
+What the values must be (measured): edgetl models rescale inside
 the graph, so mean 0 and std 1. With uint8 input MediaPipe feeds raw pixels
 and ignores them; with float32 input it feeds (pixel - mean) / std, and
 127.5/127.5 there would silently double-normalise.

@@ -1,6 +1,6 @@
 """Import TensorFlow without a page of C++ log lines, and silence converters.
 
-NOTES.md: ``import tensorflow`` writes ~8 lines to stderr before absl logging
+Measured (README, *Traps we measured*): ``import tensorflow`` writes ~8 lines to stderr before absl logging
 starts, and ``TF_CPP_MIN_LOG_LEVEL`` removes only two. We point file
 descriptor 2 at /dev/null around the import (Python-level errors are still
 raised), then lower absl and the TF logger. Converters print ~270 lines per
