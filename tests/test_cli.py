@@ -85,3 +85,13 @@ def test_help_at_80_columns_shows_every_option_whole_and_its_choices():
                     assert option in words, (name, option)
     export_help = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "80"}).stdout
     assert "<int8|float16|dynamic|float32|all>" in export_help
+
+
+def test_version():
+    from typer.testing import CliRunner
+
+    from toolchain import __version__
+    from toolchain.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"edgetl {__version__}"

@@ -122,6 +122,19 @@ def test_train_never_writes_into_a_folder_that_is_not_its_run(tmp_path, force):
     assert snapshot(out, data) == before
 
 
+def test_a_folder_with_only_file_manager_litter_counts_as_empty(tmp_path):
+    from toolchain.rundir import RunDir
+    from toolchain.runstate import check_out_folder
+
+    out = tmp_path / "new_run"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert check_out_folder(RunDir(out), None, resume=False, force=False) is None
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an edgetl run"):
+        check_out_folder(RunDir(out), None, resume=False, force=False)
+
+
 def test_train_force_needs_a_real_run_not_a_lookalike(tmp_path):
     """config.json, labels.txt and model.keras alone do not make a folder edgetl's."""
     data = class_folders(tmp_path / "photos")

@@ -97,6 +97,14 @@ app = typer.Typer(
 DEBUG = {"on": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from toolchain import __version__
+
+        print(f"edgetl {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def global_options(
     debug: Annotated[
@@ -105,6 +113,12 @@ def global_options(
             "--debug",
             envvar="EDGETL_DEBUG",
             help="Print the traceback of an internal error (exit 4) to report it.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
 ) -> None:

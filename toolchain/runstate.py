@@ -37,6 +37,8 @@ from toolchain.rundir import (
 # Working files that alone do not make a run worth keeping (training never started).
 SETUP_FILES = ("options.json", "splits.json")
 STATE = "state.json"
+# What a file manager leaves in a folder a user just made: it stays "empty".
+SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def staged(run: RunDir) -> Path:
@@ -111,7 +113,7 @@ def check_out_folder(
         return "finished" if read_state(run).get("done") else "resume"
     if not path.is_dir():
         return None
-    entries = sorted(entry.name for entry in path.iterdir())
+    entries = sorted(entry.name for entry in path.iterdir() if entry.name not in SYSTEM_FILES)
     if not entries:
         return None
     if not run.is_marked():
