@@ -37,17 +37,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl"))
 
 
-def resolve_data(spec: str, run_dir: Path, per_class: int, seed: int) -> Tuple[Path, str]:
-    """Return the image-folder root for ``--data spec`` and a short description."""
-    if spec == "synthetic":
-        root = synthetic.folder_for(run_dir, per_class, seed)
-        synthetic.generate(root, per_class=per_class, seed=seed)
-        return root, f"synthetic ({per_class} images per class, seed {seed})"
-    if spec == DEFAULT_TFDS or spec.startswith("tfds:"):
-        name = spec.split(":", 1)[1] if spec.startswith("tfds:") else spec
-        if not name:
+def check_data_spec(spec: str) -> None:
+    """``--data`` names something edgetl can read (checked before anything is written)."""
+    if not spec.strip():
+        raise BadInput(
+            "--data is empty; give a folder of class subfolders, 'synthetic' or 'tf_flowers'"
+        )
+    if spec == "synthetic" or spec == DEFAULT_TFDS:
+        return
+    if spec.startswith("tfds:"):
+        if not spec[5:]:
             raise BadInput("--data tfds:NAME needs a dataset name, e.g. tfds:tf_flowers")
-        return materialize_tfds(name), f"tensorflow-datasets {name}"
+        return
     path = Path(spec)
     if not path.exists():
         raise BadInput(
@@ -56,6 +57,26 @@ def resolve_data(spec: str, run_dir: Path, per_class: int, seed: int) -> Tuple[P
         )
     if not path.is_dir():
         raise BadInput(f"--data {spec}: is a file; give a folder with one subfolder per class")
+
+
+def data_folder(spec: str) -> Optional[Path]:
+    """The user's own image folder named by ``--data``, or None for generated/tfds data."""
+    if spec == "synthetic" or spec == DEFAULT_TFDS or spec.startswith("tfds:"):
+        return None
+    return Path(spec)
+
+
+def resolve_data(spec: str, run_dir: Path, per_class: int, seed: int) -> Tuple[Path, str]:
+    """Return the image-folder root for ``--data spec`` and a short description."""
+    check_data_spec(spec)
+    if spec == "synthetic":
+        root = synthetic.folder_for(run_dir, per_class, seed)
+        synthetic.generate(root, per_class=per_class, seed=seed)
+        return root, f"synthetic ({per_class} images per class, seed {seed})"
+    if spec == DEFAULT_TFDS or spec.startswith("tfds:"):
+        name = spec.split(":", 1)[1] if spec.startswith("tfds:") else spec
+        return materialize_tfds(name), f"tensorflow-datasets {name}"
+    path = Path(spec)
     return path.resolve(), f"image folder {path}"
 
 

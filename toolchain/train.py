@@ -31,7 +31,13 @@ from edge import atomic
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE, RESIZE_DESCRIPTION, load_many
 from toolchain import __version__, runstate
-from toolchain.datasets import DEFAULT_TFDS, resolve_data, scan_class_folders, split_items
+from toolchain.datasets import (
+    check_data_spec,
+    data_folder,
+    resolve_data,
+    scan_class_folders,
+    split_items,
+)
 from toolchain.options import CLASS_WEIGHT_MODES, STRATEGIES, TrainOptions
 from toolchain.progress import Log, epoch_logger, stderr_log
 from toolchain.rundir import RunDir
@@ -183,7 +189,7 @@ def check_options(options: TrainOptions) -> None:
     if problem:
         raise BadInput(f"--fine-tune-at {o.fine_tune_at}: {problem}")
     _check_weights(o)
-    _check_data_spec(o.data)
+    check_data_spec(o.data)
 
 
 def _check_weights(o: TrainOptions) -> None:
@@ -203,34 +209,6 @@ def _check_weights(o: TrainOptions) -> None:
             )
         if not path.name.lower().endswith((".h5", ".hdf5")):
             raise BadInput(f"--weights {o.weights}: not an .h5 weights file")
-
-
-def _check_data_spec(spec: str) -> None:
-    if not spec.strip():
-        raise BadInput(
-            "--data is empty; give a folder of class subfolders, 'synthetic' or 'tf_flowers'"
-        )
-    if spec == "synthetic" or spec == DEFAULT_TFDS:
-        return
-    if spec.startswith("tfds:"):
-        if not spec[5:]:
-            raise BadInput("--data tfds:NAME needs a dataset name, e.g. tfds:tf_flowers")
-        return
-    path = Path(spec)
-    if not path.exists():
-        raise BadInput(
-            f"--data {spec}: no such folder; give a folder of class subfolders, "
-            "'synthetic', 'tf_flowers' or 'tfds:NAME'"
-        )
-    if not path.is_dir():
-        raise BadInput(f"--data {spec}: is a file; give a folder with one subfolder per class")
-
-
-def data_folder(spec: str) -> Optional[Path]:
-    """The user's own image folder named by ``--data``, or None for generated/tfds data."""
-    if spec == "synthetic" or spec == DEFAULT_TFDS or spec.startswith("tfds:"):
-        return None
-    return Path(spec)
 
 
 def load_split_pixels(
