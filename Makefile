@@ -13,7 +13,7 @@ help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
 	@echo "make test    run the test suite (offline, CPU)"
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
-	@echo "make bench   write benchmark JSON to build/bench/"
+	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --runs N --shared DIR')"
 	@echo "make lint    ruff"
 
 # The stamp depends on pyproject.toml: editing dependencies refreshes the venv.
@@ -68,10 +68,10 @@ demo: $(VENV)/.installed
 	@echo "== 5/5 runner speed"
 	$(BIN)/edgetl bench $(DEMO)/model_int8.tflite --runs 200 --source $(DEMO)/synthetic_data \
 		--json $(DEMO)/bench.json
-	@$(BIN)/python -m toolchain.summary $(DEMO)
+	@$(BIN)/python tests/tools/demo_summary.py $(DEMO)
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m toolchain.benchmark --out build/bench
+	$(BIN)/python tests/tools/benchmark.py --out build/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build/demo build/bench build/runs

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE, RESIZE_FILTERS
-from edge.modelfile import ModelCard, read_model_card
+from edge.modelfile import ModelCard, read_embedded, read_model_card
 from edge.runtime import RuntimeInfo, load_interpreter
 
 
@@ -187,6 +187,15 @@ class Classifier:
         return top_k(self.probabilities(pixels), self.labels, k)
 
 
+def probabilities_of(classifier: Classifier, pixels: np.ndarray) -> np.ndarray:
+    """Scores for a batch of decoded images through one reused interpreter (its
+    tensors are allocated once): how validate and the fallback run a model."""
+    out = np.zeros((len(pixels), len(classifier.labels)), dtype=np.float32)
+    for i, image in enumerate(pixels):
+        out[i] = classifier.probabilities(image)
+    return out
+
+
 def card_resize(metadata: Dict[str, Any], model_path: str) -> str:
     """The resize filter a model card prescribes (bilinear when it names none)."""
     card_input = metadata.get("input", {})
@@ -201,8 +210,6 @@ def card_resize(metadata: Dict[str, Any], model_path: str) -> str:
 
 def _looks_quantized(model_path: str) -> bool:
     """Cheap guess before loading (for the thread default): edgetl's file name or metadata."""
-    from edge.modelfile import read_embedded
-
     meta = read_embedded(model_path) or {}
     quant = str(meta.get("quant", os.path.basename(model_path)))
     return "int8" in quant

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edge.errors import MissingEnvironment
+from edge.sources import import_opencv
 
 WINDOW = "edgetl"
 QUIT_KEYS = (ord("q"), 27)  # q or Esc
@@ -47,8 +48,6 @@ class Window:
                 "--show needs a display and DISPLAY is not set: run on the Pi's desktop "
                 "(or ssh -X), or drop --show"
             )
-        from edge.sources import import_opencv
-
         self._cv2 = import_opencv()
         try:
             self._cv2.namedWindow(WINDOW, self._cv2.WINDOW_NORMAL)

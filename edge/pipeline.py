@@ -59,8 +59,8 @@ class Bounded:
     """Files and videos: every frame is classified, at most ``slots`` wait decoded.
 
     Two C-level ``SimpleQueue``s (frames, and the free slots that bound them)
-    rather than ``queue.Queue``, whose Python-level locking cost ~10 µs per
-    frame: 5% of a 0.2 ms invoke, measured with the small model.
+    rather than ``queue.Queue``, whose Python-level locking was measured (2-core
+    development VM, small model) at a few percent of one invoke per frame.
     """
 
     skipped = 0  # nothing is ever dropped

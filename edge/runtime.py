@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from edge.errors import BadInput, MissingEnvironment
 
@@ -33,18 +33,49 @@ class RuntimeInfo:
 
 
 @contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence the C++ side's informational line on file descriptor 2."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+def redirected(fds: Tuple[int, ...] = (2,), log_path: Optional[str] = None) -> Iterator[None]:
+    """Point OS-level file descriptors (C++ logs included) at ``log_path`` (appended),
+    or at /dev/null; Python-level errors still raise. The one fd redirection of edgetl:
+    the interpreters' load line here, the converters' pages in ``toolchain.quiet``."""
+    _flush()
+    target = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    saved: List[Tuple[int, int]] = []
     try:
-        os.dup2(devnull, 2)
+        for fd in fds:
+            saved.append((fd, os.dup(fd)))
+            os.dup2(target, fd)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        try:
+            _flush()  # what was written while redirected goes to the log, not the terminal
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            os.close(target)
+
+
+def _flush() -> None:
+    """Flush Python's buffers before file descriptors move; a closed or missing stream
+    (a broken pipe, ``sys.stdout`` None under some launchers) must not stop the restore."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+
+
+def quiet_stderr() -> contextlib.AbstractContextManager:
+    """Silence the C++ side's informational line on file descriptor 2."""
+    return redirected((2,))
+
+
+def quiet_tensorflow_logs() -> None:
+    """Before ``import tensorflow``: its C++ start-up lines and the deprecation warning
+    of ``tf.lite.Interpreter`` say nothing a user can act on."""
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
 
 
 def _dist_version(distribution: str) -> str:
@@ -67,12 +98,9 @@ def _interpreter_class(name: str) -> Tuple[Callable[..., Any], str]:
 
         return Interpreter, _dist_version("tflite-runtime")
     if name == "tensorflow":
-        import warnings
-
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        quiet_tensorflow_logs()
         import tensorflow as tf
 
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return tf.lite.Interpreter, tf.__version__
     raise BadInput(f"unknown runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
 

@@ -1,5 +1,10 @@
 """The CLI's bad paths: one line naming the problem and the fix, the contract's exit code."""
 
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_cli
@@ -95,3 +100,105 @@ def test_version():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"edgetl {__version__}"
+
+
+def _help_entries(text: str) -> dict:
+    """``--name`` → its --help entry (the option's lines joined, all whitespace removed,
+    so a default wrapped across lines, even at a hyphen, reads whole)."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0]
+            entries[current] = ""
+        if current:
+            entries[current] += "".join(line.split())
+    return entries
+
+
+def _shown_default(field) -> str | None:
+    if isinstance(field.default, bool):
+        return (
+            field.name.replace("_", "-") if field.default else "no-" + field.name.replace("_", "-")
+        )
+    if field.default in (None, ()) or field.default is dataclasses.MISSING:
+        return None  # Typer shows no default for these
+    return str(field.default)
+
+
+@pytest.mark.parametrize(
+    "command, options_class",
+    [
+        ("train", "TrainOptions"),
+        ("export", "ExportOptions"),
+        ("validate", "ValidateOptions"),
+        ("classify", "ClassifyOptions"),
+        ("bench", "BenchOptions"),
+    ],
+)
+def test_every_option_field_is_in_help_with_its_default_range_and_choices(command, options_class):
+    """The options dataclasses are the one declaration: each CLI field of one is an option
+    of its command, with the field's default, range and choices, and nothing else is."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from toolchain import options
+    from toolchain.cli import app
+    from toolchain.cli_options import cli_fields, option_name
+
+    cls = getattr(options, options_class)
+    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}).stdout
+    entries = _help_entries(help_text)
+    for field in cli_fields(cls):
+        name = option_name(field)
+        assert name in entries, (command, name)
+        entry = entries[name]
+        default = _shown_default(field)
+        if default is not None:
+            assert f"[default:{default}" in entry, (name, default, entry)
+        else:
+            assert "[default:" not in entry, (name, entry)
+        meta = field.metadata
+        if meta["min"] is not None:
+            assert f"{meta['min']}<=x<={meta['max']}" in entry, (name, entry)
+        if meta["choices"]:
+            assert f"<{'|'.join(meta['choices'])}>" in entry, (name, entry)
+        assert "".join(meta["help"].split()) in entry, (name, entry)
+
+    declared = {option_name(f) for f in cli_fields(cls)}
+    params = get_command(app).commands[command].params
+    own = {opt for p in params for opt in p.opts if opt.startswith("--")} - declared
+    assert own <= {"--help", "--json"}, own  # only what no dataclass holds is declared in cli.py
+    non_cli = [f.name for f in dataclasses.fields(cls) if f not in cli_fields(cls)]
+    for name in non_cli:
+        assert "--" + name.replace("_", "-") not in entries
+
+
+def test_options_reach_the_command_as_the_dataclass(monkeypatch):
+    """What the user typed arrives whole: paths as str, repeated --model as a tuple."""
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+    from toolchain.options import ValidateOptions
+
+    seen = {}
+
+    def fake_validate(run_dir, options, log=None):
+        seen["options"] = options
+        return {"keras": {"top1": 1.0, "top5": 1.0}, "n_images": 1, "models": []}
+
+    # A stand-in parity module: no TensorFlow to start, only the call is checked.
+    monkeypatch.setitem(
+        sys.modules, "toolchain.parity", types.SimpleNamespace(validate=fake_validate)
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["validate", "run"]).exit_code == 0
+    assert seen["options"] == ValidateOptions()
+    args = ["validate", "run", "--model", "a.tflite", "--model", "b.tflite", "--max-drop", "1"]
+    result = runner.invoke(app, [*args, "--runtime", "tensorflow", "--device-resize", "nearest"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == ValidateOptions(
+        models=("a.tflite", "b.tflite"), max_drop=1.0, runtime="tensorflow", device_resize="nearest"
+    )

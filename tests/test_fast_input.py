@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+from edge.tensors import operators
 from toolchain.fast_input import delegate_uint8_input
 
 
@@ -15,7 +16,7 @@ def _ops(flatbuffer: bytes):
     dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
     return [
         (op["op_name"], [dtypes[i] for i in op["inputs"] if i >= 0])
-        for op in interpreter._get_ops_details()
+        for op in operators(interpreter)
     ]
 
 

@@ -78,8 +78,7 @@ def test_validate_gate_fails_with_exit_1_on_a_damaged_model(tiny_run, tmp_path):
 
     from edge import atomic
     from edge.modelfile import embed_metadata
-    from toolchain.export import convert
-    from toolchain.options import ExportOptions
+    from toolchain.converter import convert
     from toolchain.quiet import keras
 
     run = tmp_path / "run"
@@ -89,7 +88,7 @@ def test_validate_gate_fails_with_exit_1_on_a_damaged_model(tiny_run, tmp_path):
     kernel, bias = dense.get_weights()
     rng = np.random.default_rng(0)
     dense.set_weights([rng.normal(0, kernel.std() * 3, kernel.shape).astype(np.float32), bias])
-    flatbuffer = convert(model, ExportOptions.for_float32(), None, tmp_path / "log")
+    flatbuffer = convert(model, "float32", "float32", None, tmp_path / "log")
     labels = (run / "labels.txt").read_text().split()
     damaged = run / "model_damaged.tflite"
     atomic.write_bytes(damaged, embed_metadata(flatbuffer, {"quant": "float32"}, labels))

@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.parity import disagreements
+from toolchain.options import ValidateOptions
+from toolchain.parity_figures import disagreements
 
 
 def test_disagreements_are_listed_worst_first():
@@ -26,7 +27,9 @@ def test_device_path_with_another_resize_moves_while_tensor_level_does_not(run_c
     from toolchain.parity import validate
 
     same = validate(run_copy, log=lambda m: None)["models"][0]
-    other = validate(run_copy, device_resize="nearest", log=lambda m: None)["models"][0]
+    other = validate(run_copy, ValidateOptions(device_resize="nearest"), log=lambda m: None)[
+        "models"
+    ][0]
     for key in ("top1", "agreement", "mean_abs_prob_diff"):
         assert other[key] == same[key]  # the converter's figures do not depend on the device
     assert (
@@ -114,7 +117,7 @@ def test_validate_on_a_labeled_folder(run_copy, tmp_path):
         (folder / name).mkdir(parents=True)
         for source in sorted((run_copy / "synthetic_data" / name).glob("*.png"))[:5]:
             shutil.copy(source, folder / name / source.name)
-    report = validate(run_copy, data=str(folder), log=lambda m: None)
+    report = validate(run_copy, ValidateOptions(data=str(folder)), log=lambda m: None)
     assert report["n_images"] == 10 and report["data"].startswith("labeled folder")
     assert set(report["missing_classes"]) == {"cross", "stripes", "triangle"}
     (folder / "hexagon").mkdir()

@@ -11,14 +11,11 @@ import pytest
 from edge.errors import BadInput
 from edge.pipeline import Result
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.options import ExportOptions
-from toolchain.parity import (
-    check_validate_options,
-    label_mismatch,
-    markdown_cell,
-    match_results,
-    parity_markdown,
-)
+from toolchain.options import ExportOptions, ValidateOptions
+from toolchain.parity import check_validate_options, label_mismatch
+from toolchain.parity_figures import match_results
+from toolchain.parity_report import parity_markdown
+from toolchain.text import markdown_cell
 
 QUIET = lambda message: None  # noqa: E731
 
@@ -67,10 +64,10 @@ def test_bad_validate_option_is_refused_and_the_run_is_untouched(run_copy, case)
 
     kwargs, fragment = BAD_VALIDATE_OPTIONS[case]
     if "models" in kwargs:
-        kwargs = {"models": [m.format(run=run_copy) for m in kwargs["models"]]}
+        kwargs = {"models": tuple(m.format(run=run_copy) for m in kwargs["models"])}
     before = snapshot(run_copy)
     with pytest.raises(BadInput) as error:
-        validate(run_copy, log=QUIET, **kwargs)
+        validate(run_copy, ValidateOptions(**kwargs), log=QUIET)
     assert fragment in str(error.value) and "\n" not in str(error.value)
     assert snapshot(run_copy) == before
 
@@ -84,18 +81,25 @@ def test_bogus_device_resize_exits_2_from_the_command_line(tiny_run):
 
 def test_option_checks_accept_what_a_passing_run_uses(tiny_run, tmp_path):
     model = tiny_run / "model_int8.tflite"
-    paths = check_validate_options([str(model)], 0.0, 1.0, "nearest", "ai_edge_litert")
-    assert paths == [model] and check_validate_options() == []
+    given = ValidateOptions(
+        models=(str(model),),
+        max_drop=0.0,
+        min_agreement=1.0,
+        device_resize="nearest",
+        runtime="ai_edge_litert",
+    )
+    assert check_validate_options(given) == [model]
+    assert check_validate_options(ValidateOptions()) == []
     rejected = tmp_path / "model_int8.tflite.rejected"  # what --auto-fallback sets aside
     shutil.copy(model, rejected)
-    assert check_validate_options([rejected]) == [rejected]
+    assert check_validate_options(ValidateOptions(models=(str(rejected),))) == [rejected]
 
 
 def test_device_path_with_another_resize_covers_every_image(run_copy):
     from toolchain.parity import validate
 
     for resize in (None, "nearest"):
-        report = validate(run_copy, device_resize=resize, log=QUIET)
+        report = validate(run_copy, ValidateOptions(device_resize=resize), log=QUIET)
         device = report["models"][0]["device_path"]
         assert device["skipped"] == [] and device["n_images"] == report["n_images"]
         assert 0 <= device["agreement"] <= 1 and device["resize"] == (resize or "bilinear")

@@ -26,6 +26,7 @@ def _labeled_test_folder(tiny_run, target):
 
 
 def test_labeled_folder_accuracy_equals_validate_device_path(tiny_run, tmp_path):
+    from toolchain.options import ValidateOptions
     from toolchain.parity import validate
 
     run = tmp_path / "run"
@@ -42,7 +43,7 @@ def test_labeled_folder_accuracy_equals_validate_device_path(tiny_run, tmp_path)
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("top-1 accuracy"))
     accuracy = float(line.split()[2])
-    report = validate(run, data=str(folder), log=lambda m: None)
+    report = validate(run, ValidateOptions(data=str(folder)), log=lambda m: None)
     assert accuracy == pytest.approx(report["models"][0]["device_path"]["top1"], abs=1e-4)
     assert "broken.jpg" in result.stderr and "1 unreadable" in result.stderr  # skipped and listed
 
@@ -226,3 +227,115 @@ def test_annotate_draws_the_labels_and_keeps_the_frame():
     assert (drawn[2:30, 2:60] != (40, 160, 90)).any()  # text band at the top left
     assert (drawn[100:, 100:] == (40, 160, 90)).all()  # the rest of the frame untouched
     assert np.asarray(frame)[0, 0].tolist() == [40, 160, 90]  # the frame itself is not modified
+
+
+def _result(path, *scored, error=""):
+    from edge.classifier import Prediction
+    from edge.pipeline import Result
+
+    predictions = [Prediction(i, label, score) for i, (label, score) in enumerate(scored)]
+    return Result(path, predictions, error=error, image=Image.new("RGB", (64, 48)))
+
+
+def test_session_reports_a_line_per_image_and_skipped_files():
+    import io
+
+    from edge.session import Reporter
+
+    out, err = io.StringIO(), io.StringIO()
+    reporter = Reporter(live=False, out=out, err=err)
+    assert reporter(_result("a.jpg", ("daisy", 0.9123), ("tulips", 0.05)))
+    assert reporter(_result("b.jpg"))  # every class under --threshold
+    assert reporter(_result("c.jpg", error="c.jpg: not a readable image"))
+    assert out.getvalue().splitlines() == [
+        "a.jpg: daisy 0.912, tulips 0.050",
+        "b.jpg: (below threshold)",
+    ]
+    assert err.getvalue() == "skipped: c.jpg: not a readable image\n"
+    quiet_out = io.StringIO()
+    Reporter(live=False, quiet=True, out=quiet_out, err=err)(_result("a.jpg", ("daisy", 0.9)))
+    assert quiet_out.getvalue() == ""
+
+
+def test_live_session_redraws_one_line_with_the_fps_and_draws_the_window():
+    import io
+
+    from edge.session import Reporter
+
+    class FakeWindow:
+        def __init__(self):
+            self.frames, self.open = [], True
+
+        def show(self, rgb):
+            self.frames.append(rgb)
+            return self.open
+
+    ticks = iter([0.0, 0.5, 1.0, 2.0])  # the start, then one reading per frame
+    out, err, window = io.StringIO(), io.StringIO(), FakeWindow()
+    reporter = Reporter(live=True, window=window, out=out, err=err, clock=lambda: next(ticks))
+    assert reporter(_result("camera#000000", ("daisy", 0.5)))
+    assert reporter(_result("camera#000001", ("rose", 0.75)))
+    window.open = False  # the user closed it: the session ends
+    assert reporter(_result("camera#000002", ("rose", 0.75))) is False
+    reporter.end()
+    assert out.getvalue() == ""  # nothing per frame on stdout
+    assert err.getvalue() == (
+        "\r   2.0 FPS  daisy 0.500\033[K\r   2.0 FPS  rose 0.750\033[K"
+        "\r   1.5 FPS  rose 0.750\033[K\n"
+    )
+    assert len(window.frames) == 3 and window.frames[0].shape == (48, 64, 3)
+
+
+def test_session_closing_lines():
+    from edge.classify import Summary
+    from edge.session import closing_lines
+
+    summary = Summary(classified=8, unreadable=["x.jpg"], seconds=2.0, labeled=4, correct=3)
+    summary.stage_ms = {"decode": 1.0, "invoke": 2.5}
+    summary.unknown_labels = {"cats": 2}
+    notes, results = closing_lines(summary, Path("p.csv"), count_labels=True)
+    assert notes == [
+        "classified 8 image(s), 1 unreadable, 4.0 images/s (decode 1.00 ms  invoke 2.50 ms)"
+        "; wrote p.csv",
+        "note: folders not among the model's labels: cats",
+    ]
+    assert results == ["top-1 accuracy 0.7500 (3/4 labeled images)"]
+    summary = Summary(classified=2, seconds=1.0, skipped=3)
+    notes, results = closing_lines(summary, None, count_labels=True)
+    assert notes == [
+        "classified 2 image(s), 0 unreadable, 2.0 images/s ()"
+        ", 3 older camera frame(s) skipped to stay live",
+        "note: no image sat in a folder named like a label",
+    ]
+    assert results == [] and closing_lines(summary).results == []
+
+
+def test_session_output_is_kept_only_when_the_session_ends_normally(tiny_run, tmp_path):
+    """A session that fails half-way leaves no --output file, and its window is closed;
+    one that ends normally commits the file."""
+    from edge.classifier import Classifier
+    from edge.session import Reporter, run_session
+    from edge.sources import open_source
+
+    class FailingWindow:
+        shown, closed = 0, False
+
+        def show(self, rgb):
+            self.shown += 1
+            if self.shown == 2:
+                raise RuntimeError("the display went away")
+            return True
+
+        def close(self):
+            self.closed = True
+
+    classifier = Classifier(tiny_run / "model_int8.tflite")
+    folder = str(tiny_run / "synthetic_data" / "circle")
+    output = tmp_path / "out" / "p.jsonl"
+    output.parent.mkdir()
+    window = FailingWindow()
+    with pytest.raises(RuntimeError, match="display went away"):
+        run_session(classifier, open_source(folder), Reporter(False, True, window), output=output)
+    assert window.closed and list(output.parent.iterdir()) == []
+    summary = run_session(classifier, open_source(folder), Reporter(False, True), output=output)
+    assert len(output.read_text().splitlines()) == summary.classified > 0

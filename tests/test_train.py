@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.train import class_weights_for, read_csv_history
+from toolchain.train_data import class_weights_for
+from toolchain.train_outputs import read_csv_history
 
 SMALL = [
     "--data",
@@ -154,7 +155,7 @@ def test_saved_model_has_no_augmentation_layers(tiny_run):
 
 def test_fine_tune_depth_follows_the_base():
     from toolchain.options import TrainOptions
-    from toolchain.train import resolve_fine_tune_at
+    from toolchain.train_checks import resolve_fine_tune_at
 
     assert resolve_fine_tune_at(TrainOptions(weights="none")) == "0"  # random base: all of it
     assert resolve_fine_tune_at(TrainOptions(weights="imagenet", alpha=1.0)) == "100"

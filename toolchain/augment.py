@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolchain.quiet import keras as import_keras
+
 
 def augmentation(seed: int) -> Any:
-    from toolchain.quiet import keras as import_keras
 
     keras = import_keras()
     layers = keras.layers

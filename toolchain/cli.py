@@ -1,9 +1,10 @@
 """The ``edgetl`` command line: parse options, call one step, report.
 
-No logic lives here that a test would want to call: each command builds an
-options dataclass and calls ``toolchain.train`` / ``export`` / ``parity`` or
-``edge``. Heavy modules are imported inside the commands, so ``edgetl --help``
-and ``edgetl classify`` start without TensorFlow. Errors from the
+No logic lives here that a test would want to call: each command receives
+its options dataclass whole (``toolchain.options``, turned into Typer options by
+``toolchain.cli_options``) and calls ``toolchain.train`` / ``export`` /
+``parity`` or ``edge``. Heavy modules are imported inside the commands, so
+``edgetl --help`` and ``edgetl classify`` start without TensorFlow. Every
 exception becomes one line on stderr and an exit code of the contract in
 ``edge.errors.EXIT_CODES`` (1 gate, 2 bad input, 3 environment, 4 a bug).
 """
@@ -15,32 +16,28 @@ import functools
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Callable, List, Literal, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
-from edge.image import RESIZE_FILTERS
-from edge.runtime import RUNTIMES
+from toolchain.cli_options import takes_options
 from toolchain.failures import describe_failure
 from toolchain.options import (
-    CLASS_WEIGHT_MODES,
-    IO_TYPES,
-    QUANT_MODES,
-    STRATEGIES,
+    BenchOptions,
+    ClassifyOptions,
+    ExportOptions,
+    TrainOptions,
+    ValidateOptions,
 )
 
 try:  # Typer 0.2x carries its own copy of Click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older Typer on top of Click
     from click import exceptions as click_exceptions
-
-Runtime = Literal[RUNTIMES]
-ResizeFilter = Literal[tuple(RESIZE_FILTERS)]
 
 
 class OneLineErrors(TyperGroup):
@@ -195,197 +192,11 @@ def check_json_output(path: Path, inputs: List[Path]) -> None:
 
 @app.command()
 @reports_errors
-def train(
-    data: Annotated[
-        str, typer.Option(help="synthetic | tf_flowers | tfds:NAME | PATH to class folders")
-    ] = "tf_flowers",
-    out: Annotated[
-        Path, typer.Option(help="Run directory to write (model, labels, splits, history).")
-    ] = Path("build/runs/latest"),
-    image_size: Annotated[
-        int,
-        typer.Option(
-            min=32,
-            max=1024,
-            help="Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed.",
-        ),
-    ] = 224,
-    alpha: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            max=2.0,
-            help="Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.",
-        ),
-    ] = 1.0,
-    weights: Annotated[
-        str,
-        typer.Option(
-            help="imagenet | none | FILE.h5 (a local no-top weights file for offline machines)."
-        ),
-    ] = "imagenet",
-    epochs: Annotated[
-        int, typer.Option(min=0, max=10000, help="Head-phase epochs on the frozen base.")
-    ] = 10,
-    fine_tune_epochs: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=10000,
-            help="Most fine-tuning epochs after the head phase (0 = head only); early stopping on val loss usually ends it sooner.",
-        ),
-    ] = 15,
-    fine_tune_at: Annotated[
-        str,
-        typer.Option(
-            help="First base layer to fine-tune: an index, a name prefix like block_13, or auto (pretrained: layer 100, or block_5 for alpha <= 0.5 whose thin features need more adapting; 0 from scratch)."
-        ),
-    ] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per step.")] = 32,
-    learning_rate: Annotated[
-        float, typer.Option(min=1e-8, max=10.0, help="Head-phase Adam learning rate.")
-    ] = 1e-3,
-    fine_tune_learning_rate: Annotated[
-        float,
-        typer.Option(
-            min=1e-8,
-            max=10.0,
-            help="Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten.",
-        ),
-    ] = 1e-4,
-    seed: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=2**31 - 1,
-            help="Seed for splits, shuffling, initialisation and synthetic data.",
-        ),
-    ] = 42,
-    synthetic_per_class: Annotated[
-        int,
-        typer.Option(min=3, max=100000, help="Images per class generated for --data synthetic."),
-    ] = 100,
-    augment: Annotated[
-        bool,
-        typer.Option(
-            help="Random flip, ±5% rotation, 10% zoom, contrast and brightness while fine-tuning (training only; never inside the exported model)."
-        ),
-    ] = True,
-    head_augment: Annotated[
-        bool,
-        typer.Option(
-            help="Augment in the head phase too. Off (default): the frozen base runs once and the head trains on cached features, many times faster."
-        ),
-    ] = False,
-    cache_features: Annotated[
-        bool,
-        typer.Option(
-            help="Head phase without augmentation: run the frozen base once and train the head on cached features (same result, much faster). --no-cache-features runs the base every epoch."
-        ),
-    ] = True,
-    dropout: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.95,
-            help="Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top.",
-        ),
-    ] = 0.2,
-    label_smoothing: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.95,
-            help="Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better.",
-        ),
-    ] = 0.1,
-    class_weights: Annotated[
-        Literal[CLASS_WEIGHT_MODES],
-        typer.Option(
-            help="auto (inverse-frequency weights when a class has over 2x the images of another), on, off."
-        ),
-    ] = "auto",
-    patience: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=10000,
-            help="Early stopping: epochs without a lower val loss before a phase stops; best weights are restored. 0 = off.",
-        ),
-    ] = 5,
-    strategy: Annotated[
-        Literal[STRATEGIES],
-        typer.Option(
-            help="auto (all local GPUs when several), mirrored, or multiworker (set TF_CONFIG on each machine)."
-        ),
-    ] = "auto",
-    mixed_precision: Annotated[
-        bool,
-        typer.Option(
-            help="float16 compute on GPU (about 2x on tensor cores); the saved model is float32."
-        ),
-    ] = False,
-    val_fraction: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.9,
-            help="Share of each class held out for validation (early stopping, checkpoints).",
-        ),
-    ] = 0.1,
-    test_fraction: Annotated[
-        float,
-        typer.Option(
-            min=0.01,
-            max=0.9,
-            help="Share of each class held out for the final test and `edgetl validate`.",
-        ),
-    ] = 0.1,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            help="Continue an interrupted run in --out with its original options; at most the interrupted epoch is redone."
-        ),
-    ] = False,
-    force: Annotated[
-        bool,
-        typer.Option(
-            help="Replace the run already in --out (its exports and parity reports go too, as they would no longer match)."
-        ),
-    ] = False,
-) -> None:
+@takes_options(TrainOptions)
+def train(options: TrainOptions) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
-    from toolchain.options import TrainOptions
     from toolchain.train import train as run_training
 
-    options = TrainOptions(
-        data=data,
-        out=str(out),
-        image_size=image_size,
-        alpha=alpha,
-        weights=weights,
-        epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        fine_tune_at=fine_tune_at,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        fine_tune_learning_rate=fine_tune_learning_rate,
-        seed=seed,
-        synthetic_per_class=synthetic_per_class,
-        augment=augment,
-        head_augment=head_augment,
-        cache_features=cache_features,
-        dropout=dropout,
-        label_smoothing=label_smoothing,
-        class_weights=class_weights,
-        patience=patience,
-        strategy=strategy,
-        mixed_precision=mixed_precision,
-        resume=resume,
-        force=force,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-    )
     result = run_training(options)
     done = "already trained, nothing to do" if result.already_finished else "trained"
     say(
@@ -393,133 +204,28 @@ def train(
     )
 
 
+RunDirArgument = Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")]
+
+
 @app.command()
 @reports_errors
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")],
-    quant: Annotated[
-        Literal[(*QUANT_MODES, "all")], typer.Option(help="The TFLite flavour to write.")
-    ] = "int8",
-    calibration_samples: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=100000,
-            help="INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain.",
-        ),
-    ] = 200,
-    io: Annotated[
-        Literal[IO_TYPES],
-        typer.Option(
-            help="INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32."
-        ),
-    ] = "uint8",
-    validate: Annotated[
-        bool,
-        typer.Option(
-            help="Validate what was written against Keras on the test split (as `edgetl validate`)."
-        ),
-    ] = True,
-    max_drop: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=100.0,
-            help="Gate: exit 1 when a model loses more top-1 than this many points.",
-        ),
-    ] = None,
-    min_agreement: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Gate: exit 1 when top-1 agreement with Keras is below this fraction.",
-        ),
-    ] = None,
-    auto_fallback: Annotated[
-        bool,
-        typer.Option(
-            help="With --max-drop: rank INT8 layers by measured sensitivity (each one alone in float, on the validation split) and keep the most sensitive in float, one at a time, until the budget holds; writes model_int8_mixed.tflite and renames the full-INT8 file that failed to model_int8.tflite.rejected."
-        ),
-    ] = False,
-    force: Annotated[bool, typer.Option(help="Replace model files that already exist.")] = False,
-) -> None:
+@takes_options(ExportOptions)
+def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
     from toolchain.export import export as run_export
-    from toolchain.options import ExportOptions
 
-    options = ExportOptions(
-        quant=quant,
-        calibration_samples=calibration_samples,
-        io=io,
-        validate=validate,
-        max_drop=max_drop,
-        min_agreement=min_agreement,
-        auto_fallback=auto_fallback,
-        force=force,
-    )
-    results = run_export(run_dir, options)
-    for result in results:
+    for result in run_export(run_dir, options):
         say(f"exported: {result.path} ({result.size_bytes} bytes)")
 
 
 @app.command()
 @reports_errors
-def validate(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")],
-    model: Annotated[
-        Optional[List[Path]],
-        typer.Option(
-            help="A .tflite to check (repeatable); default: every model_*.tflite in the run."
-        ),
-    ] = None,
-    data: Annotated[
-        Optional[str],
-        typer.Option(
-            help="A labeled folder of class folders to evaluate on instead of the run's test split."
-        ),
-    ] = None,
-    max_drop: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=100.0,
-            help="Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras.",
-        ),
-    ] = None,
-    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
-    min_agreement: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Fail (exit 1) when top-1 agreement with Keras is below this fraction.",
-        ),
-    ] = None,
-    diagnose: Annotated[
-        bool,
-        typer.Option(help="Rank INT8 layers by quantization error (also done when a gate fails)."),
-    ] = False,
-    device_resize: Annotated[
-        Optional[ResizeFilter],
-        typer.Option(
-            help="Resize the device path with this filter instead of the model's own: what if the device resized differently?"
-        ),
-    ] = None,
-) -> None:
+@takes_options(ValidateOptions)
+def validate(run_dir: RunDirArgument, options: ValidateOptions) -> None:
     """Compare Keras and TFLite on the same held-out images; write parity.json."""
     from toolchain.parity import validate as run_validate
 
-    report = run_validate(
-        run_dir,
-        [str(m) for m in model or []],
-        data,
-        max_drop,
-        runtime,
-        min_agreement=min_agreement,
-        diagnose=diagnose,
-        device_resize=device_resize,
-    )
+    report = run_validate(run_dir, options)
     keras = report["keras"]
     say(
         f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images"
@@ -533,144 +239,45 @@ def validate(
 
 @app.command()
 @reports_errors
+@takes_options(ClassifyOptions)
 def classify(
     model: Annotated[
         Path, typer.Argument(help="A .tflite classifier (labels embedded or labels.txt beside it).")
     ],
-    source: Annotated[
-        str,
-        typer.Option(
-            help="An image file, a folder of images (recursive), a video file, or camera / camera:N."
-        ),
-    ],
-    top_k: Annotated[int, typer.Option(min=1, max=1000, help="Classes to report per image.")] = 3,
-    threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Hide classes scored below this.")
-    ] = 0.0,
-    threads: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            max=256,
-            help="Interpreter threads (default: all cores, 1 where more are known to hurt).",
-        ),
-    ] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(help="Write predictions to FILE.csv or FILE.jsonl, flushed per image."),
-    ] = None,
-    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
-    data_labels: Annotated[
-        bool,
-        typer.Option(
-            help="The folder is labeled (SOURCE/<class>/…): report top-1 accuracy against the folder names."
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option(help="Do not print one line per image.")] = False,
-    show: Annotated[
-        bool,
-        typer.Option(
-            help="Show each frame in a window with its top classes and FPS drawn on it (needs a display and OpenCV with GUI support; q or Esc quits)."
-        ),
-    ] = False,
+    options: ClassifyOptions,
 ) -> None:
     """Classify images, a video or a camera on the device (no TensorFlow needed)."""
     from edge.classifier import Classifier
-    from edge.classify import classify_source
-    from edge.output import PredictionWriter
+    from edge.display import Window
+    from edge.session import Reporter, closing_lines, run_session
     from edge.sources import open_source
 
+    output = Path(options.output) if options.output else None
     if output is not None and output.resolve() == model.resolve():
         raise BadInput(f"--output {output} is the model itself; give a .csv or .jsonl file name")
-    classifier = Classifier(model, runtime=runtime, threads=threads)
-    window = None
-    if show:
-        from edge.display import Window
-
-        window = Window()  # no display: one line and exit 3 before any frame is read
-    opened = open_source(source)
+    classifier = Classifier(model, runtime=options.runtime, threads=options.threads)
+    # No display: one line and exit 3 before the source is opened or a frame is read.
+    window = Window() if options.show else None
+    opened = open_source(options.source)
     print(classifier.runtime.describe(), file=sys.stderr)
     print(opened.describe(), file=sys.stderr)
-    live = opened.kind in ("camera", "video") and sys.stderr.isatty()
-    started = time.perf_counter()
-    counter = {"n": 0}
-
-    def report(result) -> bool:
-        if result.error:
-            print(f"skipped: {result.error}", file=sys.stderr)
-            return True
-        counter["n"] += 1
-        fps = counter["n"] / max(1e-9, time.perf_counter() - started)
-        best = (
-            ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions) or "(below threshold)"
-        )
-        if live:
-            print(f"\r{fps:6.1f} FPS  {best}\033[K", end="", file=sys.stderr, flush=True)
-        elif not quiet:
-            say(f"{result.path}: {best}")
-        if window is not None:
-            from edge.display import annotate
-
-            lines = [f"{p.label} {p.score:.2f}" for p in result.predictions] + [f"{fps:.1f} FPS"]
-            return window.show(annotate(result.image, lines))
-        return True
-
-    # Rows stream into a temporary file beside --output, renamed over it only when the
-    # session ends normally: a crash or a kill never leaves a half-written --output.
-    writer = PredictionWriter(str(output), top_k) if output else None
-    try:
-        summary = classify_source(classifier, opened, top_k, threshold, writer, report, data_labels)
-    except BaseException:
-        if writer:
-            writer.abort()
-        raise
-    finally:
-        if window is not None:
-            window.close()
-    if writer:
-        writer.close()
-    if live:
-        print(file=sys.stderr)
-    stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
-    print(
-        f"classified {summary.classified} image(s), {len(summary.unreadable)} unreadable, "
-        f"{summary.images_per_s:.1f} images/s ({stages})"
-        + (
-            f", {summary.skipped} older camera frame(s) skipped to stay live"
-            if summary.skipped
-            else ""
-        )
-        + (f"; wrote {output}" if output else ""),
-        file=sys.stderr,
+    reporter = Reporter.for_source(opened, quiet=options.quiet, window=window)
+    summary = run_session(
+        classifier, opened, reporter, options.top_k, options.threshold, output, options.data_labels
     )
-    if data_labels:
-        if summary.unknown_labels:
-            print(
-                f"note: folders not among the model's labels: {', '.join(summary.unknown_labels)}",
-                file=sys.stderr,
-            )
-        if summary.accuracy is None:
-            print("note: no image sat in a folder named like a label", file=sys.stderr)
-        else:
-            say(
-                f"top-1 accuracy {summary.accuracy:.4f} ({summary.correct}/{summary.labeled} labeled images)"
-            )
+    closing = closing_lines(summary, output, options.data_labels)
+    for line in closing.notes:
+        print(line, file=sys.stderr)
+    for line in closing.results:
+        say(line)
 
 
 @app.command()
 @reports_errors
+@takes_options(BenchOptions)
 def bench(
     model: Annotated[Path, typer.Argument(help="A .tflite classifier.")],
-    runs: Annotated[
-        int, typer.Option(min=1, max=1000000, help="Timed invokes after warm-up.")
-    ] = 100,
-    threads: Annotated[
-        Optional[int], typer.Option(min=1, max=256, help="Interpreter threads.")
-    ] = None,
-    source: Annotated[
-        Optional[str], typer.Option(help="A folder of images for end-to-end throughput.")
-    ] = None,
-    runtime: Annotated[Optional[Runtime], typer.Option(help="Force a TFLite runtime.")] = None,
+    options: BenchOptions,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
@@ -684,22 +291,22 @@ def bench(
 
     if json_out is not None:
         check_json_output(json_out, [model])
-    classifier = Classifier(model, runtime=runtime, threads=threads)
+    classifier = Classifier(model, runtime=options.runtime, threads=options.threads)
     print(classifier.runtime.describe(), file=sys.stderr)
     figures = {
         "model": str(model),
         "runtime": classifier.runtime.name,
         "runtime_version": classifier.runtime.version,
         "threads": classifier.runtime.threads,
-        "invoke": invoke_latency(classifier, runs),
+        "invoke": invoke_latency(classifier, options.runs),
     }
     inv = figures["invoke"]
     say(
         f"invoke: p50 {inv['p50_ms']:.3f} ms  p90 {inv['p90_ms']:.3f} ms  p99 {inv['p99_ms']:.3f} ms  "
         f"{inv['images_per_s']:.1f} images/s"
     )
-    if source:
-        compared = folder_vs_sequential(classifier, resolve_source(source))
+    if options.source:
+        compared = folder_vs_sequential(classifier, resolve_source(options.source))
         folder, sequential = compared["folder"], compared["label_image_loop"]
         figures.update(compared)
         say(
@@ -727,6 +334,7 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
 
     from edge.classifier import Classifier
     from edge.compat import probe_all
+    from edge.tensors import operators, tensor_table
 
     classifier = Classifier(model, threads=1)
     card = classifier.card.metadata
@@ -737,15 +345,11 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
             say(f"{key}: {card[key]}")
     if card.get("input"):
         say(f"input contract: {json.dumps(card['input'])}")
-    for kind, details in (
-        ("input", classifier.interpreter.get_input_details()),
-        ("output", classifier.interpreter.get_output_details()),
-    ):
-        for d in details:
-            scale, zero_point = d["quantization"]
-            say(
-                f"{kind}: {d['dtype'].__name__} {[int(v) for v in d['shape']]} scale {scale:.6g} zero point {zero_point}"
-            )
+    for row in tensor_table(classifier.interpreter):
+        say(
+            f"{row['kind']}: {row['dtype']} {row['shape']} scale {row['scale']:.6g} "
+            f"zero point {row['zero_point']}"
+        )
     try:
         from toolchain.modelinfo import inspect_tflite
 
@@ -761,7 +365,7 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
                 f"({details['float32_weight_bytes']} bytes as float32)"
             )
     except EdgetlError:  # no TensorFlow here: op counts from the interpreter instead
-        ops = Counter(op["op_name"] for op in classifier.interpreter._get_ops_details())
+        ops = Counter(op["op_name"] for op in operators(classifier.interpreter))
         say("ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
     for result in probe_all(str(model)):
         status = "loads and runs" if result["ok"] else f"fails: {result['error']}"

@@ -26,6 +26,7 @@ from edge.errors import BadInput, MissingEnvironment
 from edge.image import is_image_name
 from edge.modelfile import label_problem
 from toolchain import synthetic
+from toolchain.quiet import tensorflow
 
 DEFAULT_TFDS = "tf_flowers"
 # tfds downloads from Google Cloud Storage; probing it first turns tfds' ~200 s
@@ -176,7 +177,6 @@ def materialize_tfds(name: str, data_dir: str | None = None) -> Path:
     target = cache_root() / "tfds" / name
     if (target / ".complete").is_file():
         return target
-    from toolchain.quiet import tensorflow
 
     tensorflow()
     try:

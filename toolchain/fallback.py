@@ -2,7 +2,7 @@
 
 What NNCF's accuracy control does for OpenVINO, done for TFLite:
 
-1. calibrate once (``diagnose.Calibrated``): each variant is then a ~30 ms
+1. calibrate once (``diagnose.Calibrated``): each variant is then a quick
    re-quantization, not a new conversion;
 2. rank every quantized tensor by *measured* sensitivity: how far the model's
    probabilities move back towards Keras, on up to ``RANKING_IMAGES`` validation
@@ -28,6 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from edge.bench import invoke_latency
+from edge.classifier import Classifier, probabilities_of
+from edge.modelfile import embed_metadata
+from toolchain import metrics
 
 RANKING_IMAGES = 300  # NNCF's default ranking subset size
 
@@ -92,8 +97,6 @@ def repair(
     flatbuffer on pixels. Both are parameters so this loop is plain Python over
     measured numbers.
     """
-    from toolchain import metrics
-
     start = time.perf_counter()
     subset = ranking_subset(len(pixels))
     reference = keras_probs[subset]
@@ -168,17 +171,13 @@ def interpreter_callbacks(
     scratch: Path, card: Dict[str, Any]
 ) -> Tuple[Callable[[bytes, np.ndarray], np.ndarray], Callable[[bytes], float]]:
     """``predict`` and ``latency_ms`` for ``repair``, on the edge runner's own interpreter."""
-    from edge.bench import invoke_latency
-    from edge.classifier import Classifier
-    from edge.modelfile import embed_metadata
-    from toolchain.parity import tflite_probabilities
 
     def load(flatbuffer: bytes) -> Classifier:
         scratch.write_bytes(embed_metadata(flatbuffer, card, card["labels"]))
         return Classifier(scratch)
 
     def predict(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
-        return tflite_probabilities(load(flatbuffer), pixels)
+        return probabilities_of(load(flatbuffer), pixels)
 
     def latency_ms(flatbuffer: bytes) -> float:
         return float(invoke_latency(load(flatbuffer), runs=30)["p50_ms"])

@@ -3,9 +3,10 @@
 The converter gives a uint8-input INT8 model a first op that requantizes the
 uint8 pixels to int8 (``QUANTIZE`` uint8 → int8: x − 128). XNNPACK delegates
 ``QUANTIZE`` only from float, so that op runs on TFLite's reference kernel,
-outside the delegate, single-threaded: on MobileNetV2 1.0 at 224 it cost
-~0.1 ms of a 1.5 ms invoke (uint8 I/O was 7% slower than int8 I/O at one
-thread, 15% at two).
+outside the delegate, single-threaded. On MobileNetV2 1.0 at 224 on the
+2-core development VM, that one op made uint8 I/O measurably slower than
+int8 I/O, more so with two threads than with one (``make bench`` reports the
+ratio on your machine).
 
 The same arithmetic as two ops XNNPACK does take — ``DEQUANTIZE`` uint8 →
 float (x, exact) then ``QUANTIZE`` float → int8 (round(x) − 128, exact) — gives
@@ -17,6 +18,8 @@ point 0), so decoder bytes still go straight in and MediaPipe still reads it.
 from __future__ import annotations
 
 from typing import Any, List
+
+from toolchain.quiet import tensorflow
 
 
 def _builtin(code: Any) -> int:
@@ -43,7 +46,6 @@ def delegate_uint8_input(flatbuffer: bytes) -> bytes:
     Anything else (int8 or float input, an input read by other ops too) is
     returned unchanged: the rewrite only applies where it is exact.
     """
-    from toolchain.quiet import tensorflow
 
     tensorflow()
     from tensorflow.lite.python import schema_py_generated as schema

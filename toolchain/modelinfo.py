@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from edge.errors import BadInput
+from toolchain.quiet import tensorflow
 
 
 def inspect_tflite(model: str | Path | bytes) -> Dict[str, Any]:
@@ -28,7 +29,6 @@ def inspect_tflite(model: str | Path | bytes) -> Dict[str, Any]:
 
 
 def _inspect(data: bytes) -> Dict[str, Any]:
-    from toolchain.quiet import tensorflow
 
     tensorflow()
     from tensorflow.lite.python import schema_py_generated as schema

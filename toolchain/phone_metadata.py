@@ -20,6 +20,8 @@ import sys
 import types
 from typing import List, Optional
 
+from toolchain.quiet import captured_output
+
 # The image-classifier writer emits only fields that the metadata schema has had
 # since its first version (names, image properties, normalisation, stats, an
 # axis-labels file), so the minimum parser version it needs is 1.0.0.
@@ -56,8 +58,6 @@ def with_image_classifier_metadata(flatbuffer: bytes, labels: List[str]) -> Opti
     if not writer_available():
         return None
     from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
-
-    from toolchain.quiet import captured_output
 
     with captured_output():
         writer = image_classifier.MetadataWriter.create(

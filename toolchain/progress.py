@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
+from toolchain.quiet import keras as import_keras
+
 Log = Callable[[str], None]
 
 
@@ -25,7 +27,6 @@ def epoch_logger(
     in a CI log (stderr not a TTY) only the one line per epoch is written.
     Each epoch's wall time is also appended to ``durations`` when given.
     """
-    from toolchain.quiet import keras as import_keras
 
     keras = import_keras()
 

@@ -10,36 +10,18 @@ file that is kept beside the artefact, so nothing is lost, only moved.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import warnings
-from typing import Iterator
 
 from edge.errors import MissingEnvironment
+from edge.runtime import quiet_tensorflow_logs, redirected
 
 _tf = None
 
 
-@contextlib.contextmanager
-def captured_output(log_path: str | os.PathLike | None = None) -> Iterator[None]:
+def captured_output(log_path: str | os.PathLike | None = None):
     """Redirect OS-level stdout and stderr (C++ logs included) to ``log_path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    target = open(log_path, "ab") if log_path else open(os.devnull, "wb")  # noqa: SIM115
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(target.fileno(), 1)
-        os.dup2(target.fileno(), 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        target.close()
+    return redirected((1, 2), os.fspath(log_path) if log_path else None)
 
 
 def tensorflow():
@@ -50,8 +32,7 @@ def tensorflow():
     global _tf
     if _tf is not None:
         return _tf
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    quiet_tensorflow_logs()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         with captured_output():
@@ -65,7 +46,6 @@ def tensorflow():
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     tf.get_logger().setLevel("ERROR")
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     warnings.filterwarnings("ignore", module="keras")
     # TF1-style input stats do not apply: edgetl calibrates the input range (export.py).
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs")

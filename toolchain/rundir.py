@@ -24,11 +24,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from edge.errors import BadInput
 from toolchain.options import QUANT_MODES
+from toolchain.quiet import keras as import_keras
 
 MARKER = ".edgetl-run"
+CONFIG = "config.json"  # the contract between steps; written last
 # Written by training, replaced as a set when a run is trained again.
 TRAINING_FILES = (
-    "config.json",
+    CONFIG,
     "labels.txt",
     "splits.json",
     "model.keras",
@@ -37,27 +39,38 @@ TRAINING_FILES = (
     "training_curves.png",
     "confusion_val.png",
 )
+EXPORT_LOG = "export.log"  # the converters' C++ output, kept rather than printed
+PARITY_PICTURES = {
+    "confusion": "parity_confusion.png",
+    "per_class": "parity_per_class.png",
+    "disagreements": "parity_disagreements.png",
+}
 # Derived from the trained model: stale (and removed) once the model is replaced.
 MODEL_NAMES = tuple(f"model_{quant}.tflite" for quant in (*QUANT_MODES, "int8_mixed"))
 DERIVED_FILES = (
     *MODEL_NAMES,
     *(f"{name}.rejected" for name in MODEL_NAMES),
     "export_report.json",
-    "export.log",
+    EXPORT_LOG,
     "parity.json",
     "parity.md",
-    "parity_confusion.png",
-    "parity_per_class.png",
-    "parity_disagreements.png",
+    *PARITY_PICTURES.values(),
 )
 # Training's own working state: folders edgetl creates inside a run and owns whole.
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LOG_FILES = ("head.csv", "fine_tune.csv")
 TENSORBOARD = "tensorboard"
+SETUP_FILES = ("options.json", "splits.json")  # in checkpoints/: what a resume starts from
 
 
 class RunDir:
+    """A run directory's layout: every file name of a run is spelled here only.
+
+    Training writes its files into a staging folder with the same layout
+    (``RunDir(staged)``) and commits them into the run at the end.
+    """
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
@@ -68,7 +81,7 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG
 
     @property
     def labels_file(self) -> Path:
@@ -101,6 +114,32 @@ class RunDir:
     @property
     def train_report(self) -> Path:
         return self.path / "train_report.json"
+
+    @property
+    def training_curves(self) -> Path:
+        return self.path / "training_curves.png"
+
+    @property
+    def confusion_val(self) -> Path:
+        return self.path / "confusion_val.png"
+
+    @property
+    def export_log(self) -> Path:
+        return self.path / EXPORT_LOG
+
+    def parity_picture(self, name: str) -> Path:
+        """``confusion``, ``per_class`` or ``disagreements``: ``parity_<name>.png``."""
+        return self.path / PARITY_PICTURES[name]
+
+    @property
+    def saved_options(self) -> Path:
+        """The options a started run was given, for ``--resume``."""
+        return self.checkpoints / SETUP_FILES[0]
+
+    @property
+    def saved_splits(self) -> Path:
+        """The splits a started run drew, for ``--resume`` (new photos stay out)."""
+        return self.checkpoints / SETUP_FILES[1]
 
     @property
     def checkpoints(self) -> Path:
@@ -237,8 +276,6 @@ class RunDir:
 
     def load_keras_model(self) -> Any:
         """model.keras, or one line saying it is damaged (a truncated copy, a failed disk)."""
-        from toolchain.quiet import keras as import_keras
-
         keras = import_keras()
         try:
             return keras.models.load_model(self.model, compile=False)

@@ -6,7 +6,8 @@ The promise: edgetl never loses what a user had.
   folder edgetl marked as its own run (``.edgetl-run``); it may not lie inside
   ``--data``; replacing a finished or interrupted run needs ``--force``.
 - **Claimed**: the marker is written; a fresh start clears only edgetl's own
-  working folder (``checkpoints/``).
+  working folder (``checkpoints/``) and records its options there, which is
+  what ``--resume`` reads back.
 - **Worked in**: checkpoints, logs, splits and the new artefacts all live in
   ``checkpoints/`` while training runs, so a kill or a crash leaves the
   previous run's model, exports and reports exactly as they were.
@@ -20,22 +21,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edge import atomic
 from edge.errors import BadInput
 from toolchain import __version__
+from toolchain.options import TrainOptions
 from toolchain.rundir import (
+    CONFIG,
     DERIVED_FILES,
     LOG_FILES,
+    SETUP_FILES,
     TENSORBOARD,
     TRAINING_FILES,
     RunDir,
 )
+from toolchain.train_checks import checked_options
 
 # Working files that alone do not make a run worth keeping (training never started).
-SETUP_FILES = ("options.json", "splits.json")
 STATE = "state.json"
 # What a file manager leaves in a folder a user just made: it stays "empty".
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
@@ -105,7 +110,7 @@ def check_out_folder(
             f"dataset (and read back as a class); choose an --out outside it {unchanged}"
         )
     if resume:
-        if not run.is_marked() or not (run.checkpoints / "options.json").is_file():
+        if not run.is_marked() or not run.saved_options.is_file():
             raise BadInput(
                 f"--resume: {path} holds no interrupted edgetl run; train without --resume "
                 f"{unchanged}"
@@ -135,8 +140,10 @@ def check_out_folder(
     return None
 
 
-def claim(run: RunDir, fresh: bool) -> None:
-    """Mark the folder as edgetl's; a fresh start clears the old working state only."""
+def claim(run: RunDir, options: TrainOptions) -> None:
+    """Mark the folder as edgetl's; a fresh start clears the old working state only,
+    then saves its options for ``--resume``."""
+    fresh = not options.resume
     run.path.mkdir(parents=True, exist_ok=True)
     if not run.is_marked():
         atomic.write_json(run.marker, {"edgetl_version": __version__, "kind": "training run"})
@@ -145,10 +152,32 @@ def claim(run: RunDir, fresh: bool) -> None:
     run.checkpoints.mkdir(exist_ok=True)
     working_logs(run).mkdir(exist_ok=True)
     staged(run).mkdir(exist_ok=True)
+    if fresh:
+        atomic.write_json(run.saved_options, options.to_dict())
+
+
+def resumed_options(run: RunDir) -> TrainOptions:
+    """The interrupted run's own options (a moved run keeps its new place), checked
+    again: an edited file is named here, not as a crash later."""
+    saved = run.saved_options
+    try:
+        values = json.loads(saved.read_text(encoding="utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError("not an object")
+        return checked_options(
+            replace(TrainOptions.from_dict(values), resume=True, out=str(run.path))
+        )
+    except BadInput as error:
+        raise BadInput(
+            f"--resume: {saved} holds a bad option ({error}); start over with --force"
+        ) from None
+    except (ValueError, TypeError, AttributeError, OSError) as error:
+        raise BadInput(f"--resume: {saved} is damaged ({error}); start over with --force") from None
 
 
 def commit(run: RunDir, log) -> List[str]:
-    """Put the staged run in place: stale derived files out, new files in, config last.
+    """Put the staged run in place: stale derived files out, new files in, config last,
+    then drop the phases' per-epoch backups (the best weights stay).
 
     Safe to call again after a kill part-way (``--resume`` does): what was
     already moved is not touched twice. Returns the derived files removed.
@@ -170,7 +199,7 @@ def commit(run: RunDir, log) -> List[str]:
     if removed:
         log(f"removed {len(removed)} file(s) derived from the old model: {', '.join(removed)}")
     _install_logs(run, logs or [])
-    for name in sorted(TRAINING_FILES, key=lambda n: n == "config.json"):  # config.json last
+    for name in sorted(TRAINING_FILES, key=lambda n: n == CONFIG):  # config.json last
         source, target = waiting / name, run.path / name
         if name in installing:
             if source.is_file():
@@ -180,6 +209,8 @@ def commit(run: RunDir, log) -> List[str]:
     atomic.fsync_directory(run.path)
     shutil.rmtree(waiting, ignore_errors=True)
     write_state(run, done=True, installing=None, installing_logs=None)
+    for phase in ("head", "fine_tune"):  # BackupAndRestore folders of toolchain.phases
+        shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
     return removed
 
 

@@ -2,10 +2,14 @@
 its own TensorFlow-free environment.
 
 The environments are Python interpreters listed in ``EDGETL_RUNTIME_PYTHONS``
-(``os.pathsep``-separated); without it, the repository's ``.venv-edge``
-(ai-edge-litert) and ``.venv-legacy`` (tflite-runtime 2.14, numpy<2) that
-``make setup-edge`` builds are used when present. Each runs ``python -m
-edge.compat MODEL``; the in-process ai-edge-litert is always checked too.
+(``os.pathsep``-separated); without it, the ``.venv-edge`` (ai-edge-litert)
+and ``.venv-legacy`` (tflite-runtime 2.14, numpy<2) that ``make setup-edge``
+builds in the current folder are used when present. They are found from the
+folder the user works in, not from where edgetl's source lies, so an
+installed edgetl checks the same runtimes as a checkout. Each runs ``python
+-m edge.compat MODEL`` with its own installed edgetl (``pip install
+'edgetl[edge]'``), exactly as a device would; the in-process ai-edge-litert is
+always checked too.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from typing import Any, Dict, List
 
 from edge.compat import probe
 
-REPO = Path(__file__).resolve().parents[1]
+DEVICE_VENVS = (".venv-edge", ".venv-legacy")
 
 
 def runtime_pythons() -> List[str]:
     configured = os.environ.get("EDGETL_RUNTIME_PYTHONS")
     if configured is not None:
         return [p for p in configured.split(os.pathsep) if p]
-    found = [REPO / name / "bin" / "python" for name in (".venv-edge", ".venv-legacy")]
+    found = [Path.cwd() / name / "bin" / "python" for name in DEVICE_VENVS]
     return [str(p) for p in found if p.exists()]
 
 
@@ -36,21 +40,26 @@ def check(model_path: Path) -> List[Dict[str, Any]]:
     for python in runtime_pythons():
         try:
             completed = subprocess.run(
-                [python, "-m", "edge.compat", str(Path(model_path).resolve())],
+                # -I: the venv's own edgetl, never an edge/ folder where the user stands
+                [python, "-I", "-m", "edge.compat", str(Path(model_path).resolve())],
                 capture_output=True,
                 text=True,
                 timeout=120,
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
             )
         except (OSError, subprocess.TimeoutExpired) as error:
             results.append(
                 {"environment": python, "ok": False, "runtime": "?", "error": str(error)}
             )
             continue
-        for line in completed.stdout.splitlines():
-            if line.startswith("{"):
-                results.append({**json.loads(line), "environment": python})
+        rows = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+        for line in rows:
+            results.append({**json.loads(line), "environment": python})
+        if not rows:  # no runtime there, edgetl missing there, or a crash: said, not skipped
+            lines = completed.stderr.strip().splitlines()
+            error = (
+                lines[-1] if completed.returncode and lines else "no TFLite runtime installed there"
+            )
+            results.append({"environment": python, "ok": False, "runtime": "?", "error": error})
     return results
 
 

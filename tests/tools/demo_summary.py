@@ -1,6 +1,7 @@
 """The few lines ``make demo`` ends with: what a user checks before shipping.
 
-``python -m toolchain.summary RUN_DIR`` reads ``parity.json`` and ``bench.json``.
+``python tests/tools/demo_summary.py RUN_DIR`` reads the run's ``parity.json`` and,
+when ``edgetl bench --json`` wrote one there, ``bench.json``.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import List
 
 
-def summary_lines(run_dir: Path) -> list:
+def summary_lines(run_dir: Path) -> List[str]:
     parity = json.loads((run_dir / "parity.json").read_text())
     int8 = next(m for m in parity["models"] if m["quant"] == "int8")
     lines = [
@@ -34,4 +36,7 @@ def summary_lines(run_dir: Path) -> list:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python tests/tools/demo_summary.py RUN_DIR", file=sys.stderr)
+        sys.exit(2)
     print("\n".join(summary_lines(Path(sys.argv[1]))))

@@ -1,0 +1,158 @@
+"""What a person running ``edgetl classify`` sees while it runs and when it ends.
+
+A line per image, or for a camera or video in a terminal one line redrawn in
+place with the frames per second; each frame in a window with ``--show``; and
+the closing lines (throughput per stage, unreadable files, accuracy against
+labeled folders). The CLI only parses options and calls these.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, List, NamedTuple, Optional, TextIO
+
+from edge.classifier import Classifier
+from edge.classify import Summary, classify_source
+from edge.display import annotate
+from edge.output import PredictionWriter
+from edge.pipeline import Result
+from edge.sources import Source
+
+LIVE_KINDS = ("camera", "video")
+
+
+def best_classes(result: Result) -> str:
+    """``daisy 0.912, tulips 0.051``, or ``(below threshold)`` when none is left."""
+    return ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions) or "(below threshold)"
+
+
+class Reporter:
+    """The per-result callback of a session (``classify_source``'s ``on_result``).
+
+    Unreadable images are one ``skipped:`` line on ``err``. A camera or a video in a
+    terminal gets one live line on ``err``, redrawn with ``\\r``, since a line per frame
+    would scroll faster than anyone reads; otherwise each image is a line on ``out``
+    (none with ``quiet``). With a ``window`` each frame is drawn with its top classes
+    and the FPS, and closing the window returns False, which ends the session.
+    """
+
+    def __init__(
+        self,
+        live: bool,
+        quiet: bool = False,
+        window: Any = None,
+        out: Optional[TextIO] = None,
+        err: Optional[TextIO] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.live = live
+        self.quiet = quiet
+        self.window = window
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.clock = clock
+        self.started = clock()
+        self.classified = 0
+
+    @classmethod
+    def for_source(cls, source: Source, quiet: bool = False, window: Any = None) -> Reporter:
+        """Live redraw only for a camera or a video, and only when stderr is a terminal:
+        in a log file the ``\\r`` lines would pile up as one unreadable line."""
+        live = source.kind in LIVE_KINDS and sys.stderr.isatty()
+        return cls(live, quiet, window)
+
+    def fps(self) -> float:
+        return self.classified / max(1e-9, self.clock() - self.started)
+
+    def __call__(self, result: Result) -> bool:
+        if result.error:
+            print(f"skipped: {result.error}", file=self.err)
+            return True
+        self.classified += 1
+        fps = self.fps()
+        best = best_classes(result)
+        if self.live:
+            print(f"\r{fps:6.1f} FPS  {best}\033[K", end="", file=self.err, flush=True)
+        elif not self.quiet:
+            print(f"{result.path}: {best}", file=self.out, flush=True)
+        if self.window is not None:
+            lines = [f"{p.label} {p.score:.2f}" for p in result.predictions] + [f"{fps:.1f} FPS"]
+            return self.window.show(annotate(result.image, lines))
+        return True
+
+    def end(self) -> None:
+        """End the live line, so what is printed next starts on a line of its own."""
+        if self.live:
+            print(file=self.err)
+
+
+def run_session(
+    classifier: Classifier,
+    source: Source,
+    reporter: Reporter,
+    top_k: int = 3,
+    threshold: float = 0.0,
+    output: Optional[Path] = None,
+    count_labels: bool = False,
+) -> Summary:
+    """``classify_source`` with ``reporter`` called per result and the predictions
+    written to ``output`` (.csv or .jsonl).
+
+    Rows stream into a temporary file beside ``output``, renamed over it only when the
+    session ends normally: a crash or a kill never leaves a half-written ``output``.
+    The reporter's window is closed however the session ends.
+    """
+    writer = PredictionWriter(str(output), top_k) if output else None
+    try:
+        summary = classify_source(
+            classifier, source, top_k, threshold, writer, reporter, count_labels
+        )
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    finally:
+        if reporter.window is not None:
+            reporter.window.close()
+    if writer:
+        writer.close()
+    reporter.end()
+    return summary
+
+
+class Closing(NamedTuple):
+    notes: List[str]  # for stderr: what happened
+    results: List[str]  # for stdout: what a script reads (the accuracy)
+
+
+def closing_lines(
+    summary: Summary, output: Optional[Path] = None, count_labels: bool = False
+) -> Closing:
+    """The lines that end a session: throughput and stage times, unreadable and skipped
+    frames, the output file, and with labeled folders the top-1 accuracy."""
+    stages = "  ".join(f"{k} {v:.2f} ms" for k, v in summary.stage_ms.items())
+    skipped = (
+        f", {summary.skipped} older camera frame(s) skipped to stay live" if summary.skipped else ""
+    )
+    notes = [
+        f"classified {summary.classified} image(s), {len(summary.unreadable)} unreadable, "
+        f"{summary.images_per_s:.1f} images/s ({stages})"
+        + skipped
+        + (f"; wrote {output}" if output else "")
+    ]
+    results: List[str] = []
+    if count_labels:
+        if summary.unknown_labels:
+            notes.append(
+                f"note: folders not among the model's labels: {', '.join(summary.unknown_labels)}"
+            )
+        if summary.accuracy is None:
+            notes.append("note: no image sat in a folder named like a label")
+        else:
+            results.append(
+                f"top-1 accuracy {summary.accuracy:.4f} "
+                f"({summary.correct}/{summary.labeled} labeled images)"
+            )
+    return Closing(notes, results)

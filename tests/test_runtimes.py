@@ -1,0 +1,45 @@
+"""Which device environments ``edgetl export`` checks a file in, found the same way
+for a checkout and for an installed edgetl, and never skipped in silence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolchain import runtimes
+
+
+def test_device_venvs_are_found_in_the_working_folder_not_the_source_tree(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGETL_RUNTIME_PYTHONS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert runtimes.runtime_pythons() == []
+    python = tmp_path / ".venv-edge" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    assert runtimes.runtime_pythons() == [str(python)]
+
+
+def test_the_environment_variable_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETL_RUNTIME_PYTHONS", os.pathsep.join(["/a/python", "", "/b/python"]))
+    monkeypatch.chdir(tmp_path)
+    assert runtimes.runtime_pythons() == ["/a/python", "/b/python"]
+
+
+def test_an_environment_without_edgetl_is_a_failed_check_not_a_silent_one(tmp_path, monkeypatch):
+    """A Python without edgetl installed cannot run ``-m edge.compat``: no source-tree
+    PYTHONPATH rescues it, and the report says so."""
+    bare = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if bare is None or Path(bare).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no Python outside this venv to stand for a bare device environment")
+    monkeypatch.setenv("EDGETL_RUNTIME_PYTHONS", bare)
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"not a model")
+    results = [r for r in runtimes.check(model) if r["environment"] == bare]
+    assert len(results) == 1 and results[0]["ok"] is False
+    assert "edge" in results[0]["error"]  # "No module named edge"
+    assert any("FAILS" in line for line in runtimes.describe(results))

@@ -1,0 +1,53 @@
+"""``make bench``: speed (and training) figures as JSON, with the machine they came from.
+
+A development tool, not part of the wheel: ``python tests/tools/benchmark.py --out build/bench``.
+The flower photos and ImageNet weights come from the shared folder beside the
+repository (``--shared``, or ``EDGETL_SHARED``); without them the speed figures use
+generated photos and the training figures are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from bench_speed import speed
+from bench_training import WEIGHTS_FILE, training
+
+from edge import atomic
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SHARED = REPO.parent / "shared"
+
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder for bench.json.")] = Path("build/bench"),
+    runs: Annotated[int, typer.Option(min=1, help="invoke() calls per latency round.")] = 200,
+    skip_training: Annotated[
+        bool, typer.Option("--skip-training", help="Inference figures only: no training runs.")
+    ] = False,
+    shared: Annotated[
+        Path,
+        typer.Option(
+            envvar="EDGETL_SHARED",
+            help="Shared folder with data/flowers128 and weights/ (default: `shared` beside the repository).",
+        ),
+    ] = DEFAULT_SHARED,
+) -> None:
+    """Write OUT/bench.json: INT8 vs float32, the folder pipeline vs the invoke and
+    label_image loops, then (unless --skip-training) training and parity figures."""
+    # How the report names the shared folder when its files are absent.
+    shown = "../shared" if shared.resolve() == DEFAULT_SHARED.resolve() else str(shared)
+    photos = shared / "data" / "flowers128"
+    report = speed(out, photos, shown, runs)
+    if not skip_training:
+        report["training"] = training(photos, shared / "weights" / WEIGHTS_FILE, shown)
+        atomic.write_json(out / "bench.json", report)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,193 @@
+"""The training images, decoded once into memory and split train / val / test.
+
+Everything a run trains and evaluates on is made here, in one place, and handed
+on as a ``TrainingData``: the phases never re-read the folder, and the splits
+written to ``splits.json`` are the files that were actually decoded (an
+unreadable image is skipped and listed, never silently dropped). A resumed run
+reuses the splits it started with, so photos added since cannot leak into val
+or test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from edge import atomic
+from edge.errors import BadInput
+from edge.image import load_many
+from toolchain.datasets import resolve_data, scan_class_folders, split_items
+from toolchain.options import TrainOptions
+from toolchain.progress import Log
+from toolchain.rundir import RunDir
+
+SPLITS = ("train", "val", "test")
+CLASS_WEIGHT_RATIO = 2.0  # auto class weights when the largest class is over 2x the smallest
+
+
+class ImageFolder(NamedTuple):
+    """A dataset found and scanned, nothing decoded yet."""
+
+    root: Path
+    description: str
+    labels: List[str]
+    items: List[Tuple[str, int]]  # (path relative to root, class index)
+
+
+@dataclass(frozen=True)
+class DecodedSplit:
+    pixels: np.ndarray  # uint8, (n, size, size, 3)
+    class_indices: np.ndarray  # int64, (n,)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The decoded splits and what describes them, made once by ``load_training_data``."""
+
+    root: Path
+    description: str
+    labels: List[str]  # class names, in output order
+    splits: Dict[str, DecodedSplit]  # train, val, test
+    counts: Dict[str, int]
+    skipped: List[Tuple[str, str]]  # (path, reason) of files that did not decode
+    splits_json: Dict[str, Any]  # what splits.json holds: which file went where, and why
+    seconds: float  # reading and decoding
+
+    def onehot(self, split_name: str) -> np.ndarray:
+        indices = self.splits[split_name].class_indices
+        return np.eye(len(self.labels), dtype=np.float32)[indices]
+
+
+def read_image_folder(options: TrainOptions, run_path: Path) -> ImageFolder:
+    """The image folder, its description, class names and every image (read only)."""
+    root, description = resolve_data(
+        options.data, run_path, options.synthetic_per_class, options.seed
+    )
+    labels, items = scan_class_folders(root)
+    return ImageFolder(root, description, labels, items)
+
+
+def load_training_data(
+    options: TrainOptions, run: RunDir, folder: Optional[ImageFolder], log: Log
+) -> TrainingData:
+    """Split (or reuse the saved splits) and decode every split at the training size.
+
+    ``folder`` is the dataset already read before the run was claimed, or None
+    (generated data, or a resumed run whose splits are read back instead).
+    A fresh run's splits are saved to ``checkpoints/splits.json`` at once.
+    """
+    o = options
+    start = time.perf_counter()
+    saved = _saved_splits(run, o.resume)
+    if saved is not None:
+        root = run.data_root(saved)
+        description = f"{saved.get('description', 'image folder')} (splits reused)"
+        labels = list(saved.get("labels") or [])
+        try:
+            entries = {name: [(rel, int(label)) for rel, label in saved[name]] for name in SPLITS}
+        except (TypeError, ValueError):
+            raise BadInput(
+                f"--resume: {run.checkpoints / 'splits.json'} is damaged; start over with --force"
+            ) from None
+        if len(labels) < 2:
+            raise BadInput(
+                f"--resume: {run.checkpoints / 'splits.json'} names no classes; start over with --force"
+            )
+        n_items = sum(len(v) for v in entries.values())
+        log(f"resume: reusing the run's splits ({n_items} images) from {root}")
+    else:
+        root, description, labels, items = folder or read_image_folder(o, run.path)
+        entries = split_items(items, o.seed, o.val_fraction, o.test_fraction)
+        n_items = len(items)
+        log(f"data: {description}: {n_items} images, {len(labels)} classes ({', '.join(labels)})")
+    log(
+        f"decoding {n_items} images at {o.image_size}px into memory "
+        f"(~{n_items * o.image_size**2 * 3 / 2**20:.0f} MiB)"
+    )
+    decoded: Dict[str, DecodedSplit] = {}
+    skipped: List[Tuple[str, str]] = []
+    for split_name in SPLITS:
+        pixels, y, kept, unreadable = load_split_pixels(root, entries[split_name], o.image_size)
+        decoded[split_name] = DecodedSplit(pixels, y)
+        entries[split_name] = kept
+        skipped += unreadable
+    for _, reason in skipped:
+        log(f"skipped: {reason}")
+    counts = {name: int(len(decoded[name].class_indices)) for name in decoded}
+    if counts["train"] == 0:
+        raise BadInput(f"--data {o.data}: no readable training images")
+    log(
+        f"splits: train {counts['train']}, val {counts['val']}, "
+        f"test {counts['test']} (seed {o.seed}); decoded at {o.image_size}px in "
+        f"{time.perf_counter() - start:.1f}s"
+    )
+    seconds = time.perf_counter() - start
+    relative = os.path.relpath(root, run.path)
+    splits_json = {
+        "root": str(root),
+        # a run moved together with its data finds the data again (RunDir.data_root)
+        "root_relative": relative if not relative.startswith("..") else None,
+        "description": description,
+        "seed": o.seed,
+        "val_fraction": o.val_fraction,
+        "test_fraction": o.test_fraction,
+        "labels": labels,
+        **{n: [[rel, label] for rel, label in entries[n]] for n in SPLITS},
+        "skipped": [[path, reason] for path, reason in skipped],
+    }
+    if saved is None:
+        atomic.write_json(run.saved_splits, splits_json)
+    return TrainingData(root, description, labels, decoded, counts, skipped, splits_json, seconds)
+
+
+def _saved_splits(run: RunDir, resume: bool) -> Optional[Dict[str, Any]]:
+    """``--resume`` uses the splits the run started with instead of re-scanning
+    the folder (photos added since would leak into val or test)."""
+    path = run.saved_splits
+    if not (resume and path.is_file()):
+        return None
+    return run.read_splits(path)
+
+
+def load_split_pixels(
+    root: Path, entries: List[Tuple[str, int]], size: int
+) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """Decode one split in parallel; returns pixels, labels, kept entries, skipped files."""
+    pixels, kept, skipped = load_many([root / rel for rel, _ in entries], size)
+    kept_entries = [entries[i] for i in kept]
+    labels = np.array([label for _, label in kept_entries], dtype=np.int64)
+    return pixels, labels, kept_entries, skipped
+
+
+def pixel_dataset(
+    tf: Any, pixels: np.ndarray, onehot: np.ndarray, batch: int, seed: Optional[int], augment=None
+) -> Any:
+    """uint8 pixels held in memory -> shuffled float batches (augmented when given)."""
+    ds = tf.data.Dataset.from_tensor_slices((pixels, onehot))
+    if seed is not None:
+        ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if augment is not None:
+        # One batch at a time: the augmentation layers draw from one seeded stateful
+        # generator, and parallel calls would take its numbers in a racy order, so the
+        # same --seed would give a different model. Each call is a whole batch of TF
+        # ops (multi-threaded inside), and prefetch still overlaps it with training.
+        ds = ds.map(lambda x, y: (augment(x, training=True), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional[Dict[int, float]]:
+    """Inverse-frequency weights (mean 1), or None when classes are balanced enough."""
+    if mode not in ("auto", "on", "off"):
+        raise BadInput(f"--class-weights {mode}: choose auto, on or off")
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts[counts > 0]
+    if mode == "off" or (mode == "auto" and present.max() <= CLASS_WEIGHT_RATIO * present.min()):
+        return None
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return {i: float(w) for i, w in enumerate(weights)}
