@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolchain.fallback import accept, ranking_subset, repair
+from toolchain.budget import Budget, estimate
+from toolchain.fallback import ranking_subset, repair
 
 LABELS = np.array([0, 1, 0, 1, 0, 1, 0, 1])
 KERAS = np.eye(2, dtype=np.float32)[LABELS] * 0.9 + 0.05  # Keras is right on every image
@@ -32,7 +33,18 @@ def fake_predict(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
     return probs[: len(pixels)]
 
 
-def run_repair(max_drop, max_layers=32, min_agreement=None, groups=None):
+def judge_by_points(max_drop, min_agreement):
+    """A judge on point estimates (8 images are too few for the export's lower bound)."""
+
+    def judge(probs):
+        figures = estimate(probs, KERAS, LABELS)
+        accepted = figures.drop_pts <= max_drop and figures.agreement >= min_agreement
+        return accepted, figures.json()
+
+    return judge
+
+
+def run_repair(max_drop, max_layers=32, min_agreement=0.0, groups=None):
     groups = groups or {name: [name] for name in FIXES}
     pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
     return repair(
@@ -41,10 +53,8 @@ def run_repair(max_drop, max_layers=32, min_agreement=None, groups=None):
         fake_predict,
         lambda flatbuffer: 1.0,
         pixels,
-        LABELS,
         KERAS,
-        max_drop,
-        min_agreement,
+        judge_by_points(max_drop, min_agreement),
         max_layers,
     )
 
@@ -54,8 +64,9 @@ def test_most_sensitive_group_goes_first_and_the_first_mix_in_budget_is_kept():
     assert [r["layer"] for r in outcome.ranking][:2] == ["stem", "head"]
     assert outcome.float_tensors == ["stem", "head"]  # 3 + 2 fixed, 1 of 6 still wrong
     assert outcome.flatbuffer == fake_quantize(["stem", "head"])
-    assert outcome.steps[0].float_layers == [] and outcome.steps[0].val_top1_drop_pts == 75.0
-    assert outcome.steps[-1].val_top1_drop_pts == 12.5
+    assert outcome.steps[0].float_layers == [] and outcome.steps[0].figures["drop_pts"] == 75.0
+    assert outcome.steps[-1].figures["drop_pts"] == 12.5 and outcome.steps[-1].accepted
+    assert not any(step.accepted for step in outcome.steps[:-1])
 
 
 def test_a_group_that_does_not_help_is_never_kept_in_float():
@@ -78,10 +89,26 @@ def test_consumers_of_a_tensor_go_to_float_with_it_and_count_against_the_cap():
 
 
 def test_agreement_gate_is_judged_too():
-    assert accept(0.5, 0.96, 1.0, 0.95) and not accept(0.5, 0.94, 1.0, 0.95)
-    assert not accept(1.5, 0.99, 1.0, None)
     outcome = run_repair(max_drop=100.0, min_agreement=1.0)
-    assert outcome.steps[-1].val_agreement == 1.0
+    assert outcome.steps[-1].figures["agreement"] == 1.0
+
+
+def test_the_export_judges_agreement_by_its_lower_bound_on_enough_images():
+    """0.96 agreement on 100 images is not evidence of 0.95 (its 95% lower bound is
+    ~0.90); on 2,000 images it is. The drop is judged as measured."""
+    budget = Budget.of(None, None)
+    assert (budget.max_drop, budget.min_agreement, budget.defaulted) == (1.0, 0.95, True)
+    assert Budget.of(2.0, None).min_agreement == 0.95 and not Budget.of(2.0, None).defaulted
+    for n, expected in ((100, False), (2000, True)):
+        labels = np.arange(n) % 2
+        keras = np.eye(2, dtype=np.float32)[labels]
+        flipped = keras.copy()
+        flipped[: n * 4 // 100] = flipped[: n * 4 // 100, ::-1]  # 4% flipped
+        figures = estimate(flipped, keras, labels)
+        assert figures.agreement == 0.96 and figures.drop_pts == 4.0
+        assert figures.agreement_lower < 0.96
+        assert Budget.of(5.0, 0.95).max_drop == 5.0
+        assert figures.meets(Budget.of(5.0, 0.95)) is expected, (n, figures)
 
 
 def test_ranking_subset_spreads_over_the_whole_split():

@@ -337,7 +337,7 @@ def test_export_config_not_utf8(run_copy):
         (["--calibration-samples", "0"], "--calibration-samples"),
         (["--min-agreement", "2"], "--min-agreement"),
         (["--max-drop", "-1"], "--max-drop"),
-        (["--auto-fallback"], "--max-drop"),
+        (["--target", "tpu"], "--target"),
     ],
 )
 def test_export_bad_options_touch_nothing(run_copy, args, fragment):

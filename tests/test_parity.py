@@ -77,35 +77,50 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     hostile = _make_quantization_hostile(run_copy)
     assert np.allclose(hostile.predict(probe, verbose=0), before, atol=1e-3)  # float is unharmed
 
-    failed = run_cli("export", str(run_copy), "--max-drop", "3", "--force")
-    assert_one_line_error(failed, 1, "parity gate failed", "model_int8.tflite")
+    # Pure INT8 (--target accelerator) under the default budget: exit 1, one line
+    # saying by how much and what to try, and the report says nothing ships.
+    failed = run_cli("export", str(run_copy), "--target", "accelerator", "--force")
+    assert_one_line_error(failed, 1, "INT8 budget missed", "model_int8.tflite", "--target cpu")
+    report = json.loads((run_copy / "export_report.json").read_text())
+    assert report["shipped"]["int8"] is None and report["budget"]["source"] == "default"
+    assert (report["budget"]["max_drop"], report["budget"]["min_agreement"]) == (1.0, 0.95)
     parity = json.loads((run_copy / "parity.json").read_text())
-    assert parity["gate"]["passed"] is False and parity["models"][0]["top1_drop_pts"] > 3
+    assert parity["gate"]["passed"] is False and parity["models"][0]["top1_drop_pts"] > 1
     worst = [layer["layer"] for layer in parity["diagnosis"]["layers"][:2]]
     assert "block_16_project_BN" in worst, worst
     assert "block_16_project_BN" in (run_copy / "parity.md").read_text()
     agreement = run_cli("validate", str(run_copy), "--min-agreement", "0.9")
     assert_one_line_error(agreement, 1, "--min-agreement")
+    # Every op of what was written is INT8: nothing an accelerator hands back to the CPU.
+    assert report["models"][0]["float_ops"] == {} and report["target"] == "accelerator"
 
-    repaired = run_cli("export", str(run_copy), "--max-drop", "3", "--auto-fallback", "--force")
+    # The default export (--target cpu) repairs it: no flags at all.
+    repaired = run_cli("export", str(run_copy), "--force")
     assert repaired.returncode == 0, repaired.stderr
     assert "fallback:" in repaired.stderr
     report = json.loads((run_copy / "export_report.json").read_text())
+    assert report["shipped"]["int8"] == "model_int8_mixed.tflite", report["shipped"]
+    assert "block_16_project_BN" in report["shipped"]["why"]
     fallback = report["fallback"]
     # measured sensitivity finds the damaged layer first, so one float layer repairs it
     assert fallback["ranking"][0]["layer"] == "block_16_project_BN", fallback["ranking"][:3]
     steps = fallback["steps"]
+    assert steps[-1]["accepted"] and "block_16_project_BN" in steps[-1]["float_layers"]
+    assert steps[-1]["drop_pts"] <= 1 and steps[-1]["agreement_lower"] >= 0.95
     assert (
-        steps[-1]["val_top1_drop_pts"] <= 3 and "block_16_project_BN" in steps[-1]["float_layers"]
-    )
-    assert all({"size_bytes", "invoke_p50_ms", "val_agreement"} <= set(step) for step in steps)
+        sum(fallback["decision_images"].values()) > parity["n_images"]
+    )  # more than the test split
+    assert all({"size_bytes", "invoke_p50_ms", "agreement"} <= set(step) for step in steps)
     parity = json.loads((run_copy / "parity.json").read_text())
     mixed = next(m for m in parity["models"] if m["path"].endswith("model_int8_mixed.tflite"))
-    assert mixed["top1_drop_pts"] <= 3 and mixed["quant"] == "int8-mixed"
+    assert mixed["top1_drop_pts"] <= 1 and mixed["agreement"] >= 0.95
+    assert mixed["quant"] == "int8-mixed"
+    entry = next(m for m in report["models"] if m["path"] == "model_int8_mixed.tflite")
+    assert sum(entry["float_ops"].values()) >= 1  # the repair's float layers show as such
     # the full-INT8 file that failed is set aside, so validating the run gates what ships
     assert not (run_copy / "model_int8.tflite").exists()
     assert (run_copy / "model_int8.tflite.rejected").is_file()
-    gated = run_cli("validate", str(run_copy), "--max-drop", "3")
+    gated = run_cli("validate", str(run_copy), "--max-drop", "1", "--min-agreement", "0.95")
     assert gated.returncode == 0, gated.stderr
 
 

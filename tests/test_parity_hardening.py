@@ -219,7 +219,7 @@ def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(run_copy)
         (ExportOptions(min_agreement=1.5, force=True), "--min-agreement"),
         (ExportOptions(io="uint16", force=True), "--io"),
         (ExportOptions(max_drop=1.0, validate=False, force=True), "--no-validate"),
-        (ExportOptions(auto_fallback=True, force=True), "--max-drop"),
+        (ExportOptions(target="tpu", force=True), "--target"),
     ],
 )
 def test_bad_export_option_is_refused_before_the_model_is_loaded(run_copy, options, fragment):

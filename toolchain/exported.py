@@ -148,6 +148,7 @@ def report_entry(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
         "tensors": r.tensors,
         "calibration": r.calibration,
         "ops": info["ops"],
+        "float_ops": info["float_ops"],
         "min_runtime_version": info["min_runtime_version"],
         "compatibility": compatibility,
     }

@@ -12,12 +12,13 @@ What NNCF's accuracy control does for OpenVINO, done for TFLite:
    amplified by everything after it: on flowers128 (alpha 0.35, 128 px) the
    three stem layers recover more agreement than the twenty of blocks 13-16,
    which the per-layer error ranks first;
-3. return those groups to float in that order, one at a time, until the top-1
-   drop on the validation split (and the agreement, when asked) meets the
-   budget. Groups whose reversal does not help are never kept in float.
+3. return those groups to float in that order, one at a time, until ``judge``
+   (``budget.Estimate.meets`` on the decision images: the validation split plus
+   training images) accepts the model. Groups whose reversal does not help are
+   never kept in float.
 
-Selection uses the validation split only; the test split stays untouched for
-the figures ``edgetl validate`` reports afterwards.
+The test split stays untouched by every choice here, for the figures
+``edgetl validate`` reports afterwards.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import numpy as np
 from edge.bench import invoke_latency
 from edge.classifier import Classifier, probabilities_of
 from edge.modelfile import embed_metadata
-from toolchain import metrics
 
 RANKING_IMAGES = 300  # NNCF's default ranking subset size
 
@@ -42,13 +42,14 @@ class Step:
     """One candidate on the way: what it keeps in float and what that costs."""
 
     float_layers: List[str]
-    val_top1_drop_pts: float
-    val_agreement: float
+    figures: Dict[str, Any]  # what ``judge`` measured on the decision images
+    accepted: bool
     size_bytes: int
     invoke_p50_ms: float
 
     def json(self) -> Dict[str, Any]:
-        return asdict(self)
+        flat = asdict(self)
+        return {**flat.pop("figures"), **flat}
 
 
 @dataclass
@@ -70,22 +71,14 @@ def divergence(probs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(probs - reference).mean())
 
 
-def accept(
-    drop_pts: float, agreement: float, max_drop: float, min_agreement: Optional[float]
-) -> bool:
-    return drop_pts <= max_drop and (min_agreement is None or agreement >= min_agreement)
-
-
 def repair(
     quantize: Callable[[Sequence[str]], bytes],
     groups: Dict[str, List[str]],
     predict: Callable[[bytes, np.ndarray], np.ndarray],
     latency_ms: Callable[[bytes], float],
     pixels: np.ndarray,
-    labels: np.ndarray,
     keras_probs: np.ndarray,
-    max_drop: float,
-    min_agreement: Optional[float],
+    judge: Callable[[np.ndarray], Tuple[bool, Dict[str, Any]]],
     max_layers: int,
     name: Callable[[str], str] = lambda tensor: tensor,
     log: Callable[[str], None] = lambda message: None,
@@ -94,7 +87,8 @@ def repair(
     by sensitivity, then keep them in float one group at a time.
 
     ``quantize`` maps a list of float tensors to a flatbuffer; ``predict`` runs a
-    flatbuffer on pixels. Both are parameters so this loop is plain Python over
+    flatbuffer on pixels; ``judge`` turns a candidate's probabilities on ``pixels``
+    into (accepted, figures). All are parameters so this loop is plain Python over
     measured numbers.
     """
     start = time.perf_counter()
@@ -108,21 +102,17 @@ def repair(
     ranking.sort(key=lambda r: -r["gain"])
     log(
         f"fallback: ranked {len(groups)} INT8 tensors by measured sensitivity on "
-        f"{len(subset)} validation images in {time.perf_counter() - start:.1f}s; most sensitive: "
+        f"{len(subset)} decision images in {time.perf_counter() - start:.1f}s; most sensitive: "
         + ", ".join(f"{r['layer']} {r['gain']:.4f}" for r in ranking[:5])
     )
-    keras_top1 = metrics.topk_accuracy(keras_probs, labels, 1)
-    keras_pred = keras_probs.argmax(1)
 
     def measure(chosen: List[str]) -> Tuple[bytes, Step]:
         flatbuffer = quantize(chosen)
-        probs = predict(flatbuffer, pixels)
+        accepted, figures = judge(predict(flatbuffer, pixels))
         return flatbuffer, Step(
             float_layers=[name(t) for t in chosen],
-            val_top1_drop_pts=round(
-                metrics.drop_points(keras_top1, metrics.topk_accuracy(probs, labels, 1)), 3
-            ),
-            val_agreement=round(float((probs.argmax(1) == keras_pred).mean()), 4),
+            figures=figures,
+            accepted=accepted,
             size_bytes=len(flatbuffer),
             invoke_p50_ms=round(latency_ms(flatbuffer), 3),
         )
@@ -139,11 +129,11 @@ def repair(
         flatbuffer, step = measure(chosen)
         steps.append(step)
         log(
-            f"fallback: +{entry['layer']} -> {len(chosen)} float op(s), val drop "
-            f"{step.val_top1_drop_pts:+.2f} pts, agreement {step.val_agreement:.3f}, "
-            f"{step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
+            f"fallback: +{entry['layer']} -> {len(chosen)} float op(s), "
+            + ", ".join(f"{k} {v}" for k, v in step.figures.items())
+            + f", {step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
         )
-        if accept(step.val_top1_drop_pts, step.val_agreement, max_drop, min_agreement):
+        if step.accepted:
             return Outcome(
                 flatbuffer,
                 chosen,

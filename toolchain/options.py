@@ -22,6 +22,13 @@ from edge.runtime import RUNTIMES
 
 QUANT_MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
+# cpu: INT8 where it keeps the budget, float where it must (CPU kernels run both);
+# accelerator: every op INT8, as Edge TPU / NPU delegates need.
+TARGETS = ("cpu", "accelerator")
+# The accuracy budget `edgetl export` holds a model to when not told another
+# (toolchain/budget.py says why).
+DEFAULT_MAX_DROP = 1.0
+DEFAULT_MIN_AGREEMENT = 0.95
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
 
@@ -202,25 +209,30 @@ class ExportOptions:
         "INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32.",
         choices=IO_TYPES,
     )
+    target: str = option(
+        "cpu",
+        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, as Edge TPU / NPU delegates need, or exit 1.",
+        choices=TARGETS,
+    )
     validate: bool = option(
         True,
-        "Validate what was written against Keras on the test split (as `edgetl validate`).",
+        "Validate what was written against Keras on the test split (as `edgetl validate`) and hold it to the accuracy budget.",
     )
     max_drop: Optional[float] = option(
         None,
-        "Gate: exit 1 when a model loses more top-1 than this many points.",
+        f"Budget: most top-1 points a shipped model may lose against Keras (default {DEFAULT_MAX_DROP:g}).",
         min=0.0,
         max=100.0,
     )
     min_agreement: Optional[float] = option(
         None,
-        "Gate: exit 1 when top-1 agreement with Keras is below this fraction.",
+        f"Budget: least top-1 agreement with Keras a shipped model must keep (default {DEFAULT_MIN_AGREEMENT:g}).",
         min=0.0,
         max=1.0,
     )
     auto_fallback: bool = option(
-        False,
-        "With --max-drop: rank INT8 layers by measured sensitivity (each one alone in float, on the validation split) and keep the most sensitive in float, one at a time, until the budget holds; writes model_int8_mixed.tflite and renames the full-INT8 file that failed to model_int8.tflite.rejected.",
+        True,
+        "With --target cpu, when full INT8 misses the budget: keep the layers whose INT8 costs the most accuracy in float, one at a time, until it holds (model_int8_mixed.tflite; the full-INT8 file becomes model_int8.tflite.rejected). --no-auto-fallback only gates.",
     )
     fallback_max_layers: int = option(
         32, "Most INT8 layers the auto fallback keeps in float before it gives up.", cli=False

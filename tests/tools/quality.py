@@ -1,0 +1,360 @@
+"""``make quality``: INT8 accuracy per export policy, across k folds of real photos.
+
+A development tool, not part of the wheel. For each of k stratified folds of
+``flowers128`` it trains the README's recipe (alpha 0.35, 128 px, the shared
+ImageNet weights) on the other folds, exports the run once per policy exactly as
+a user would (``edgetl export`` in a fresh process), and measures the INT8 model
+that each export *ships* on the held-out fold: photos no training, calibration,
+repair or gate decision saw. That is the same check the hidden photos make.
+
+It also measures, on each fold, how much INT8-vs-Keras agreement on *training*
+images overstates agreement on unseen ones (the bias that decides whether the
+export may judge agreement on training images).
+
+Trained runs are kept under ``OUT/fold*/run`` and reused (``--retrain`` to start
+again), so export policies can be compared without retraining.
+Writes ``OUT/quality.json``, ``OUT/quality.md`` and ``OUT/quality.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Optional
+
+import typer
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speed import machine  # noqa: E402
+from bench_training import WEIGHTS_FILE  # noqa: E402
+
+from edge import atomic  # noqa: E402
+
+DEFAULT_SHARED = REPO.parent / "shared"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+# Each policy is the flags a user passes to `edgetl export RUN`.
+POLICIES: Dict[str, List[str]] = {
+    "default": [],
+    "pure_int8": ["--target", "accelerator"],
+    # the repair as an expert asked for it before the default budget existed
+    "repair": ["--max-drop", "1", "--min-agreement", "0.95", "--auto-fallback"],
+}
+BIAS_IMAGES = 600  # training images per fold for the agreement-bias figure
+
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+def folds_of(photos: Path, k: int, seed: int = 0) -> List[Dict[str, List[Path]]]:
+    """k stratified folds: each class's files shuffled once, then dealt round-robin."""
+    folds: List[Dict[str, List[Path]]] = [{} for _ in range(k)]
+    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
+        files = sorted(
+            f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+        )
+        random.Random(f"{seed}:{folder.name}").shuffle(files)
+        for index, file in enumerate(files):
+            folds[index % k].setdefault(folder.name, []).append(file)
+    return folds
+
+
+def link_folder(target: Path, files: Dict[str, List[Path]]) -> None:
+    """A class-folder tree of symlinks: the photos stay where they are."""
+    if target.exists():
+        shutil.rmtree(target)
+    for label, paths in files.items():
+        (target / label).mkdir(parents=True)
+        for path in paths:
+            (target / label / path.name).symlink_to(path.resolve())
+
+
+def edgetl(*args: str, log_file: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """``edgetl ARGS`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "toolchain.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    if log_file is not None:
+        with log_file.open("a") as handle:
+            handle.write(f"$ edgetl {' '.join(args)}\n-> exit {result.returncode}\n")
+            handle.write(result.stderr[-20000:] + "\n")
+    return result
+
+
+def shipped_int8(run: Path) -> Optional[Path]:
+    """The one INT8 model the export left for a device (a rejected one is renamed)."""
+    for name in ("model_int8_mixed.tflite", "model_int8.tflite"):
+        if (run / name).is_file():
+            return run / name
+    return None
+
+
+def measure(run: Path, model: Path, data: Path, log_file: Path) -> Dict[str, Any]:
+    result = edgetl(
+        "validate", str(run), "--model", str(model), "--data", str(data), log_file=log_file
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"validate failed on {run}: {result.stderr[-2000:]}")
+    report = json.loads((run / "parity.json").read_text())
+    entry = report["models"][0]
+    return {
+        "n_images": report["n_images"],
+        "keras_top1": round(report["keras"]["top1"], 4),
+        "top1": round(entry["top1"], 4),
+        "top1_drop_pts": round(entry["top1_drop_pts"], 2),
+        "agreement": round(entry["agreement"], 4),
+    }
+
+
+def latency_ratio(model: Path, reference: Path, rounds: int = 5) -> float:
+    """Median over interleaved rounds of invoke p50(model) / p50(reference), one thread."""
+    from edge.bench import invoke_latency
+    from edge.classifier import Classifier
+
+    a, b = Classifier(model, threads=1), Classifier(reference, threads=1)
+    ratios = []
+    for _ in range(rounds):
+        ratios.append(invoke_latency(a, runs=50)["p50_ms"] / invoke_latency(b, runs=50)["p50_ms"])
+    return round(statistics.median(ratios), 3)
+
+
+def policy_run(fold_dir: Path, trained: Path, name: str, flags: List[str]) -> Path:
+    """A copy of the trained run without model files, for one policy's export."""
+    run = fold_dir / name
+    if run.exists():
+        shutil.rmtree(run)
+    shutil.copytree(
+        trained,
+        run,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            "*.tflite", "*.rejected", "checkpoints", "parity*", "export*"
+        ),
+    )
+    return run
+
+
+def summarize(rows: List[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return {}
+    return {
+        "min": min(values),
+        "mean": round(statistics.mean(values), 4),
+        "max": max(values),
+        "folds": values,
+    }
+
+
+def picture(report: Dict[str, Any], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(report["policies"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, budget, title in (
+        (axes[0], "heldout_top1_drop_pts", 1.0, "top-1 drop vs Keras (pts), held-out fold"),
+        (axes[1], "heldout_agreement", 0.95, "top-1 agreement with Keras, held-out fold"),
+    ):
+        for x, policy in enumerate(policies):
+            values = report["policies"][policy].get(key, {}).get("folds", [])
+            axis.scatter([x] * len(values), values, color="tab:blue")
+        axis.axhline(budget, color="tab:red", linestyle="--", label="default budget")
+        axis.set_xticks(range(len(policies)), policies)
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    lines = [
+        f"# INT8 quality across {report['k']} folds of {report['photos']}",
+        "",
+        "Measured on each held-out fold (photos no decision saw). Ranges are min-max across folds.",
+        "",
+        "| policy | Keras top-1 | INT8 drop (pts) | agreement | exits 0 | size vs full INT8 | latency vs full INT8 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def span(stats: Dict[str, Any], digits: int = 3) -> str:
+        if not stats:
+            return "-"
+        return f"{stats['min']:.{digits}f}–{stats['max']:.{digits}f}"
+
+    for name, stats in report["policies"].items():
+        lines.append(
+            f"| {name} | {span(stats['heldout_keras_top1'])} | "
+            f"{span(stats['heldout_top1_drop_pts'], 2)} | {span(stats['heldout_agreement'])} | "
+            f"{stats['exit_0']}/{report['k']} | {span(stats['size_ratio'], 2)} | "
+            f"{span(stats['latency_ratio'], 2)} |"
+        )
+    bias = report["train_agreement_bias"]
+    if bias:
+        lines += [
+            "",
+            f"Agreement of full INT8 on {BIAS_IMAGES} training images minus on the held-out fold: "
+            f"{bias['min']:+.4f} to {bias['max']:+.4f} (mean {bias['mean']:+.4f}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def quality(
+    out: Annotated[Path, typer.Option(help="Folder for runs and reports.")] = Path("build/quality"),
+    k: Annotated[int, typer.Option(min=3, max=10, help="Folds.")] = 3,
+    policies: Annotated[
+        str, typer.Option(help="Comma-separated policies to export: " + ", ".join(POLICIES))
+    ] = ",".join(POLICIES),
+    retrain: Annotated[
+        bool, typer.Option(help="Train again even when a fold's run exists.")
+    ] = False,
+    shared: Annotated[
+        Path,
+        typer.Option(
+            envvar="EDGETL_SHARED", help="Shared folder with data/flowers128 and weights/."
+        ),
+    ] = DEFAULT_SHARED,
+) -> None:
+    """Train k folds, export each with every policy, measure what ships on the held-out fold."""
+    photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
+    if not (photos.is_dir() and weights.is_file()):
+        typer.echo(f"quality: skipped, {photos} or {weights} is absent", err=True)
+        raise typer.Exit(0)
+    chosen = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in POLICIES]
+    if unknown:
+        raise typer.BadParameter(f"unknown policy {unknown}; choose from {list(POLICIES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows: List[Dict[str, Any]] = []
+    biases: List[float] = []
+    for index, fold in enumerate(folds_of(photos, k)):
+        fold_dir = out / f"fold{index}"
+        fold_dir.mkdir(exist_ok=True)
+        log_file = fold_dir / "commands.log"
+        heldout = fold_dir / "heldout"
+        link_folder(heldout, fold)
+        trained = fold_dir / "run"
+        if retrain or not (trained / "train_report.json").is_file():
+            rest: Dict[str, List[Path]] = {}
+            for other, files in enumerate(folds_of(photos, k)):
+                if other != index:
+                    for label, paths in files.items():
+                        rest.setdefault(label, []).extend(paths)
+            link_folder(fold_dir / "data", rest)
+            typer.echo(f"fold {index}: training on {sum(map(len, rest.values()))} photos", err=True)
+            args = ["train", "--data", str(fold_dir / "data"), "--weights", str(weights)]
+            args += ["--alpha", "0.35", "--image-size", "128", "--out", str(trained), "--force"]
+            result = edgetl(*args, log_file=log_file)
+            if result.returncode != 0:
+                raise RuntimeError(f"fold {index}: training failed: {result.stderr[-2000:]}")
+        # the agreement bias: full INT8 on training images vs on the held-out fold
+        splits = json.loads((trained / "splits.json").read_text())
+        root = Path(splits["root"])
+        if not root.is_absolute():
+            root = trained / splits["root_relative"]
+        sample: Dict[str, List[Path]] = {}
+        entries = splits["train"][:: max(1, len(splits["train"]) // BIAS_IMAGES)][:BIAS_IMAGES]
+        for rel, label in entries:
+            sample.setdefault(splits["labels"][int(label)], []).append(root / rel)
+        link_folder(fold_dir / "train_sample", sample)
+        for name in chosen:
+            run = policy_run(fold_dir, trained, name, POLICIES[name])
+            typer.echo(f"fold {index}: export policy {name}", err=True)
+            start = time.perf_counter()
+            result = edgetl("export", str(run), *POLICIES[name], log_file=log_file)
+            seconds = round(time.perf_counter() - start, 1)
+            errors = [
+                line for line in result.stderr.splitlines() if line.startswith("edgetl: error")
+            ]
+            row: Dict[str, Any] = {
+                "fold": index,
+                "policy": name,
+                "flags": POLICIES[name],
+                "exit_code": result.returncode,
+                "error": errors[0] if errors else None,
+                "export_seconds": seconds,
+            }
+            model = shipped_int8(run)
+            report_file = run / "export_report.json"
+            if report_file.is_file():
+                report = json.loads(report_file.read_text())
+                row["shipped_by_report"] = report.get("shipped")
+                row["float_ops"] = (
+                    (report.get("fallback") or {}).get("steps", [{}])[-1].get("float_layers", [])
+                )
+            if model is not None:
+                row["shipped"] = model.name
+                row["heldout"] = measure(run, model, heldout, log_file)
+                full = run / "model_int8.tflite"
+                if not full.is_file():
+                    full = run / "model_int8.tflite.rejected"
+                if full.is_file() and full != model:
+                    row["size_ratio"] = round(model.stat().st_size / full.stat().st_size, 3)
+                    row["latency_ratio"] = latency_ratio(model, full)
+                else:
+                    row["size_ratio"], row["latency_ratio"] = 1.0, 1.0
+                if name == chosen[0] and full.is_file():
+                    copy = full.with_name("bias_probe.tflite")
+                    shutil.copyfile(full, copy)
+                    on_train = measure(run, copy, fold_dir / "train_sample", log_file)
+                    on_heldout = measure(run, copy, heldout, log_file)
+                    copy.unlink()
+                    row["full_int8_train_agreement"] = on_train["agreement"]
+                    row["full_int8_heldout_agreement"] = on_heldout["agreement"]
+                    biases.append(round(on_train["agreement"] - on_heldout["agreement"], 4))
+            typer.echo(f"  {json.dumps(row)}", err=True)
+            rows.append(row)
+            atomic.write_json(out / "quality_rows.json", rows)
+    report: Dict[str, Any] = {
+        "photos": str(photos),
+        "k": k,
+        "recipe": "edgetl train --alpha 0.35 --image-size 128 --weights <shared 0.35 weights>",
+        "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_agreement_bias": summarize([{"b": b} for b in biases], "b"),
+        "policies": {},
+        "rows": rows,
+    }
+    for name in chosen:
+        mine = [r for r in rows if r["policy"] == name]
+        flat = [
+            {
+                "heldout_keras_top1": (r.get("heldout") or {}).get("keras_top1"),
+                "heldout_top1_drop_pts": (r.get("heldout") or {}).get("top1_drop_pts"),
+                "heldout_agreement": (r.get("heldout") or {}).get("agreement"),
+                "size_ratio": r.get("size_ratio"),
+                "latency_ratio": r.get("latency_ratio"),
+            }
+            for r in mine
+        ]
+        report["policies"][name] = {
+            "flags": POLICIES[name],
+            "exit_0": sum(r["exit_code"] == 0 for r in mine),
+            **({key: summarize(flat, key) for key in flat[0]} if flat else {}),
+        }
+    atomic.write_json(out / "quality.json", report)
+    (out / "quality.md").write_text(markdown(report))
+    picture(report, out / "quality.png")
+    typer.echo(markdown(report))
+
+
+if __name__ == "__main__":
+    app()
