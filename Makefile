@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 EDGE_VENV ?= .venv-edge
 LEGACY_VENV ?= .venv-legacy
+QAT_VENV ?= .venv-qat
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge test demo lint format bench quality clean help
+.PHONY: setup setup-edge setup-qat test demo lint format bench quality clean help
 
 help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
@@ -35,14 +36,23 @@ $(LEGACY_VENV)/.installed: pyproject.toml $(shell find edge toolchain -name "*.p
 	$(LEGACY_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[edge-legacy]'
 	touch $@
 
+# `edgetl export --qat` fine-tunes in this venv (see pyproject.toml's qat extras for why).
+$(QAT_VENV)/.installed: pyproject.toml
+	test -x $(QAT_VENV)/bin/python || $(PYTHON) -m venv $(QAT_VENV)
+	$(QAT_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[qat-cpu]'
+	touch $@
+
 setup: $(VENV)/.installed
+
+setup-qat: $(QAT_VENV)/.installed
 
 setup-edge: $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
 
 # Both device venvs are TensorFlow-free; export's runtime check and the tests run in them.
 RUNTIME_PYTHONS = $(CURDIR)/$(EDGE_VENV)/bin/python:$(CURDIR)/$(LEGACY_VENV)/bin/python
 
-test: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
+test: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed $(QAT_VENV)/.installed
+	EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python \
 	EDGETL_EDGE_PYTHON=$(CURDIR)/$(EDGE_VENV)/bin/python \
 	EDGETL_LEGACY_PYTHON=$(CURDIR)/$(LEGACY_VENV)/bin/python \
 	EDGETL_RUNTIME_PYTHONS=$(RUNTIME_PYTHONS) $(BIN)/python -m pytest -q
@@ -64,10 +74,10 @@ demo: $(VENV)/.installed
 	@echo "== 3/5 validate what ships, as CI would (the same budget as a gate)"
 	$(BIN)/edgetl validate $(DEMO) --max-drop 1 --min-agreement 0.95
 	@echo "== 4/5 classify a folder on the device runner"
-	$(BIN)/edgetl classify $(DEMO)/model_int8.tflite --source $(DEMO)/synthetic_data \
+	$(BIN)/edgetl classify $$(ls $(DEMO)/model_int8*.tflite) --source $(DEMO)/synthetic_data \
 		--output $(DEMO)/predictions.csv --quiet
 	@echo "== 5/5 runner speed"
-	$(BIN)/edgetl bench $(DEMO)/model_int8.tflite --runs 200 --source $(DEMO)/synthetic_data \
+	$(BIN)/edgetl bench $$(ls $(DEMO)/model_int8*.tflite) --runs 200 --source $(DEMO)/synthetic_data \
 		--json $(DEMO)/bench.json
 	@$(BIN)/python tests/tools/demo_summary.py $(DEMO)
 
@@ -75,8 +85,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python tests/tools/benchmark.py --out build/bench $(BENCH_ARGS)
 
 # Slow (about 10 min per fold on a 2-core CPU the first time; trained folds are reused).
-quality: $(VENV)/.installed
-	$(BIN)/python tests/tools/quality.py --out build/quality $(QUALITY_ARGS)
+quality: $(VENV)/.installed $(QAT_VENV)/.installed
+	EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python $(BIN)/python tests/tools/quality.py --out build/quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf build/demo build/bench build/runs build/quality

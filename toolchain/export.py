@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 from edge import atomic
 from edge.errors import BadInput, GateFailed
 from toolchain import __version__
-from toolchain.budget import Budget
+from toolchain.budget import Budget, Judge
 from toolchain.calibration import calibration_set, config_seed
 from toolchain.converter import convert
 from toolchain.exported import ExportResult, model_card, refuse_overwrite, report_entry, write_model
@@ -31,6 +31,7 @@ from toolchain.options import (
 )
 from toolchain.parity_figures import gate_failures
 from toolchain.progress import Log, stderr_log
+from toolchain.qat import qat_or_ptq, qat_python
 from toolchain.repair import record_parity, ship, validate_within
 from toolchain.rundir import RunDir
 
@@ -61,6 +62,14 @@ def check_export_options(options: ExportOptions) -> List[str]:
         )
     check_gate_options(options.max_drop, options.min_agreement)
     gates = options.max_drop is not None or options.min_agreement is not None
+    if options.qat:
+        if "int8" not in modes:
+            raise BadInput("--qat makes an INT8 model: use it with --quant int8 (or all)")
+        if not options.validate:
+            raise BadInput(
+                "--qat is judged against post-training quantization on the validation "
+                "images that --no-validate skips; drop --no-validate"
+            )
     if not options.validate and gates:
         raise BadInput(
             "--max-drop and --min-agreement set the budget that --no-validate turns off; "
@@ -69,14 +78,23 @@ def check_export_options(options: ExportOptions) -> List[str]:
     return modes
 
 
-def planned_files(run: RunDir, modes: List[str], options: ExportOptions) -> List[Path]:
-    """Every model file this export may write or replace, known before any work starts:
-    when the repair may run, also the mixed model and the full-INT8 file set aside."""
+def set_aside(run: RunDir) -> List[Path]:
+    """The INT8 files an earlier export may have left beside ``model_int8.tflite``: its
+    repaired mix, and the full-INT8 file or failed mix it set aside."""
+    int8, mixed = run.tflite("int8"), run.tflite("int8_mixed")
+    return [
+        mixed,
+        int8.with_name(int8.name + ".rejected"),
+        mixed.with_name(mixed.name + ".rejected"),
+    ]
+
+
+def planned_files(run: RunDir, modes: List[str]) -> List[Path]:
+    """Every model file this export may write, replace or remove, known before any work
+    starts: with int8 also the mix and the set-aside file (a new INT8 export replaces
+    them, so a run never holds two INT8 models from different exports)."""
     files = [run.tflite(mode) for mode in modes]
-    if "int8" in modes and options.validate and options.target == "cpu" and options.auto_fallback:
-        int8 = run.tflite("int8")
-        files += [run.tflite("int8_mixed"), int8.with_name(int8.name + ".rejected")]
-    return files
+    return files + set_aside(run) if "int8" in modes else files
 
 
 def export(
@@ -88,7 +106,9 @@ def export(
     modes = check_export_options(options)
     budget = Budget.of(options.max_drop, options.min_agreement)
     run = RunDir(run_dir).require_trained()
-    refuse_overwrite(planned_files(run, modes, options), options.force)
+    refuse_overwrite(planned_files(run, modes), options.force)
+    if options.qat:
+        qat_python()  # exit 3 now, not after minutes of conversion
     config = run.read_config()
     size = int(config["image_size"])
     seed = config_seed(run, config)
@@ -99,24 +119,49 @@ def export(
         )
     model = run.load_keras_model()
     results: List[ExportResult] = []
+    judge, qat_report = None, None
     for mode in modes:
         io = options.io if mode == "int8" else "float32"
         start = time.perf_counter()
         flatbuffer = convert(model, mode, io, calibration, run.export_log)
         card = model_card(config, mode, io, calibration_info if mode == "int8" else {})
+        if mode == "int8" and options.qat:
+            judge = Judge.of(run, config, model, log, half_of_train=True)
+            flatbuffer, qat_report = qat_or_ptq(
+                run,
+                model,
+                calibration,
+                config,
+                io,
+                options.qat_epochs,
+                flatbuffer,
+                card,
+                judge,
+                budget,
+                log,
+            )
         seconds = time.perf_counter() - start
         results.append(write_model(run.tflite(mode), flatbuffer, card, seconds, log))
+        if mode == "int8":
+            for stale in set_aside(run):  # --force was given or they did not exist
+                stale.unlink(missing_ok=True)
     report: Dict[str, Any] = {
         "edgetl_version": __version__,
         "target": options.target,
         "budget": budget.json() if options.validate else None,
         "models": [report_entry(r, run, log) for r in results],
     }
+    if qat_report is not None:
+        report["qat"] = qat_report
     if "int8" in modes:
-        report["shipped"] = {
-            "int8": run.tflite("int8").name,
-            "why": "not validated (--no-validate): the accuracy budget was not checked",
-        }
+        report["shipped"] = (
+            {"int8": None, "why": "pending: validation against the budget did not finish"}
+            if options.validate
+            else {
+                "int8": run.tflite("int8").name,
+                "why": "not validated (--no-validate): the accuracy budget was not checked",
+            }
+        )
     atomic.write_json(run.export_report, report)
     if not options.validate:
         log("note: --no-validate: the accuracy budget was not checked; run `edgetl validate`")
@@ -127,7 +172,11 @@ def export(
     others = [m for m in parity["models"] if m["quant"] != "int8"]
     failing = gate_failures(others, budget.max_drop, budget.min_agreement)
     if failing:
-        raise GateFailed("budget missed on the test split: " + "; ".join(failing))
+        message = "budget missed on the test split: " + "; ".join(failing)
+        if "int8" in modes:
+            report["shipped"] = {"int8": None, "why": message}
+            atomic.write_json(run.export_report, report)
+        raise GateFailed(message)
     if "int8" in modes:
-        ship(run, model, calibration, config, options, budget, results, parity, report, log)
+        ship(run, model, calibration, config, options, budget, results, parity, report, log, judge)
     return results

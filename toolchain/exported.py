@@ -82,8 +82,8 @@ def write_model(
         if left:
             raise BadInput(
                 f"{path.name}: the converter left {left} float weight tensor(s), so it is not "
-                "a full-INT8 model (nothing was written); use --auto-fallback for a "
-                "deliberate mixed model"
+                "a full-INT8 model (nothing was written); `edgetl export` with --target cpu "
+                "writes a deliberate mixed model when full INT8 misses the budget"
             )
     path = atomic.write_bytes(path, embed_metadata(payload, card, card["labels"]))
     tensors = tensor_report(path)

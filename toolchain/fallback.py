@@ -14,8 +14,10 @@ What NNCF's accuracy control does for OpenVINO, done for TFLite:
    which the per-layer error ranks first;
 3. return those groups to float in that order, one at a time, until ``judge``
    (``budget.Estimate.meets`` on the decision images: the validation split plus
-   training images) accepts the model. Groups whose reversal does not help are
-   never kept in float.
+   training images) accepts the model. A group stays in float only if it brings
+   the probabilities on all decision images closer to Keras's than before it
+   (once earlier groups are in float, a later one can stop helping); groups
+   that do not help are never kept in float.
 
 The test split stays untouched by every choice here, for the figures
 ``edgetl validate`` reports afterwards.
@@ -46,6 +48,7 @@ class Step:
     accepted: bool
     size_bytes: int
     invoke_p50_ms: float
+    kept: bool = True  # False: it moved no closer to Keras, so the group went back to INT8
 
     def json(self) -> Dict[str, Any]:
         flat = asdict(self)
@@ -108,10 +111,11 @@ def repair(
 
     def measure(chosen: List[str]) -> Tuple[bytes, Step]:
         flatbuffer = quantize(chosen)
-        accepted, figures = judge(predict(flatbuffer, pixels))
+        probs = predict(flatbuffer, pixels)
+        accepted, figures = judge(probs)
         return flatbuffer, Step(
             float_layers=[name(t) for t in chosen],
-            figures=figures,
+            figures={**figures, "divergence": round(divergence(probs, keras_probs), 6)},
             accepted=accepted,
             size_bytes=len(flatbuffer),
             invoke_p50_ms=round(latency_ms(flatbuffer), 3),
@@ -119,20 +123,26 @@ def repair(
 
     steps: List[Step] = [measure([])[1]]  # step 0: full INT8, what every step is priced against
     chosen: List[str] = []
+    best = steps[0].figures["divergence"]
     for entry in (r for r in ranking if r["gain"] > 0):
         added = [m for m in groups[entry["tensor"]] if m not in chosen]
-        if not added:
-            continue
-        if len(chosen) + len(added) > max_layers:
-            break
-        chosen += added
-        flatbuffer, step = measure(chosen)
+        if not added or len(chosen) + len(added) > max_layers:
+            continue  # a smaller group further down may still fit under the cap
+        flatbuffer, step = measure(chosen + added)
+        # Kept only if the whole decision set moves closer to Keras: the ranking was
+        # measured on a subset with every other tensor in INT8, and a group that helped
+        # there can stop helping once the groups before it are in float.
+        step.kept = step.figures["divergence"] < best
         steps.append(step)
         log(
-            f"fallback: +{entry['layer']} -> {len(chosen)} float op(s), "
+            f"fallback: +{entry['layer']} -> {len(chosen) + len(added)} float op(s), "
             + ", ".join(f"{k} {v}" for k, v in step.figures.items())
             + f", {step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
+            + ("" if step.kept else "; no closer to Keras: back to INT8")
         )
+        if not step.kept:
+            continue
+        chosen, best = chosen + added, step.figures["divergence"]
         if step.accepted:
             return Outcome(
                 flatbuffer,

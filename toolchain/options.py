@@ -234,8 +234,13 @@ class ExportOptions:
         True,
         "With --target cpu, when full INT8 misses the budget: keep the layers whose INT8 costs the most accuracy in float, one at a time, until it holds (model_int8_mixed.tflite; the full-INT8 file becomes model_int8.tflite.rejected). --no-auto-fallback only gates.",
     )
+    qat: bool = option(
+        False,
+        "Quantization-aware fine-tuning: a few epochs with INT8 rounding simulated, distilled from the float model, for a better pure-INT8 model. Runs in its own Python (.venv-qat or EDGETL_QAT_PYTHON); ships only when it beats post-training quantization on the decision images.",
+    )
+    qat_epochs: int = option(2, "Epochs of --qat.", min=1, max=100)
     fallback_max_layers: int = option(
-        32, "Most INT8 layers the auto fallback keeps in float before it gives up.", cli=False
+        48, "Most INT8 ops the auto fallback keeps in float before it gives up.", cli=False
     )
     force: bool = option(False, "Replace model files that already exist.")
 

@@ -20,10 +20,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edge import atomic
-from edge.classifier import Classifier, probabilities_of
 from edge.errors import GateFailed
 from toolchain import fallback
-from toolchain.budget import Budget, DecisionSet, decision_set, estimate
+from toolchain.budget import Budget, Judge
 from toolchain.diagnose import Calibrated, short_name, with_consumers
 from toolchain.exported import (
     ExportResult,
@@ -40,8 +39,11 @@ from toolchain.progress import Log
 from toolchain.rundir import RunDir, read_json_object
 
 
-def missed(entry: Dict[str, Any], n_images: int, budget: Budget, hint: str) -> str:
-    """One line: which file, by how much it missed which bound, and what to try."""
+def missed(
+    entry: Dict[str, Any], n_images: int, budget: Budget, hint: str, decided: Any = None
+) -> str:
+    """One line: which file, by how much it missed which bound, and what to try. A model
+    within budget on the test split missed it on the decision images (``decided``)."""
     drop = max(entry["top1_drop_pts"], entry["device_path"]["top1_drop_pts"])
     agreement = min(entry["agreement"], entry["device_path"]["agreement"])
     gaps = []
@@ -49,6 +51,12 @@ def missed(entry: Dict[str, Any], n_images: int, budget: Budget, hint: str) -> s
         gaps.append(f"loses {drop:.2f} pts of top-1 (budget {budget.max_drop:g})")
     if agreement < budget.min_agreement:
         gaps.append(f"agrees {agreement:.3f} with Keras (budget {budget.min_agreement:g})")
+    if not gaps and decided is not None:
+        return (
+            f"INT8 budget missed: {Path(entry['path']).name} meets it on the {n_images} test "
+            f"images but not on the decision images ({decided.text()}; needs agreement "
+            f"{budget.min_agreement:g} + headroom there); {hint}"
+        )
     return (
         f"INT8 budget missed: {Path(entry['path']).name} {' and '.join(gaps)} on the "
         f"{n_images} test images; {hint}"
@@ -104,6 +112,7 @@ def ship(
     parity: Dict[str, Any],
     report: Dict[str, Any],
     log: Log,
+    judge: Optional[Judge] = None,
 ) -> None:
     """Choose the INT8 model to ship (see the module docstring); ``GateFailed`` when
     none meets the budget. ``parity`` is the test-split validation of ``results``."""
@@ -138,12 +147,10 @@ def ship(
         }
         atomic.write_json(run.export_report, report)
         return
-    decision = decision_set(run, config, log)
-    keras_probs = model.predict(decision.pixels.astype(np.float32), batch_size=64, verbose=0)
-    full_probs = probabilities_of(Classifier(full.path), decision.pixels)
-    full_estimate = estimate(full_probs, keras_probs, decision.labels, decision.unseen)
+    judge = judge or Judge.of(run, config, model, log)
+    full_estimate = judge.figures_of(full.path)
     log(f"budget: {full.path.name} {full_estimate.text()}")
-    report["decision"] = {"images": decision.sources, "full_int8": full_estimate.json()}
+    report["decision"] = {"images": judge.decision.sources, "full_int8": full_estimate.json()}
     if passes and full_estimate.meets(budget):
         why = (
             f"full INT8 meets the budget on the {n} test images and on the decision images "
@@ -155,19 +162,29 @@ def ship(
     log(
         f"{full.path.name} misses the budget {where}: looking for the fewest layers to keep in float"
     )
-    mixed = find_mix(
-        run, model, calibration, config, options, budget, decision, keras_probs, report, log
-    )
+    mixed = find_mix(run, model, calibration, config, options, budget, judge, report, log)
     if mixed is None:
         hint = (
             f"no mix of up to {options.fallback_max_layers} float layers met it on the "
             "decision images (see export_report.json); loosen --max-drop/--min-agreement, "
             "or train on more images"
         )
-        report["shipped"] = {"int8": None, "why": missed(entry, n, budget, hint)}
+        report["shipped"] = {
+            "int8": None,
+            "why": missed(entry, n, budget, hint, decided=full_estimate),
+        }
         atomic.write_json(run.export_report, report)
         raise GateFailed(report["shipped"]["why"])
     set_aside_and_gate(run, results, mixed, budget, report, log)
+
+
+def rename(result: ExportResult, target: Path, report: Dict[str, Any]) -> None:
+    """Move a written model and keep the report's entry naming it in step."""
+    for entry in report["models"]:
+        if entry["path"] == result.path.name:
+            entry["path"] = target.name
+    result.path.replace(target)
+    result.path = target
 
 
 def set_aside_and_gate(
@@ -178,30 +195,29 @@ def set_aside_and_gate(
     report: Dict[str, Any],
     log: Log,
 ) -> None:
-    """Rename the failed full-INT8 file ``.rejected`` (back again if the mix fails
-    too), then validate and gate the mix on the test split."""
+    """Rename the failed full-INT8 file ``.rejected``, then validate and gate the mix on
+    the test split. If the mix fails too (or anything stops the validation) the
+    full-INT8 file gets its name back, and a failed mix is set aside in its place."""
     results.append(mixed)
     report["models"].append(report_entry(mixed, run, log))
-    atomic.write_json(run.export_report, report)
     # The run then holds one INT8 model, the one within budget, so `edgetl validate
     # RUN` gates what ships and nobody copies the failed file to a device by mistake.
     failed = next(r for r in results if r.quant == "int8")
     original = failed.path
     rejected = original.with_name(original.name + ".rejected")
-    original.replace(rejected)
-    failed.path = rejected
-    for entry in report["models"]:
-        if entry["path"] == original.name:
-            entry["path"] = rejected.name
-    parity = validate_within(run, results, budget, log)
-    record_parity(run, results, parity, report)
+    rename(failed, rejected, report)
+    atomic.write_json(run.export_report, report)
+    try:
+        parity = validate_within(run, [mixed], budget, log)
+        record_parity(run, [mixed], parity, report)
+    except BaseException:
+        rename(failed, original, report)
+        atomic.write_json(run.export_report, report)
+        raise
     entry = entry_of(parity, mixed.path)
     if gate_failures([entry], budget.max_drop, budget.min_agreement):
-        rejected.replace(original)
-        failed.path = original
-        for item in report["models"]:
-            if item["path"] == rejected.name:
-                item["path"] = original.name
+        rename(failed, original, report)
+        rename(mixed, mixed.path.with_name(mixed.path.name + ".rejected"), report)
         hint = (
             "the mix met it on the decision images only; loosen the budget or train on more images"
         )
@@ -224,8 +240,7 @@ def find_mix(
     config: Dict[str, Any],
     options: ExportOptions,
     budget: Budget,
-    decision: DecisionSet,
-    keras_probs: np.ndarray,
+    judge: Judge,
     report: Dict[str, Any],
     log: Log,
 ) -> Optional[ExportResult]:
@@ -237,8 +252,8 @@ def find_mix(
     card = model_card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
     scratch = run.path / atomic.partial_name(run.tflite("int8_mixed"))  # a kill leaves a temp name
 
-    def judge(probs: np.ndarray):
-        figures = estimate(probs, keras_probs, decision.labels, decision.unseen)
+    def accepts(probs: np.ndarray):
+        figures = judge.figures(probs)
         return figures.meets(budget), figures.json()
 
     predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
@@ -248,9 +263,9 @@ def find_mix(
             groups,
             predict,
             latency_ms,
-            decision.pixels,
-            keras_probs,
-            judge,
+            judge.decision.pixels,
+            judge.keras_probs,
+            accepts,
             options.fallback_max_layers,
             name=short_name,
             log=log,
@@ -260,7 +275,7 @@ def find_mix(
     report["fallback"] = {
         "method": "accuracy-aware: layers ranked by measured sensitivity, kept in float one at "
         "a time until the decision images meet the budget",
-        "decision_images": decision.sources,
+        "decision_images": judge.decision.sources,
         "seconds": round(outcome.seconds, 2),
         "ranking": outcome.ranking[:20],
         "steps": [step.json() for step in outcome.steps],

@@ -46,6 +46,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 POLICIES: Dict[str, List[str]] = {
     "default": [],
     "pure_int8": ["--target", "accelerator"],
+    "pure_int8_qat": ["--target", "accelerator", "--qat"],
     # the repair as an expert asked for it before the default budget existed
     "repair": ["--max-drop", "1", "--min-agreement", "0.95", "--auto-fallback"],
 }
@@ -244,6 +245,9 @@ def quality(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows: List[Dict[str, Any]] = []
+    earlier = out / "quality_rows.json"
+    if earlier.is_file():  # rows of other policies from an earlier run stay in the report
+        rows = [r for r in json.loads(earlier.read_text()) if r["policy"] not in chosen]
     biases: List[float] = []
     for index, fold in enumerate(folds_of(photos, k)):
         fold_dir = out / f"fold{index}"
@@ -333,7 +337,7 @@ def quality(
         "policies": {},
         "rows": rows,
     }
-    for name in chosen:
+    for name in [p for p in POLICIES if any(r["policy"] == p for r in rows)]:
         mine = [r for r in rows if r["policy"] == name]
         flat = [
             {
