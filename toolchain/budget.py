@@ -10,7 +10,7 @@ Why a bigger decision set: the test split is a few hundred images, so one image
 moves the top-1 by ~0.4 points, and a model with a true agreement of 0.93 reads
 0.95 on it often enough to ship. Decisions (ship full INT8? stop the repair
 here?) are therefore taken on the validation split *plus* training images
-(about 1,200 images on flowers128), with a point of headroom.
+(about 1,200 images on flowers128), aiming two points above the budget.
 INT8-vs-Keras agreement needs no labels, but INT8 flips fewer decisions on
 images the model was fitted to (``make quality`` measured full-INT8 agreement on
 training images -0.1 to +3.5 points above held-out photos, mean +1.4, across
@@ -36,11 +36,14 @@ from toolchain.progress import Log
 from toolchain.rundir import RunDir
 
 DECISION_TRAIN_IMAGES = 1000  # training images added to the validation split
-# Agreement on the decision images must clear the budget by this much: training images
-# overstate it (see the module docstring). The Wilson lower bound was tried first and
-# was out of reach: on a flowers128 fold the repair plateaued at 0.957-0.962 agreement on
-# 1,171 decision images (bound 0.944-0.949) through 32 float ops.
-HEADROOM = 0.01
+# Agreement on the decision images should clear the budget by this much: training images
+# overstate it (see the module docstring; on flowers128 folds the accepted mix agreed
+# 1.1-1.2 points less on held-out photos than on its decision images). The repair stops
+# at the first mix with this headroom; if the layer cap comes first, it settles for the
+# latest mix within the budget itself. The Wilson lower bound was tried first and was
+# out of reach: on one fold the repair plateaued at 0.957-0.962 agreement on 1,171
+# decision images (bound 0.944-0.949) through 32 float ops.
+HEADROOM = 0.02
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,22 @@ class Estimate:
     unseen_drop_pts: float
     unseen_agreement: float
 
-    def meets(self, budget: Budget) -> bool:
-        """The precise-but-biased figures (all images, agreement with ``HEADROOM``) and
+    def meets(self, budget: Budget, headroom: float = HEADROOM) -> bool:
+        """The precise-but-biased figures (all images, agreement with ``headroom``) and
         the unbiased-but-noisy ones (validation images only) must both hold."""
         precise = (
-            self.drop_pts <= budget.max_drop and self.agreement >= budget.min_agreement + HEADROOM
+            self.drop_pts <= budget.max_drop and self.agreement >= budget.min_agreement + headroom
         )
         unseen = (
             self.unseen_drop_pts <= budget.max_drop
             and self.unseen_agreement >= budget.min_agreement
         )
         return precise and (unseen or self.unseen_images == 0)
+
+    def level(self, budget: Budget) -> int:
+        """2: within budget with the headroom (stop here); 1: within budget only (the
+        repair's answer if nothing reaches 2); 0: outside it."""
+        return 2 if self.meets(budget) else int(self.meets(budget, headroom=0.0))
 
     def json(self) -> Dict[str, Any]:
         return asdict(self)

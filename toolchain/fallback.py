@@ -45,10 +45,11 @@ class Step:
 
     float_layers: List[str]
     figures: Dict[str, Any]  # what ``judge`` measured on the decision images
-    accepted: bool
+    level: int  # ``judge``'s verdict: 2 within budget with headroom, 1 within budget, 0 not
     size_bytes: int
     invoke_p50_ms: float
     kept: bool = True  # False: it moved no closer to Keras, so the group went back to INT8
+    accepted: bool = False  # the step whose model the repair returns
 
     def json(self) -> Dict[str, Any]:
         flat = asdict(self)
@@ -81,7 +82,7 @@ def repair(
     latency_ms: Callable[[bytes], float],
     pixels: np.ndarray,
     keras_probs: np.ndarray,
-    judge: Callable[[np.ndarray], Tuple[bool, Dict[str, Any]]],
+    judge: Callable[[np.ndarray], Tuple[int, Dict[str, Any]]],
     max_layers: int,
     name: Callable[[str], str] = lambda tensor: tensor,
     log: Callable[[str], None] = lambda message: None,
@@ -91,8 +92,9 @@ def repair(
 
     ``quantize`` maps a list of float tensors to a flatbuffer; ``predict`` runs a
     flatbuffer on pixels; ``judge`` turns a candidate's probabilities on ``pixels``
-    into (accepted, figures). All are parameters so this loop is plain Python over
-    measured numbers.
+    into (level, figures): 2 stops the search (within budget with headroom), 1 is
+    within budget and is kept as the answer should no step reach 2 before the cap.
+    All are parameters so this loop is plain Python over measured numbers.
     """
     start = time.perf_counter()
     subset = ranking_subset(len(pixels))
@@ -112,17 +114,18 @@ def repair(
     def measure(chosen: List[str]) -> Tuple[bytes, Step]:
         flatbuffer = quantize(chosen)
         probs = predict(flatbuffer, pixels)
-        accepted, figures = judge(probs)
+        level, figures = judge(probs)
         return flatbuffer, Step(
             float_layers=[name(t) for t in chosen],
             figures={**figures, "divergence": round(divergence(probs, keras_probs), 6)},
-            accepted=accepted,
+            level=int(level),
             size_bytes=len(flatbuffer),
             invoke_p50_ms=round(latency_ms(flatbuffer), 3),
         )
 
     steps: List[Step] = [measure([])[1]]  # step 0: full INT8, what every step is priced against
     chosen: List[str] = []
+    settle: Optional[Tuple[bytes, List[str], Step]] = None  # the latest step within budget
     best = steps[0].figures["divergence"]
     for entry in (r for r in ranking if r["gain"] > 0):
         added = [m for m in groups[entry["tensor"]] if m not in chosen]
@@ -143,7 +146,10 @@ def repair(
         if not step.kept:
             continue
         chosen, best = chosen + added, step.figures["divergence"]
-        if step.accepted:
+        if step.level >= 1:
+            settle = (flatbuffer, list(chosen), step)
+        if step.level >= 2:
+            step.accepted = True
             return Outcome(
                 flatbuffer,
                 chosen,
@@ -151,6 +157,12 @@ def repair(
                 _public(ranking, groups, name),
                 time.perf_counter() - start,
             )
+    if settle is not None:  # the cap came first: the closest-to-Keras mix within budget
+        flatbuffer, chosen, step = settle
+        step.accepted = True
+        return Outcome(
+            flatbuffer, chosen, steps, _public(ranking, groups, name), time.perf_counter() - start
+        )
     return Outcome(None, [], steps, _public(ranking, groups, name), time.perf_counter() - start)
 
 

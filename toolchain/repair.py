@@ -254,7 +254,7 @@ def find_mix(
 
     def accepts(probs: np.ndarray):
         figures = judge.figures(probs)
-        return figures.meets(budget), figures.json()
+        return figures.level(budget), figures.json()
 
     predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
     try:
