@@ -27,10 +27,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from edge import atomic
-from edge.classifier import Classifier, probabilities_of
 from edge.errors import MissingEnvironment
 from edge.image import load_many
-from edge.modelfile import embed_metadata
+from toolchain import fallback
 from toolchain.budget import Budget, Judge, evenly
 from toolchain.progress import Log
 from toolchain.rundir import RunDir
@@ -192,14 +191,12 @@ def qat_or_ptq(
         run, model, calibration, config, io, epochs, log, exclude=judge.decision.train_paths
     )
     scratch = run.path / atomic.partial_name(run.tflite("int8"))  # a kill leaves a temp name
+    predict, _ = fallback.interpreter_callbacks(scratch, card)
     figures = {}
     try:
         for name, candidate in (("ptq", ptq), ("qat", flatbuffer)):
             if candidate is not None:
-                scratch.write_bytes(embed_metadata(candidate, card, card["labels"]))
-                figures[name] = judge.figures(
-                    probabilities_of(Classifier(scratch), judge.decision.pixels)
-                )
+                figures[name] = judge.figures(predict(candidate, judge.decision.pixels))
     finally:
         scratch.unlink(missing_ok=True)
     report["decision"] = {name: f.json() for name, f in figures.items()}
