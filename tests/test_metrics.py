@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from toolchain import metrics
+from edge import metrics
 
 P = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]])
 Y = np.array([0, 1, 1, 1])

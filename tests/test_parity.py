@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from edge.metrics import disagreements
 from tests.conftest import assert_one_line_error, run_cli
 from toolchain.options import ValidateOptions
-from toolchain.parity_figures import disagreements
 
 
 def test_disagreements_are_listed_worst_first():

@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from edge import metrics
 from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput
 from edge.image import load_many
-from toolchain import metrics
 from toolchain.options import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from toolchain.progress import Log
 from toolchain.rundir import RunDir

@@ -17,7 +17,11 @@ What NNCF's accuracy control does for OpenVINO, done for TFLite:
    training images) accepts the model. A group stays in float only if it brings
    the probabilities on all decision images closer to Keras's than before it
    (once earlier groups are in float, a later one can stop helping); groups
-   that do not help are never kept in float.
+   that do not help are never kept in float;
+4. when the ranking runs out first, rank the remaining groups again with the
+   chosen ones in float (``RANKING_PASSES``): a group whose error is masked by
+   louder ones ranks at or below zero in the first pass. On flowers128 fold 0
+   the first pass ran out at agreement 0.964 with 17 ops in float.
 
 The test split stays untouched by every choice here, for the figures
 ``edgetl validate`` reports afterwards.
@@ -37,6 +41,7 @@ from edge.classifier import Classifier, probabilities_of
 from edge.modelfile import embed_metadata
 
 RANKING_IMAGES = 300  # NNCF's default ranking subset size
+RANKING_PASSES = 4  # the first ranking, then up to three re-rankings once it runs out
 
 
 @dataclass
@@ -99,17 +104,19 @@ def repair(
     start = time.perf_counter()
     subset = ranking_subset(len(pixels))
     reference = keras_probs[subset]
-    base = divergence(predict(quantize([]), pixels[subset]), reference)
-    ranking = []
-    for tensor, members in groups.items():
-        gain = base - divergence(predict(quantize(members), pixels[subset]), reference)
-        ranking.append({"tensor": tensor, "layer": name(tensor), "gain": gain})
-    ranking.sort(key=lambda r: -r["gain"])
-    log(
-        f"fallback: ranked {len(groups)} INT8 tensors by measured sensitivity on "
-        f"{len(subset)} decision images in {time.perf_counter() - start:.1f}s; most sensitive: "
-        + ", ".join(f"{r['layer']} {r['gain']:.4f}" for r in ranking[:5])
-    )
+
+    def rank(chosen: List[str]) -> List[Dict[str, Any]]:
+        """Each group's gain with ``chosen`` already in float, best first."""
+        base = divergence(predict(quantize(chosen), pixels[subset]), reference)
+        rows = []
+        for tensor, members in groups.items():
+            added = [m for m in members if m not in chosen]
+            if not added:
+                continue
+            gain = base - divergence(predict(quantize(chosen + added), pixels[subset]), reference)
+            rows.append({"tensor": tensor, "layer": name(tensor), "gain": gain})
+        rows.sort(key=lambda r: -r["gain"])
+        return rows
 
     def measure(chosen: List[str]) -> Tuple[bytes, Step]:
         flatbuffer = quantize(chosen)
@@ -123,47 +130,65 @@ def repair(
             invoke_p50_ms=round(latency_ms(flatbuffer), 3),
         )
 
+    def done(flatbuffer: Optional[bytes], chosen: List[str], step: Optional[Step]) -> Outcome:
+        if step is not None:
+            step.accepted = True
+        return Outcome(
+            flatbuffer,
+            chosen if flatbuffer is not None else [],
+            steps,
+            _public(ranking, groups, name),
+            time.perf_counter() - start,
+        )
+
     steps: List[Step] = [measure([])[1]]  # step 0: full INT8, what every step is priced against
     chosen: List[str] = []
     settle: Optional[Tuple[bytes, List[str], Step]] = None  # the latest step within budget
     best = steps[0].figures["divergence"]
-    for entry in (r for r in ranking if r["gain"] > 0):
-        added = [m for m in groups[entry["tensor"]] if m not in chosen]
-        if not added or len(chosen) + len(added) > max_layers:
-            continue  # a smaller group further down may still fit under the cap
-        flatbuffer, step = measure(chosen + added)
-        # Kept only if the whole decision set moves closer to Keras: the ranking was
-        # measured on a subset with every other tensor in INT8, and a group that helped
-        # there can stop helping once the groups before it are in float.
-        step.kept = step.figures["divergence"] < best
-        steps.append(step)
+    ranking: List[Dict[str, Any]] = []
+    for rerank in range(RANKING_PASSES):
+        order = rank(chosen)
+        if rerank == 0:
+            ranking = order
         log(
-            f"fallback: +{entry['layer']} -> {len(chosen) + len(added)} float op(s), "
-            + ", ".join(f"{k} {v}" for k, v in step.figures.items())
-            + f", {step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
-            + ("" if step.kept else "; no closer to Keras: back to INT8")
+            f"fallback: {'ranked' if rerank == 0 else 're-ranked'} {len(order)} INT8 tensors "
+            f"by measured sensitivity on {len(subset)} decision images"
+            + (f" with {len(chosen)} op(s) in float" if chosen else "")
+            + f" ({time.perf_counter() - start:.1f}s so far); most sensitive: "
+            + ", ".join(f"{r['layer']} {r['gain']:.4f}" for r in order[:5])
         )
-        if not step.kept:
-            continue
-        chosen, best = chosen + added, step.figures["divergence"]
-        if step.level >= 1:
-            settle = (flatbuffer, list(chosen), step)
-        if step.level >= 2:
-            step.accepted = True
-            return Outcome(
-                flatbuffer,
-                chosen,
-                steps,
-                _public(ranking, groups, name),
-                time.perf_counter() - start,
+        kept_before = len(chosen)
+        for entry in (r for r in order if r["gain"] > 0):
+            added = [m for m in groups[entry["tensor"]] if m not in chosen]
+            if not added or len(chosen) + len(added) > max_layers:
+                continue  # a smaller group further down may still fit under the cap
+            flatbuffer, step = measure(chosen + added)
+            # Kept only if the whole decision set moves closer to Keras: the ranking was
+            # measured on a subset with the then-chosen groups in float, and a group that
+            # helped there can stop helping once the groups before it are in float.
+            step.kept = step.figures["divergence"] < best
+            steps.append(step)
+            log(
+                f"fallback: +{entry['layer']} -> {len(chosen) + len(added)} float op(s), "
+                + ", ".join(f"{k} {v}" for k, v in step.figures.items())
+                + f", {step.size_bytes / 1024:.0f} KiB, invoke p50 {step.invoke_p50_ms:.2f} ms"
+                + ("" if step.kept else "; no closer to Keras: back to INT8")
             )
+            if not step.kept:
+                continue
+            chosen, best = chosen + added, step.figures["divergence"]
+            if step.level >= 1:
+                settle = (flatbuffer, list(chosen), step)
+            if step.level >= 2:
+                return done(flatbuffer, chosen, step)
+        # The ranking ran out before the budget's headroom was reached. Gains measured
+        # with every other tensor in INT8 understate groups whose error only shows once
+        # the louder ones are gone, so rank again from where the search stands.
+        if len(chosen) == kept_before or len(chosen) >= max_layers:
+            break
     if settle is not None:  # the cap came first: the closest-to-Keras mix within budget
-        flatbuffer, chosen, step = settle
-        step.accepted = True
-        return Outcome(
-            flatbuffer, chosen, steps, _public(ranking, groups, name), time.perf_counter() - start
-        )
-    return Outcome(None, [], steps, _public(ranking, groups, name), time.perf_counter() - start)
+        return done(*settle)
+    return done(None, [], None)
 
 
 def _public(

@@ -27,12 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge import atomic
+from edge import atomic, metrics
 from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput, GateFailed
 from edge.image import RESIZE_FILTERS
+from edge.metrics import disagreements
 from edge.runtime import RUNTIMES
-from toolchain import metrics
 from toolchain.calibration import config_seed, representative_images
 from toolchain.diagnose import layer_errors, short_name
 from toolchain.evalset import EvalSet, check_model_paths, load_eval_set
@@ -42,7 +42,6 @@ from toolchain.parity_figures import (
     accuracy_with_interval,
     compare,
     device_path_figures,
-    disagreements,
     gate_failures,
 )
 from toolchain.parity_report import parity_markdown, write_pictures

@@ -1,7 +1,8 @@
 """The figures of one model against Keras on the same images.
 
-Pure functions over probabilities (``compare``, ``disagreements``,
-``gate_failures``) and the device path: the image *files* through the edge
+Pure functions over probabilities (``compare``, ``gate_failures``; the worst
+disagreements are ``edge.metrics.disagreements``, shared with the device) and
+the device path: the image *files* through the edge
 runner's own decode-and-resize, driven by what the model file says, exactly
 as ``edgetl classify`` on a Pi. Device-path figures cover only the images it
 classified (against Keras on the same ones); any it could not are listed with
@@ -15,15 +16,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edge import metrics
 from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE
 from edge.pipeline import classify_files
-from toolchain import metrics
 from toolchain.evalset import EvalSet
 from toolchain.text import single_line
-
-WORST_SHOWN = 12
 
 
 def device_probabilities(classifier: Classifier, eval_set: EvalSet) -> tuple:
@@ -135,32 +134,6 @@ def compare(
 
 def _nan_to_none(value: float) -> Optional[float]:
     return None if np.isnan(value) else float(value)
-
-
-def disagreements(
-    keras_probs: np.ndarray,
-    probs: np.ndarray,
-    labels: np.ndarray,
-    paths: Sequence[str],
-    names: Sequence[str],
-    limit: int = WORST_SHOWN,
-) -> List[Dict[str, Any]]:
-    """Images where the two top-1 differ, worst first (largest probability shift)."""
-    keras_best, best = keras_probs.argmax(axis=1), probs.argmax(axis=1)
-    shift = np.abs(keras_probs - probs).max(axis=1)
-    found = [i for i in np.argsort(-shift, kind="stable") if keras_best[i] != best[i]]
-    return [
-        {
-            "path": paths[i],
-            "true": names[labels[i]],
-            "keras": names[keras_best[i]],
-            "keras_score": round(float(keras_probs[i, keras_best[i]]), 4),
-            "tflite": names[best[i]],
-            "tflite_score": round(float(probs[i, best[i]]), 4),
-            "max_abs_prob_diff": round(float(shift[i]), 4),
-        }
-        for i in found[:limit]
-    ]
 
 
 def gate_failures(models: List[Dict[str, Any]], max_drop, min_agreement) -> List[str]:

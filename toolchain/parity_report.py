@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edge.metrics import WORST_SHOWN
 from toolchain import plots
 from toolchain.evalset import EvalSet
-from toolchain.parity_figures import WORST_SHOWN
 from toolchain.rundir import RunDir
 from toolchain.text import markdown_cell
 

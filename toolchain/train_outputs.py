@@ -26,8 +26,8 @@ import numpy as np
 
 from edge import atomic
 from edge.image import DEFAULT_RESIZE, RESIZE_DESCRIPTION
+from edge.metrics import confusion_matrix
 from toolchain import __version__
-from toolchain.metrics import confusion_matrix
 from toolchain.options import TrainOptions
 from toolchain.phases import Timings
 from toolchain.plots import confusion_matrices, training_curves

@@ -6,7 +6,11 @@ Accuracies and agreement are fractions in 0..1, drops are percentage points.
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Sequence
+
 import numpy as np
+
+WORST_SHOWN = 12
 
 
 def topk_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -54,3 +58,29 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple:
     low, high = centre - half, centre + half
     # At p = 0 or 1 the exact bound is 0 or 1; float rounding must not move it.
     return (0.0 if successes == 0 else float(low), 1.0 if successes == total else float(high))
+
+
+def disagreements(
+    keras_probs: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    paths: Sequence[str],
+    names: Sequence[str],
+    limit: int = WORST_SHOWN,
+) -> List[Dict[str, Any]]:
+    """Images where the two top-1 differ, worst first (largest probability shift)."""
+    keras_best, best = keras_probs.argmax(axis=1), probs.argmax(axis=1)
+    shift = np.abs(keras_probs - probs).max(axis=1)
+    found = [i for i in np.argsort(-shift, kind="stable") if keras_best[i] != best[i]]
+    return [
+        {
+            "path": paths[i],
+            "true": names[labels[i]],
+            "keras": names[keras_best[i]],
+            "keras_score": round(float(keras_probs[i, keras_best[i]]), 4),
+            "tflite": names[best[i]],
+            "tflite_score": round(float(probs[i, best[i]]), 4),
+            "max_abs_prob_diff": round(float(shift[i]), 4),
+        }
+        for i in found[:limit]
+    ]
