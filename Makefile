@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge setup-qat test demo lint format bench quality clean help
+.PHONY: setup setup-edge setup-qat test demo lint format bench quality pi-check clean-pi-check clean help
 
 help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
@@ -16,6 +16,7 @@ help:
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
 	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --runs N --shared DIR')"
 	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
+	@echo "make pi-check edgetl on emulated 64- and 32-bit Raspberry Pi OS vs x86 (root, Debian; build/pi-check/)"
 	@echo "make lint    ruff"
 
 # The stamp depends on pyproject.toml: editing dependencies refreshes the venv.
@@ -87,6 +88,15 @@ bench: $(VENV)/.installed
 # Slow (about 10 min per fold on a 2-core CPU the first time; trained folds are reused).
 quality: $(VENV)/.installed $(QAT_VENV)/.installed
 	EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python $(BIN)/python tests/tools/quality.py --out build/quality $(QUALITY_ARGS)
+
+# Opt-in, as root: Debian Bookworm arm64/armhf root file systems under QEMU (cached in
+# build/pi-check/, ~1.3 GB), edgetl installed there as the README tells a Pi user.
+pi-check: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
+	$(BIN)/python tests/tools/pi_check.py --out build/pi-check $(PI_CHECK_ARGS)
+
+# The root file systems hold bind mounts of /dev while a check runs: never `rm -rf` them.
+clean-pi-check: $(VENV)/.installed
+	$(BIN)/python tests/tools/pi_check.py --out build/pi-check --clean
 
 clean:
 	rm -rf build/demo build/bench build/runs build/quality

@@ -144,3 +144,29 @@ def folder_vs_sequential(
         ),
         "rounds": len(folders),
     }
+
+
+def summary_lines(figures: Dict[str, Any]) -> List[str]:
+    """What ``edgetl bench`` prints: invoke percentiles, then the folder comparison if run."""
+    inv = figures["invoke"]
+    lines = [
+        f"invoke: p50 {inv['p50_ms']:.3f} ms  p90 {inv['p90_ms']:.3f} ms  p99 {inv['p99_ms']:.3f} ms  "
+        f"{inv['images_per_s']:.1f} images/s"
+    ]
+    if "folder" not in figures:
+        return lines
+    folder, sequential = figures["folder"], figures["label_image_loop"]
+    lines.append(
+        f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
+        f"decode {folder['decode_ms_mean']:.3f} ms  resize {folder['resize_ms_mean']:.3f} ms  "
+        f"invoke {folder['invoke_ms_mean']:.3f} ms  post {folder['post_ms_mean']:.3f} ms  "
+        f"{100 * folder['share_outside_invoke']:.0f}% of wall time outside invoke"
+    )
+    if figures["folder_over_label_image_loop"]:
+        lines.append(
+            f"label_image-style loop (one image at a time): "
+            f"{sequential['images_per_s']:.1f} images/s; the pipeline is "
+            f"{figures['folder_over_label_image_loop']:.2f}x that "
+            f"(medians of {figures['rounds']} interleaved runs after a warm-up)"
+        )
+    return lines

@@ -133,6 +133,7 @@ def _shown_default(field) -> str | None:
         ("validate", "ValidateOptions"),
         ("classify", "ClassifyOptions"),
         ("bench", "BenchOptions"),
+        ("parity", "ParityOptions"),
     ],
 )
 def test_every_option_field_is_in_help_with_its_default_range_and_choices(command, options_class):

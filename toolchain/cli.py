@@ -30,6 +30,7 @@ from toolchain.options import (
     BenchOptions,
     ClassifyOptions,
     ExportOptions,
+    ParityOptions,
     TrainOptions,
     ValidateOptions,
 )
@@ -274,6 +275,34 @@ def classify(
 
 @app.command()
 @reports_errors
+@takes_options(ParityOptions)
+def parity(
+    model: Annotated[Path, typer.Argument(help="The .tflite to check on this device.")],
+    options: ParityOptions,
+    json_out: Annotated[
+        Optional[Path],
+        typer.Option("--json", help="Write the figures and each image's probabilities here."),
+    ] = None,
+) -> None:
+    """On the device: this runtime against Keras on the held-out images of
+    parity_reference.json (written by `edgetl validate`); exit 1 past the budget."""
+    from edge.errors import GateFailed
+    from edge.reference import check_on_device, summary_lines
+
+    if json_out is not None:
+        check_json_output(json_out, [model, Path(options.reference)])
+    report = check_on_device(
+        model, options.reference, options.source, options.max_drop, options.min_agreement,
+        options.runtime, options.threads, json_out,
+    )  # fmt: skip
+    for line in summary_lines(report):
+        say(line)
+    if not report["gate"]["passed"]:
+        raise GateFailed("device parity gate failed: " + "; ".join(report["gate"]["failures"]))
+
+
+@app.command()
+@reports_errors
 @takes_options(BenchOptions)
 def bench(
     model: Annotated[Path, typer.Argument(help="A .tflite classifier.")],
@@ -285,7 +314,7 @@ def bench(
     """Invoke latency (p50/p90/p99) and, with --source, folder throughput against a
     label_image.py-style sequential loop on the same files."""
     from edge import atomic
-    from edge.bench import folder_vs_sequential, invoke_latency
+    from edge.bench import folder_vs_sequential, invoke_latency, summary_lines
     from edge.classifier import Classifier
     from edge.sources import resolve_source
 
@@ -300,28 +329,11 @@ def bench(
         "threads": classifier.runtime.threads,
         "invoke": invoke_latency(classifier, options.runs),
     }
-    inv = figures["invoke"]
-    say(
-        f"invoke: p50 {inv['p50_ms']:.3f} ms  p90 {inv['p90_ms']:.3f} ms  p99 {inv['p99_ms']:.3f} ms  "
-        f"{inv['images_per_s']:.1f} images/s"
-    )
+    say(summary_lines(figures)[0])
     if options.source:
-        compared = folder_vs_sequential(classifier, resolve_source(options.source))
-        folder, sequential = compared["folder"], compared["label_image_loop"]
-        figures.update(compared)
-        say(
-            f"folder: {folder['images']} images  {folder['images_per_s']:.1f} images/s  "
-            f"decode {folder['decode_ms_mean']:.3f} ms  resize {folder['resize_ms_mean']:.3f} ms  "
-            f"invoke {folder['invoke_ms_mean']:.3f} ms  post {folder['post_ms_mean']:.3f} ms  "
-            f"{100 * folder['share_outside_invoke']:.0f}% of wall time outside invoke"
-        )
-        if compared["folder_over_label_image_loop"]:
-            say(
-                f"label_image-style loop (one image at a time): "
-                f"{sequential['images_per_s']:.1f} images/s; the pipeline is "
-                f"{compared['folder_over_label_image_loop']:.2f}x that "
-                f"(medians of {compared['rounds']} interleaved runs after a warm-up)"
-            )
+        figures.update(folder_vs_sequential(classifier, resolve_source(options.source)))
+        for line in summary_lines(figures)[1:]:
+            say(line)
     if json_out:
         atomic.write_json(json_out, figures)
 

@@ -329,6 +329,37 @@ class ClassifyOptions:
 
 
 @dataclass(frozen=True)
+class ParityOptions:
+    """``edgetl parity`` on the device: its runtime against the Keras reference that
+    ``edgetl validate`` wrote (``edge.reference``)."""
+
+    reference: str = option(
+        REQUIRED,
+        "The parity_reference.json that `edgetl validate` wrote beside parity.json.",
+        path=True,
+    )
+    source: str = option(
+        REQUIRED,
+        "A folder holding the held-out images, copied unchanged (any layout; found by content).",
+        path=True,
+    )
+    max_drop: Optional[float] = option(
+        None,
+        "Fail (exit 1) past this many points of top-1 below Keras (default: the export's budget).",
+        min=0.0,
+        max=100.0,
+    )
+    min_agreement: Optional[float] = option(
+        None,
+        "Fail (exit 1) below this top-1 agreement with Keras (default: the export's budget).",
+        min=0.0,
+        max=1.0,
+    )
+    runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)
+    threads: Optional[int] = option(None, "Interpreter threads.", min=1, max=256)
+
+
+@dataclass(frozen=True)
 class BenchOptions:
     runs: int = option(100, "Timed invokes after warm-up.", min=1, max=1000000)
     threads: Optional[int] = option(None, "Interpreter threads.", min=1, max=256)

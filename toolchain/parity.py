@@ -21,6 +21,7 @@ split, or any labeled folder given with ``--data``):
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,6 +33,7 @@ from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput, GateFailed
 from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
+from edge.reference import reference_json
 from edge.runtime import RUNTIMES
 from toolchain.calibration import config_seed, representative_images
 from toolchain.diagnose import layer_errors, short_name
@@ -109,12 +111,44 @@ def validate(
             log(f"note: {note}")
             report["diagnosis"] = {"note": note}
     atomic.write_json(run.parity, report)
+    atomic.write_json(
+        run.parity_reference,
+        reference_json(
+            eval_set.paths,
+            eval_set.labels,
+            keras_probs,
+            labels,
+            size,
+            device_budget(run, max_drop, min_agreement),
+            eval_set.description,
+        ),
+    )
     write_pictures(run, report, keras_probs, eval_set)
     atomic.write_text(run.parity_markdown, parity_markdown(report))
     log(f"wrote {run.parity} and parity.md ({report['seconds']:.1f}s)")
     if failing:
         raise GateFailed("parity gate failed: " + "; ".join(failing))
     return report
+
+
+def device_budget(
+    run: RunDir, max_drop: Optional[float], min_agreement: Optional[float]
+) -> Optional[Dict[str, Any]]:
+    """The gate ``edgetl parity`` applies on the device unless told otherwise: this
+    validate's own gates when given, else the budget the export held, else none."""
+    if max_drop is not None or min_agreement is not None:
+        return {"max_drop": max_drop, "min_agreement": min_agreement, "source": "validate"}
+    try:
+        budget = json.loads(run.export_report.read_text()).get("budget") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if budget.get("max_drop") is None and budget.get("min_agreement") is None:
+        return None
+    return {
+        "max_drop": budget.get("max_drop"),
+        "min_agreement": budget.get("min_agreement"),
+        "source": "export",
+    }
 
 
 def base_report(

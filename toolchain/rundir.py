@@ -54,6 +54,7 @@ DERIVED_FILES = (
     EXPORT_LOG,
     "parity.json",
     "parity.md",
+    "parity_reference.json",
     *PARITY_PICTURES.values(),
 )
 # Training's own working state: folders edgetl creates inside a run and owns whole.
@@ -102,6 +103,11 @@ class RunDir:
     @property
     def parity(self) -> Path:
         return self.path / "parity.json"
+
+    @property
+    def parity_reference(self) -> Path:
+        """Keras's answers per held-out image, for ``edgetl parity`` on the device."""
+        return self.path / "parity_reference.json"
 
     @property
     def parity_markdown(self) -> Path:

@@ -1,0 +1,299 @@
+"""Parity on the device itself: Keras's answers, carried to the device, met by its runtime.
+
+``edgetl validate`` measures a TFLite model against Keras on the workstation's
+CPU and runtime. A Raspberry Pi runs other kernels (tflite-runtime's ARM INT8
+paths round differently from x86's: measured, see the README), so a workstation
+figure is not yet a statement about the device. ``validate`` therefore leaves
+``parity_reference.json`` beside ``parity.json``: for every held-out image, the
+SHA-256 of its file, its label and Keras's probabilities, plus the budget the
+export held. On the device, ``edgetl parity MODEL --reference FILE --source DIR``
+finds the same images by *content* (copied anywhere, renamed, in any folder
+layout), runs them through the runner's own decode and the device's runtime,
+and reports the figures ``validate`` reports with the same definitions
+(``edge.metrics``), gated like ``validate`` (exit 1).
+
+Files in DIR that the reference does not know are ignored and counted;
+reference images that DIR lacks are counted as missing, never guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge import atomic, metrics
+from edge.classifier import Classifier
+from edge.errors import BadInput
+from edge.image import list_images
+from edge.pipeline import classify_files
+
+FORMAT = "edgetl-parity-reference/1"
+FILE_NAME = "parity_reference.json"
+CHUNK = 1 << 20
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: the key that survives copying and renaming."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_json(
+    paths: Sequence[str],
+    labels: np.ndarray,
+    keras_probs: np.ndarray,
+    names: Sequence[str],
+    image_size: int,
+    budget: Optional[Dict[str, Any]],
+    description: str,
+) -> Dict[str, Any]:
+    """The reference ``validate`` writes: one entry per image it measured Keras on."""
+    images = []
+    for path, label, probs in zip(paths, labels, keras_probs):
+        images.append(
+            {
+                "sha256": file_digest(path),
+                "name": Path(path).name,
+                "label": int(label),
+                "keras": [round(float(p), 7) for p in probs],
+            }
+        )
+    return {
+        "format": FORMAT,
+        "labels": list(names),
+        "image_size": int(image_size),
+        "data": description,
+        "budget": budget,
+        "images": images,
+    }
+
+
+@dataclass
+class Reference:
+    path: Path
+    labels: List[str]
+    budget: Dict[str, Optional[float]]
+    digests: List[str]
+    names: List[str]
+    truth: np.ndarray  # label index per image
+    keras: np.ndarray  # (n_images, n_classes) Keras probabilities
+
+    def index(self) -> Dict[str, int]:
+        """Digest -> first entry (a photo copied twice into the split counts once)."""
+        found: Dict[str, int] = {}
+        for i, digest in enumerate(self.digests):
+            found.setdefault(digest, i)
+        return found
+
+
+def read_reference(path: str | Path) -> Reference:
+    """Load and check a reference file; every way it can be wrong is one BadInput line."""
+    path = Path(path)
+    where = f"--reference {path}"
+    if path.is_dir():
+        raise BadInput(f"{where}: is a folder; give the {FILE_NAME} that `edgetl validate` wrote")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(
+            f"{where}: no such file; copy {FILE_NAME} from the run folder `edgetl validate` wrote"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise BadInput(
+            f"{where}: cannot be read as JSON ({reason}); copy it again from the run folder"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BadInput(
+            f"{where}: not an edgetl parity reference ({FORMAT}); give the {FILE_NAME} "
+            "that `edgetl validate` wrote"
+        )
+    try:
+        labels = [str(name) for name in data["labels"]]
+        images = data["images"]
+        keras = np.array([entry["keras"] for entry in images], dtype=np.float64)
+        truth = np.array([int(entry["label"]) for entry in images], dtype=np.int64)
+        digests = [str(entry["sha256"]) for entry in images]
+        names = [str(entry.get("name", "")) for entry in images]
+        budget = data.get("budget") or {}
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(
+            f"{where}: damaged (an image entry lacks sha256, label or keras probabilities); "
+            "write it again with `edgetl validate RUN`"
+        ) from None
+    if not images or keras.ndim != 2 or keras.shape[1] != len(labels):
+        raise BadInput(
+            f"{where}: damaged (no images, or probabilities that do not match its "
+            f"{len(labels)} labels); write it again with `edgetl validate RUN`"
+        )
+    if truth.min() < 0 or truth.max() >= len(labels):
+        raise BadInput(f"{where}: damaged (a label index past its labels); validate again")
+    return Reference(
+        path,
+        labels,
+        {"max_drop": budget.get("max_drop"), "min_agreement": budget.get("min_agreement")},
+        digests,
+        names,
+        truth,
+        keras,
+    )
+
+
+def match_source(reference: Reference, source: str | Path) -> Tuple[List[Path], List[int], int]:
+    """The files of ``source`` that the reference knows, by content.
+
+    Returns the matched paths, each one's entry in the reference, and how many
+    image files the reference does not know (ignored). A file seen twice counts once.
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        raise BadInput(
+            f"--source {folder}: no such folder; give the folder you copied the held-out images to"
+        )
+    known = reference.index()
+    paths, entries, unknown, seen = [], [], 0, set()
+    for path in list_images(folder):
+        try:
+            digest = file_digest(path)
+        except OSError:
+            unknown += 1
+            continue
+        if digest in known and digest not in seen:
+            seen.add(digest)
+            paths.append(path)
+            entries.append(known[digest])
+        elif digest not in known:
+            unknown += 1
+    return paths, entries, unknown
+
+
+def device_parity(
+    classifier: Classifier,
+    reference: Reference,
+    source: str | Path,
+    max_drop: Optional[float],
+    min_agreement: Optional[float],
+) -> Dict[str, Any]:
+    """Every figure of ``validate``'s device path, measured here, on the reference's images."""
+    if list(classifier.labels) != reference.labels:
+        raise BadInput(
+            f"--reference {reference.path}: its labels {reference.labels[:5]} are not the "
+            f"model's {list(classifier.labels)[:5]}; use the reference of this model's run"
+        )
+    paths, entries, unknown = match_source(reference, source)
+    if not paths:
+        raise BadInput(
+            f"--source {source}: none of its images is in the reference "
+            f"({len(reference.digests)} images); copy the run's held-out images there "
+            "unchanged (re-saving a photo changes its bytes)"
+        )
+    probs = np.zeros((len(paths), len(reference.labels)), dtype=np.float64)
+    kept, skipped = [], []
+    for row, result in enumerate(classify_files(classifier, paths, k=1)):
+        if result.error or result.probabilities is None:
+            skipped.append([result.path, result.error or "no probabilities"])
+        else:
+            probs[row] = result.probabilities
+            kept.append(row)
+    if not kept:
+        raise BadInput(f"--source {source}: the runner could read none of the matched images")
+    probs = probs[kept]
+    used = [entries[i] for i in kept]
+    keras, truth = reference.keras[used], reference.truth[used]
+    keras_top1 = metrics.topk_accuracy(keras, truth, 1)
+    top1 = metrics.topk_accuracy(probs, truth, 1)
+    agreement = metrics.top1_agreement(keras, probs)
+    agreeing = int(round(agreement * len(used)))
+    difference = np.abs(keras - probs)
+    max_drop = reference.budget["max_drop"] if max_drop is None else max_drop
+    min_agreement = reference.budget["min_agreement"] if min_agreement is None else min_agreement
+    drop = metrics.drop_points(keras_top1, top1)
+    failures = []
+    if max_drop is not None and drop > max_drop:
+        failures.append(f"top-1 drop {drop:.2f} pts > max drop {max_drop}")
+    if min_agreement is not None and agreement < min_agreement:
+        failures.append(f"agreement {agreement:.4f} < min agreement {min_agreement}")
+    runtime = classifier.runtime
+    return {
+        "model": classifier.model_path,
+        "reference": str(reference.path),
+        "device": {
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+            "runtime": f"{runtime.name} {runtime.version}",
+            "threads": runtime.threads,
+            "numpy": np.__version__,
+        },
+        "n_images": len(used),
+        "missing": len(reference.index()) - len(paths),
+        "unknown_files_ignored": unknown,
+        "skipped": skipped,
+        "keras_top1": keras_top1,
+        "top1": top1,
+        "top1_drop_pts": drop,
+        "agreement": agreement,
+        "agreement_ci95": list(metrics.wilson_interval(agreeing, len(used))),
+        "mean_abs_prob_diff": float(difference.mean()),
+        "max_abs_prob_diff": float(difference.max()),
+        "disagreements": metrics.disagreements(
+            keras, probs, truth, [str(paths[i]) for i in kept], reference.labels
+        ),
+        "gate": {
+            "max_drop": max_drop,
+            "min_agreement": min_agreement,
+            "passed": not failures,
+            "failures": failures,
+        },
+        "images": [
+            {
+                "path": str(paths[i]),
+                "sha256": reference.digests[entry],
+                "probabilities": [round(float(p), 6) for p in probs[row]],
+            }
+            for row, (i, entry) in enumerate(zip(kept, used))
+        ],
+    }
+
+
+def check_on_device(
+    model: Path,
+    reference_path: str,
+    source: str,
+    max_drop: Optional[float],
+    min_agreement: Optional[float],
+    runtime: Optional[str],
+    threads: Optional[int],
+    json_out: Optional[Path],
+) -> Dict[str, Any]:
+    """``edgetl parity``: load both files, measure, write ``json_out`` whole (or nothing)."""
+    reference = read_reference(reference_path)
+    classifier = Classifier(model, runtime=runtime, threads=threads)
+    print(classifier.runtime.describe(), file=sys.stderr)
+    report = device_parity(classifier, reference, source, max_drop, min_agreement)
+    if json_out is not None:
+        atomic.write_json(json_out, report)
+    return report
+
+
+def summary_lines(report: Dict[str, Any]) -> List[str]:
+    device = report["device"]
+    lines = [
+        f"device parity on {report['n_images']} images ({device['arch']}, {device['runtime']}): "
+        f"top-1 {report['top1']:.4f} vs keras {report['keras_top1']:.4f} "
+        f"(drop {report['top1_drop_pts']:+.2f} pts), agreement {report['agreement']:.4f}"
+    ]
+    if report["missing"]:
+        lines.append(f"note: {report['missing']} reference image(s) not found in the source")
+    if report["skipped"]:
+        lines.append(f"note: {len(report['skipped'])} image(s) could not be read")
+    return lines

@@ -1,0 +1,667 @@
+"""``make pi-check``: edgetl on a Raspberry Pi's own CPU, emulated, against the workstation.
+
+A development tool, not part of the wheel. INT8 kernels are where CPU
+architectures differ, so "parity on x86" is not yet parity on a Pi. This check:
+
+1. builds (once, cached under ``OUT/rootfs-*``) Debian Bookworm root file systems
+   for arm64 (64-bit Raspberry Pi OS) and armhf (32-bit Raspberry Pi OS) with
+   ``debootstrap``, run through QEMU user-mode emulation (``qemu-user-static``,
+   binfmt_misc), with a Pi-like ``/proc/cpuinfo`` bind-mounted over the host's;
+2. installs edgetl there exactly as the README tells a Pi user, from the wheel
+   built here: ``edgetl[edge]`` and ``edgetl[edge-legacy]`` on 64-bit; Debian's
+   ``python3-numpy`` / ``python3-pil`` in a ``--system-site-packages`` venv plus
+   ``edgetl[edge-legacy]`` on 32-bit (no armv7l wheels for numpy, Pillow or
+   ai-edge-litert exist);
+3. trains the README's recipe on ``flowers128`` with the shared 0.35 weights
+   (a generated set without ``../shared``), exports it with the default budget and
+   validates the shipped INT8 model, which leaves ``parity_reference.json``;
+4. on each target and runtime runs ``edgetl info``, ``edgetl classify
+   --data-labels`` and the device-side ``edgetl parity`` on the test split's
+   photos, and compares every image's scores with the same runtime on x86.
+
+QEMU's default CPU model gives wrong INT8 results with ai-edge-litert, so each
+target runs with a Pi's core (``QEMU_CPU``): cortex-a72 (Pi 4) on arm64, and
+cortex-a15 on armhf (QEMU's 32-bit emulator has no Pi core; a15 has the same
+NEON/VFPv4 features a Pi runs armhf code with). Emulation is ~300x slower than
+the device: this proves correctness, never speed.
+
+Writes ``OUT/report.json`` and ``OUT/report.md``. Exit 0 when every target ran
+and ai-edge-litert on arm64 gave outputs identical to x86 (the claim the README
+makes); 1 when it did not; 3 when root or Debian's tools are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Dict, Iterator, List, Sequence, Tuple
+
+import typer
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speed import machine  # noqa: E402
+from bench_training import WEIGHTS_FILE  # noqa: E402
+
+from edge import atomic  # noqa: E402
+
+DEFAULT_SHARED = REPO.parent / "shared"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+HOST_TOOLS = {  # command -> Debian package
+    "debootstrap": "debootstrap",
+    "qemu-aarch64-static": "qemu-user-static",
+    "qemu-arm-static": "qemu-user-static",
+    "update-binfmts": "binfmt-support",
+    "chroot": "coreutils",
+    "mount": "mount",
+}
+# Bumped when what goes into a root file system changes, so a cached one is rebuilt.
+ROOTFS_RECIPE = "1"
+CHECK_DIR = "/opt/edgetl-check"  # inside each root file system
+COMMAND_TIMEOUT = 3600  # seconds; emulated pip and classification are slow, never endless
+
+PI4_CPUINFO_64 = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
+    "CPU revision\t: 3\n\n"
+    for i in range(4)
+) + ("Hardware\t: BCM2835\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n")
+PI4_CPUINFO_32 = "".join(
+    f"processor\t: {i}\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 108.00\n"
+    "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae "
+    "evtstrm crc32\nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\n"
+    "CPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+    for i in range(4)
+) + ("Hardware\t: BCM2711\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n")
+
+
+@dataclass(frozen=True)
+class Venv:
+    runtime: str  # edgetl's runtime name
+    path: str  # inside the root file system
+    extra: str  # the edgetl extra a Pi user installs
+    system_site_packages: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    arch: str  # what `uname -m` says on the Pi
+    debian: str  # Debian's architecture name
+    binfmt: str  # update-binfmts entry
+    qemu_cpu: str
+    cpuinfo: str
+    packages: Tuple[str, ...]  # Debian packages beyond python3
+    venvs: Tuple[Venv, ...]
+
+
+TARGETS = (
+    Target(
+        "aarch64",
+        "arm64",
+        "qemu-aarch64",
+        "cortex-a72",
+        PI4_CPUINFO_64,
+        (),
+        (
+            Venv("ai_edge_litert", "/opt/edgetl-edge", "edge"),
+            Venv("tflite_runtime", "/opt/edgetl-legacy", "edge-legacy"),
+        ),
+    ),
+    Target(
+        "armv7l",
+        "armhf",
+        "qemu-arm",
+        "cortex-a15",
+        PI4_CPUINFO_32,
+        ("python3-numpy", "python3-pil"),
+        (Venv("tflite_runtime", "/opt/edgetl-legacy", "edge-legacy", system_site_packages=True),),
+    ),
+)
+BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+
+
+class Missing(Exception):
+    """Root, a Debian tool or binfmt_misc is not there: exit 3."""
+
+
+def log(message: str) -> None:
+    print(f"pi-check: {message}", file=sys.stderr, flush=True)
+
+
+def run(
+    command: Sequence[str], timeout: int = COMMAND_TIMEOUT, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def checked(command: Sequence[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    result = run(command, **kwargs)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(f"{what} failed (exit {result.returncode}):\n" + "\n".join(tail))
+    return result
+
+
+# --- the host: root, tools, binfmt_misc ---------------------------------------------
+
+
+def ensure_host() -> None:
+    """Root and Debian's tools, installed with apt when root has it; else Missing."""
+    if os.geteuid() != 0:
+        raise Missing("make pi-check needs root (debootstrap, chroot and mount); run it as root")
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing and shutil.which("apt-get"):
+        log(f"installing {' '.join(missing)} with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "install", "-y", *missing], env=env)
+        missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise Missing(
+            f"Debian packages {' '.join(missing)} are missing and could not be installed; "
+            f"run `apt-get install {' '.join(missing)}`"
+        )
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)])
+    for target in TARGETS:
+        if not (binfmt / target.binfmt).exists():
+            run(["update-binfmts", "--enable", target.binfmt])
+        if not (binfmt / target.binfmt).exists():
+            raise Missing(
+                f"binfmt_misc has no {target.binfmt} entry, so {target.arch} programs cannot run; "
+                f"run `mount -t binfmt_misc binfmt_misc {binfmt}` and "
+                f"`update-binfmts --enable {target.binfmt}` (a container may forbid both)"
+            )
+
+
+# --- root file systems ---------------------------------------------------------------
+
+
+def mounts_under(root: Path) -> List[str]:
+    prefix = str(root.resolve()) + "/"
+    found = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if point.startswith(prefix) or point == prefix[:-1]:
+            found.append(point)
+    return found
+
+
+def unmount_all(root: Path) -> None:
+    for point in sorted(mounts_under(root), key=len, reverse=True):
+        if run(["umount", point]).returncode != 0:
+            run(["umount", "-l", point])
+
+
+def remove_rootfs(root: Path) -> None:
+    """Delete a root file system, never through a mount: the chroot's /dev is the host's."""
+    unmount_all(root)
+    left = mounts_under(root)
+    if left:
+        raise RuntimeError(f"{root}: still mounted at {left[0]}; unmount it before deleting")
+    shutil.rmtree(root)
+
+
+@contextmanager
+def mounted(root: Path, target: Target) -> Iterator[None]:
+    """/proc, /sys, /dev and the Pi's cpuinfo inside the root, unmounted whatever happens."""
+    cpuinfo = root / CHECK_DIR.lstrip("/") / "cpuinfo"
+    cpuinfo.parent.mkdir(parents=True, exist_ok=True)
+    cpuinfo.write_text(target.cpuinfo)
+    try:
+        checked(["mount", "-t", "proc", "proc", str(root / "proc")], "mount /proc")
+        checked(["mount", "-t", "sysfs", "sysfs", str(root / "sys")], "mount /sys")
+        checked(["mount", "--bind", "/dev", str(root / "dev")], "mount /dev")
+        checked(["mount", "--bind", str(cpuinfo), str(root / "proc/cpuinfo")], "mount cpuinfo")
+        yield
+    finally:
+        unmount_all(root)
+
+
+def in_root(root: Path, target: Target, command: Sequence[str], timeout: int = COMMAND_TIMEOUT):
+    """``command`` inside the root file system, under emulation with a Pi's CPU model."""
+    env = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root",
+        "LANG=C.UTF-8",
+        f"QEMU_CPU={target.qemu_cpu}",
+        f"PIP_CERT={CHECK_DIR}/ca-certificates.crt",
+        "PIP_DISABLE_PIP_VERSION_CHECK=1",
+        "PIP_DEFAULT_TIMEOUT=180",
+        "PIP_ROOT_USER_ACTION=ignore",
+    ]
+    return run(["chroot", str(root), "/usr/bin/env", "-i", *env, *command], timeout=timeout)
+
+
+def in_root_checked(root: Path, target: Target, command: Sequence[str], what: str):
+    result = in_root(root, target, command)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(
+            f"{target.arch}: {what} failed (exit {result.returncode}):\n" + "\n".join(tail)
+        )
+    return result
+
+
+def rootfs(out: Path, target: Target) -> Path:
+    """The cached root file system of ``target``; built when absent or from an older recipe."""
+    root = out / f"rootfs-{target.debian}"
+    marker = root / ".edgetl-pi-check"
+    recipe = f"{ROOTFS_RECIPE} {SUITE} {' '.join(BASE_PACKAGES + target.packages)}"
+    if marker.is_file() and marker.read_text() == recipe:
+        return root
+    if root.exists():
+        log(f"{target.arch}: removing an incomplete or outdated {root}")
+        remove_rootfs(root)
+    log(f"{target.arch}: debootstrap {SUITE} {target.debian} into {root} (a few minutes, once)")
+    start = time.perf_counter()
+    checked(
+        [
+            "debootstrap",
+            f"--arch={target.debian}",
+            "--variant=minbase",
+            "--include=" + ",".join(BASE_PACKAGES + target.packages),
+            SUITE,
+            str(root),
+            MIRROR,
+        ],
+        f"debootstrap {target.debian}",
+    )
+    marker.write_text(recipe)
+    log(f"{target.arch}: root file system ready in {time.perf_counter() - start:.0f}s")
+    return root
+
+
+def install_edgetl(root: Path, target: Target, wheel: Path) -> Dict[str, str]:
+    """Each venv as the README tells a Pi user, then this tree's wheel over it."""
+    check = root / CHECK_DIR.lstrip("/")
+    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", check / "ca-certificates.crt")
+    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+    shutil.copy2(wheel, check / wheel.name)
+    inside = f"{CHECK_DIR}/{wheel.name}"
+    seconds = {}
+    for venv in target.venvs:
+        start = time.perf_counter()
+        marker = root / venv.path.lstrip("/") / ".edgetl-installed"
+        if not marker.is_file():
+            if (root / venv.path.lstrip("/")).exists():
+                shutil.rmtree(root / venv.path.lstrip("/"))
+            create = ["python3", "-m", "venv", venv.path]
+            if venv.system_site_packages:
+                create.insert(3, "--system-site-packages")
+            in_root_checked(root, target, create, f"creating {venv.path}")
+            log(f"{target.arch}: pip install 'edgetl[{venv.extra}]' in {venv.path} (emulated)")
+            in_root_checked(
+                root,
+                target,
+                [f"{venv.path}/bin/pip", "install", f"{inside}[{venv.extra}]"],
+                f"pip install edgetl[{venv.extra}]",
+            )
+            marker.write_text(venv.extra)
+        in_root_checked(
+            root,
+            target,
+            [f"{venv.path}/bin/pip", "install", "--force-reinstall", "--no-deps", inside],
+            "pip install of this tree's wheel",
+        )
+        seconds[venv.runtime] = round(time.perf_counter() - start, 1)
+    return seconds
+
+
+# --- the model and the images, made here ---------------------------------------------
+
+
+def edgetl(python: Path, *args: str, log_file: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = run([str(python), "-m", "toolchain.cli", *args], env=env, cwd=REPO)
+    with log_file.open("a") as handle:
+        handle.write(f"$ edgetl {' '.join(args)}\n-> exit {result.returncode}\n")
+        handle.write(result.stderr[-20000:] + "\n")
+    return result
+
+
+def prepare_run(out: Path, shared: Path, python: Path, log_file: Path) -> Tuple[Path, Path, str]:
+    """Train (once), export with the default budget, validate: the run and the shipped model."""
+    photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
+    run_dir = out / "run"
+    if photos.is_dir() and weights.is_file():
+        train = ["--data", str(photos), "--weights", str(weights), "--alpha", "0.35"]
+        train += ["--image-size", "128"]
+        data = f"flowers128 photos, alpha 0.35 ImageNet weights, 128 px ({photos})"
+    else:
+        train = ["--data", "synthetic", "--weights", "none", "--alpha", "0.35"]
+        train += ["--image-size", "96", "--epochs", "3", "--fine-tune-epochs", "1"]
+        data = "generated images (no ../shared photos), alpha 0.35, 96 px"
+    if not (run_dir / "model.keras").is_file():
+        log(f"training: edgetl train {' '.join(train)}")
+        result = edgetl(
+            python, "train", *train, "--out", str(run_dir), "--force", log_file=log_file
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"training failed: {result.stderr.strip().splitlines()[-1:]}")
+    log("exporting with the default budget")
+    result = edgetl(python, "export", str(run_dir), "--force", log_file=log_file)
+    if result.returncode != 0:
+        raise RuntimeError(f"export failed: {result.stderr.strip().splitlines()[-1:]}")
+    shipped = json.loads((run_dir / "export_report.json").read_text())["shipped"]["int8"]
+    model = run_dir / shipped
+    result = edgetl(python, "validate", str(run_dir), "--model", str(model), log_file=log_file)
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"validate failed: {result.stderr.strip().splitlines()[-1:]}")
+    return run_dir, model, data
+
+
+def copy_test_images(run_dir: Path, images: Path) -> int:
+    """The run's test split, byte for byte, as ``images/<class>/<file>``."""
+    splits = json.loads((run_dir / "splits.json").read_text())
+    labels = json.loads((run_dir / "config.json").read_text())["labels"]
+    root = Path(splits["root"])
+    if not root.is_absolute():
+        root = (run_dir / root).resolve()
+    relative = splits.get("root_relative")
+    if isinstance(relative, str) and (run_dir / relative).is_dir():
+        root = (run_dir / relative).resolve()
+    if images.exists():
+        shutil.rmtree(images)
+    for rel, label in splits["test"]:
+        source = root / rel
+        destination = images / labels[int(label)] / Path(rel).name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    return len(splits["test"])
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+def scores_of(jsonl: Path, images: str) -> Dict[str, Dict[str, Any]]:
+    """Per image (path relative to the images folder): its scores by label and its label."""
+    rows = {}
+    for line in jsonl.read_text().splitlines():
+        record = json.loads(line)
+        key = os.path.relpath(record["path"], images)
+        rows[key] = {
+            "scores": {p["label"]: p["score"] for p in record["top_k"]},
+            "label": record.get("label"),
+            "error": record.get("error"),
+        }
+    return rows
+
+
+def compare(device: Dict[str, Dict[str, Any]], x86: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Every image's top-1 and scores on the device against x86 with the same runtime."""
+    common = sorted(
+        k for k in device if k in x86 and not device[k]["error"] and not x86[k]["error"]
+    )
+    same_top1, identical, worst, correct = 0, True, 0.0, 0
+    for key in common:
+        a, b = device[key]["scores"], x86[key]["scores"]
+        top_a, top_b = max(a, key=a.get), max(b, key=b.get)
+        same_top1 += top_a == top_b
+        correct += top_a == device[key]["label"]
+        labels = set(a) | set(b)
+        diff = max(abs(a.get(name, 0.0) - b.get(name, 0.0)) for name in labels)
+        worst = max(worst, diff)
+        identical = identical and diff == 0.0
+    n = len(common)
+    return {
+        "n_images": n,
+        "top1_agreement_with_x86": same_top1 / n if n else None,
+        "identical_outputs": bool(identical and n),
+        "max_abs_score_diff": round(worst, 6),
+        "accuracy": correct / n if n else None,
+        "device_only": len(device) - n,
+    }
+
+
+def classify_args(model: str, images: str, runtime: str, output: str) -> List[str]:
+    return [
+        "classify", model, "--source", images, "--data-labels", "--top-k", "99",
+        "--quiet", "--runtime", runtime, "--output", output,
+    ]  # fmt: skip
+
+
+def x86_outputs(out: Path, model: Path, images: Path, pythons: Dict[str, Path], log_file: Path):
+    found = {}
+    for runtime, python in pythons.items():
+        output = out / f"x86-{runtime}.jsonl"
+        # the venv's installed edgetl, TensorFlow-free, as on a device
+        cli = python.parent / "edgetl"
+        result = run([str(cli), *classify_args(str(model), str(images), runtime, str(output))])
+        with log_file.open("a") as handle:
+            handle.write(
+                f"$ x86 {runtime} classify -> exit {result.returncode}\n{result.stderr[-5000:]}\n"
+            )
+        if result.returncode != 0:
+            raise RuntimeError(f"x86 {runtime}: classify failed: {result.stderr.strip()[-400:]}")
+        found[runtime] = scores_of(output, str(images))
+    return found
+
+
+def check_target(
+    out: Path, target: Target, wheel: Path, model: Path, reference: Path, images: Path,
+    x86: Dict[str, Dict[str, Any]], log_file: Path,
+) -> List[Dict[str, Any]]:  # fmt: skip
+    root = rootfs(out, target)
+    rows = []
+    with mounted(root, target):
+        install_seconds = install_edgetl(root, target, wheel)
+        check = root / CHECK_DIR.lstrip("/")
+        inside_images = f"{CHECK_DIR}/images"
+        if (check / "images").exists():
+            shutil.rmtree(check / "images")
+        shutil.copytree(images, check / "images")
+        shutil.copy2(model, check / model.name)
+        shutil.copy2(reference, check / reference.name)
+        inside_model = f"{CHECK_DIR}/{model.name}"
+        python = in_root_checked(root, target, ["python3", "--version"], "python3").stdout.split()[
+            -1
+        ]
+        for venv in target.venvs:
+            tag = f"{target.arch}-{venv.runtime}"
+            cli = f"{venv.path}/bin/edgetl"
+            start = time.perf_counter()
+            info = in_root(root, target, [cli, "info", inside_model])
+            classify = in_root(
+                root,
+                target,
+                [
+                    cli,
+                    *classify_args(
+                        inside_model, inside_images, venv.runtime, f"{CHECK_DIR}/{tag}.jsonl"
+                    ),
+                ],
+            )
+            classify_seconds = time.perf_counter() - start
+            parity = in_root(
+                root,
+                target,
+                [cli, "parity", inside_model, "--reference", f"{CHECK_DIR}/{reference.name}",
+                 "--source", inside_images, "--runtime", venv.runtime,
+                 "--json", f"{CHECK_DIR}/{tag}-parity.json"],
+            )  # fmt: skip
+            with log_file.open("a") as handle:
+                for name, result in (("info", info), ("classify", classify), ("parity", parity)):
+                    handle.write(f"$ {tag} {name} -> exit {result.returncode}\n")
+                    handle.write((result.stdout + result.stderr)[-5000:] + "\n")
+            for name, result, ok in (
+                ("info", info, (0,)),
+                ("classify", classify, (0,)),
+                ("parity", parity, (0, 1)),
+            ):
+                if result.returncode not in ok:
+                    raise RuntimeError(
+                        f"{tag}: edgetl {name} exited {result.returncode}: "
+                        f"{(result.stderr or result.stdout).strip()[-400:]}"
+                    )
+            device = scores_of(check / f"{tag}.jsonl", inside_images)
+            figures = compare(device, x86[venv.runtime])
+            device_parity = json.loads((check / f"{tag}-parity.json").read_text())
+            shutil.copy2(check / f"{tag}-parity.json", out / f"{tag}-parity.json")
+            rows.append(
+                {
+                    "arch": target.arch,
+                    "runtime": device_parity["device"]["runtime"],
+                    "python": python,
+                    "numpy": device_parity["device"]["numpy"],
+                    "debian": f"{SUITE} {target.debian}",
+                    "qemu_cpu": target.qemu_cpu,
+                    **figures,
+                    "keras_agreement": device_parity["agreement"],
+                    "top1_drop_pts": round(device_parity["top1_drop_pts"], 3),
+                    "parity_images": device_parity["n_images"],
+                    "parity_gate": device_parity["gate"],
+                    "parity_exit": parity.returncode,
+                    "info_first_line": info.stdout.strip().splitlines()[:1],
+                    "seconds": {
+                        "install": install_seconds[venv.runtime],
+                        "info_and_classify": round(classify_seconds, 1),
+                    },
+                }
+            )
+            log(
+                f"{tag}: {figures['n_images']} images, top-1 agreement with x86 "
+                f"{figures['top1_agreement_with_x86']:.4f}, identical {figures['identical_outputs']}, "
+                f"max score diff {figures['max_abs_score_diff']}; vs Keras: agreement "
+                f"{device_parity['agreement']:.4f}, drop {device_parity['top1_drop_pts']:+.2f} pts"
+            )
+    return rows
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    lines = [
+        "# edgetl on a Raspberry Pi's CPU (emulated)",
+        "",
+        f"Model: `{report['model']}` ({report['data']}); {report['n_images']} test photos; "
+        f"wall time {report['wall_seconds']:.0f} s on {report['machine']['cpu']} "
+        f"({report['machine']['cores']} cores).",
+        "",
+        "| target | runtime | Python | top-1 agreement with x86 (same runtime) | identical outputs "
+        "| max score diff | accuracy | agreement with Keras | top-1 drop (pts) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in report["targets"]:
+        lines.append(
+            f"| {t['arch']} ({t['qemu_cpu']}) | {t['runtime']} | {t['python']} | "
+            f"{t['top1_agreement_with_x86']:.4f} | {'yes' if t['identical_outputs'] else 'no'} | "
+            f"{t['max_abs_score_diff']:.4f} | {t['accuracy']:.4f} | {t['keras_agreement']:.4f} | "
+            f"{t['top1_drop_pts']:+.2f} |"
+        )
+    lines += ["", "x86 with the same model and images:", ""]
+    for runtime, figures in report["x86"].items():
+        lines.append(f"- {runtime}: accuracy {figures['accuracy']:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def pi_check(
+    out: Annotated[Path, typer.Option(help="Folder for root file systems and reports.")] = Path(
+        "build/pi-check"
+    ),
+    shared: Annotated[
+        Path, typer.Option(envvar="EDGETL_SHARED", help="Shared folder with photos and weights.")
+    ] = DEFAULT_SHARED,
+    edge_python: Annotated[
+        Path, typer.Option(help="x86 interpreter with edgetl[edge] (ai-edge-litert).")
+    ] = REPO / ".venv-edge/bin/python",
+    legacy_python: Annotated[
+        Path, typer.Option(help="x86 interpreter with edgetl[edge-legacy] (tflite-runtime).")
+    ] = REPO / ".venv-legacy/bin/python",
+    clean: Annotated[
+        bool, typer.Option(help="Unmount and delete the cached root file systems, then stop.")
+    ] = False,
+) -> None:
+    """Build the emulated Pis, install edgetl as a Pi user does, and compare with x86."""
+    start = time.perf_counter()
+    for root in sorted(out.glob("rootfs-*")) if out.is_dir() else []:
+        unmount_all(root)  # what a killed check left mounted
+        if clean:
+            remove_rootfs(root)
+    if clean:
+        if out.is_dir() and not mounts_under(out):
+            shutil.rmtree(out)
+        log(f"removed {out}")
+        return
+    try:
+        ensure_host()
+    except Missing as error:
+        print(f"pi-check: {error}", file=sys.stderr)
+        raise typer.Exit(3) from None
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    log_file = out / "commands.log"
+    log_file.write_text("")
+    wheel_dir = out / "wheel"
+    if wheel_dir.exists():
+        shutil.rmtree(wheel_dir)
+    checked(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        "building the wheel",
+    )
+    wheel = next(wheel_dir.glob("edgetl-*.whl"))
+    run_dir, model, data = prepare_run(out, shared, Path(sys.executable), log_file)
+    reference = run_dir / "parity_reference.json"
+    images = out / "images"
+    n_images = copy_test_images(run_dir, images)
+    log(f"{n_images} test photos; model {model.name}; x86 references")
+    x86 = x86_outputs(
+        out,
+        model,
+        images,
+        {"ai_edge_litert": edge_python, "tflite_runtime": legacy_python},
+        log_file,
+    )
+    x86_figures = {rt: compare(rows, rows) for rt, rows in x86.items()}
+    targets: List[Dict[str, Any]] = []
+    for target in TARGETS:
+        targets += check_target(out, target, wheel, model, reference, images, x86, log_file)
+    report = {
+        "model": model.name,
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "data": data,
+        "n_images": n_images,
+        "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "x86": {
+            rt: {"accuracy": f["accuracy"], "n_images": f["n_images"]}
+            for rt, f in x86_figures.items()
+        },
+        "targets": targets,
+    }
+    atomic.write_json(out / "report.json", report)
+    atomic.write_text(out / "report.md", markdown(report))
+    log(f"wrote {out / 'report.json'} and report.md in {report['wall_seconds']:.0f}s")
+    litert = [
+        t for t in targets if t["arch"] == "aarch64" and t["runtime"].startswith("ai_edge_litert")
+    ]
+    if not litert or not all(t["identical_outputs"] for t in litert):
+        log("FAILED: ai-edge-litert on aarch64 did not give outputs identical to x86")
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
