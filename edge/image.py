@@ -17,6 +17,7 @@ What it does, and why:
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -122,6 +123,20 @@ def resize_rgb(image: Image.Image, size: int, resize: str = DEFAULT_RESIZE) -> n
     return np.asarray(image, dtype=np.uint8)
 
 
+# Pillow 9.5 added in_place; Debian Bookworm's python3-pil (9.4), which 32-bit
+# Raspberry Pi OS users must take (no armv7l wheel), only returns a copy.
+_EXIF_IN_PLACE = "in_place" in inspect.signature(ImageOps.exif_transpose).parameters
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says: in place where Pillow can (no
+    copy when already upright), else the copy older Pillow returns; same pixels."""
+    if _EXIF_IN_PLACE:
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
     """Decode ``path`` to an upright 8-bit RGB Pillow image, ready for ``resize_rgb``.
 
@@ -139,8 +154,7 @@ def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
                 raise UnreadableImage(f"{path}: {problem}")
             if image.format == "JPEG":
                 image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
-            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when upright
-            rgb = to_rgb(image)
+            rgb = to_rgb(upright(image))
             rgb.load()
             return rgb
     except UnreadableImage:

@@ -227,6 +227,7 @@ def device_parity(
     return {
         "model": classifier.model_path,
         "reference": str(reference.path),
+        "resize": classifier.resize,
         "device": {
             "arch": platform.machine(),
             "python": platform.python_version(),

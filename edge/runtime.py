@@ -116,11 +116,22 @@ def slow_runtime_warning(name: str, quantized: bool) -> str:
     return ""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: ``taskset``, a cgroup cpuset or a container
+    limit it to fewer than ``os.cpu_count()``, and one thread per core it cannot use
+    only waits (a Pi running a camera service beside edgetl is often pinned this way)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads(name: str, quantized: bool) -> int:
-    """All cores, except where more threads were measured to hurt (tflite-runtime INT8)."""
+    """All usable cores, except where more threads were measured to hurt (tflite-runtime
+    INT8 on x86)."""
     if slow_runtime_warning(name, quantized):
         return 1
-    return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def load_interpreter(

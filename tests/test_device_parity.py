@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import assert_one_line_error, run_cli
 
 EDGE_PYTHON = os.environ.get("EDGETL_EDGE_PYTHON")  # the TF-free venv `make test` builds
+REPO_LEGACY = Path(__file__).resolve().parents[1] / ".venv-legacy" / "bin" / "python"
 
 
 def device_cli(*args: str):
@@ -149,3 +150,35 @@ def test_device_parity_bad_input_is_one_line(validated, tmp_path, case, code, fr
     )
     assert_one_line_error(result, code, fragment)
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written or removed
+
+
+LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON") or str(REPO_LEGACY)
+
+
+@pytest.mark.skipif(
+    not Path(LEGACY_PYTHON).is_file(), reason="no tflite-runtime venv (make setup-edge builds it)"
+)
+def test_validate_measures_a_runtime_this_process_lacks_in_its_own_environment(run_copy):
+    """tflite-runtime needs numpy<2 and cannot share TensorFlow's process: validate runs
+    the device command in the legacy venv and records which runtime produced the figures."""
+    result = run_cli(
+        "validate", str(run_copy), "--runtime", "tflite_runtime",
+        env={"EDGETL_RUNTIME_PYTHONS": LEGACY_PYTHON},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_copy / "parity.json").read_text())
+    entry = report["models"][0]
+    assert entry["runtime"].startswith("tflite_runtime 2.14")
+    assert entry["environment"] == LEGACY_PYTHON
+    assert entry["device_path"]["n_images"] == report["n_images"]
+    # Another runtime's INT8 kernels round differently, but the model is the same one:
+    # on the tiny model both runtimes agree with Keras on most images.
+    assert entry["agreement"] > 0.8
+    assert not [p for p in run_copy.iterdir() if ".partial" in p.name]
+
+
+def test_validate_runtime_nowhere_is_exit_3_in_one_line(run_copy):
+    result = run_cli(
+        "validate", str(run_copy), "--runtime", "tflite_runtime", env={"EDGETL_RUNTIME_PYTHONS": ""}
+    )
+    assert_one_line_error(result, 3, "--runtime tflite_runtime", "make setup-edge")

@@ -67,3 +67,25 @@ def test_list_images_is_recursive_sorted_and_skips_other_files(tmp_path):
     (tmp_path / "a" / "readme.txt").write_text("x")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
     assert found == ["a/1.jpg", "a/sub/0.JPG", "b/2.png"]
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_exif_orientation_is_applied_with_new_and_old_pillow(tmp_path, monkeypatch, in_place):
+    """A phone photo stored sideways (EXIF orientation 6) is decoded upright, with
+    Pillow's in-place transpose and with Debian Bookworm's Pillow 9.4, which has none
+    (the only Pillow a 32-bit Raspberry Pi OS gets): same pixels either way."""
+    import edge.image
+
+    monkeypatch.setattr(edge.image, "_EXIF_IN_PLACE", in_place and edge.image._EXIF_IN_PLACE)
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, :40] = (255, 0, 0)  # left half red, right half blue: width 80, height 40
+    pixels[:, 40:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    decoded = edge.image.decode_rgb(path, 32)
+    assert decoded.size == (40, 80)  # upright: taller than wide
+    top, bottom = np.asarray(decoded)[5, 20], np.asarray(decoded)[75, 20]
+    assert top[0] > 200 and top[2] < 60  # red on top after turning 90 degrees clockwise
+    assert bottom[2] > 200 and bottom[0] < 60

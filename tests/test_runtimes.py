@@ -12,6 +12,8 @@ import pytest
 
 from toolchain import runtimes
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_device_venvs_are_found_in_the_working_folder_not_the_source_tree(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGETL_RUNTIME_PYTHONS", raising=False)
@@ -43,3 +45,22 @@ def test_an_environment_without_edgetl_is_a_failed_check_not_a_silent_one(tmp_pa
     assert len(results) == 1 and results[0]["ok"] is False
     assert "edge" in results[0]["error"]  # "No module named edge"
     assert any("FAILS" in line for line in runtimes.describe(results))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_default_threads_follow_the_cores_the_process_may_use():
+    """Pinned to one core (taskset, a cpuset), the runner must not start a thread per
+    core of the machine: the extra threads could only wait."""
+    import subprocess
+
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from edge.runtime import default_threads; print(default_threads('ai_edge_litert', True))"
+    )
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert pinned.stdout.strip() == "1"
+    from edge.runtime import default_threads
+
+    assert default_threads("ai_edge_litert", True) == len(os.sched_getaffinity(0))

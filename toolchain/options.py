@@ -285,7 +285,12 @@ class ValidateOptions:
         min=0.0,
         max=1.0,
     )
-    runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)
+    runtime: Optional[str] = option(
+        None,
+        "Measure with this TFLite runtime; one this process lacks (tflite_runtime beside "
+        "TensorFlow) runs in a device environment: .venv-edge/.venv-legacy or EDGETL_RUNTIME_PYTHONS.",
+        choices=RUNTIMES,
+    )
     diagnose: bool = option(
         False, "Rank INT8 layers by quantization error (also done when a gate fails)."
     )

@@ -40,6 +40,7 @@ from toolchain.diagnose import layer_errors, short_name
 from toolchain.evalset import EvalSet, check_model_paths, load_eval_set
 from toolchain.failures import describe_failure
 from toolchain.options import ValidateOptions, check_gate_options
+from toolchain.parity_elsewhere import installed_here, model_entry_elsewhere
 from toolchain.parity_figures import (
     accuracy_with_interval,
     compare,
@@ -92,43 +93,71 @@ def validate(
     keras_start = time.perf_counter()
     keras_probs = keras_model.predict(eval_set.pixels.astype(np.float32), batch_size=64, verbose=0)
     report = base_report(eval_set, labels, keras_probs, time.perf_counter() - keras_start)
-    for path in model_paths:
-        classifier = open_classifier(path, options.runtime, labels, options.device_resize)
-        entry = model_entry(path, classifier, keras_probs, eval_set, labels)
-        report["models"].append(entry)
-        log_model(entry, report["keras"]["top1"], len(eval_set.paths), log)
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    failing = gate_failures(report["models"], max_drop, min_agreement)
-    report["gate"] = {"max_drop": max_drop, "min_agreement": min_agreement, "passed": not failing}
-    if failing or options.diagnose:
-        int8 = [m for m in report["models"] if m["quant"] == "int8"]
-        try:
-            report["diagnosis"] = diagnosis(run, keras_model, int8, log)
-        except Exception as error:  # the verdict stands without it: a gate failure stays 1
-            if not failing:
-                raise
-            note = f"diagnosis not possible: {describe_failure(error)[1]}"
-            log(f"note: {note}")
-            report["diagnosis"] = {"note": note}
-    atomic.write_json(run.parity, report)
-    atomic.write_json(
-        run.parity_reference,
-        reference_json(
-            eval_set.paths,
-            eval_set.labels,
-            keras_probs,
-            labels,
-            size,
-            device_budget(run, max_drop, min_agreement),
-            eval_set.description,
-        ),
+    reference = reference_json(
+        eval_set.paths,
+        eval_set.labels,
+        keras_probs,
+        labels,
+        size,
+        device_budget(run, max_drop, min_agreement),
+        eval_set.description,
     )
-    write_pictures(run, report, keras_probs, eval_set)
-    atomic.write_text(run.parity_markdown, parity_markdown(report))
+
+    def measure_model(path: Path, reference_path: Path) -> Dict[str, Any]:
+        """In this process, or through ``edgetl parity`` where the runtime lives."""
+        if options.runtime is not None and not installed_here(options.runtime):
+            if options.device_resize:
+                raise BadInput(
+                    f"--device-resize needs --runtime {options.runtime} in this process; "
+                    "here it runs in another environment"
+                )
+            digests = [image["sha256"] for image in reference["images"]]
+            return model_entry_elsewhere(
+                path, options.runtime, reference_path, digests, keras_probs, eval_set, labels
+            )
+        classifier = open_classifier(path, options.runtime, labels, options.device_resize)
+        return model_entry(path, classifier, keras_probs, eval_set, labels)
+
+    # The reference is committed with parity.json: a runtime in another environment
+    # measures against its temporary copy, and a refused model leaves nothing behind.
+    with atomic.atomic_path(run.parity_reference) as reference_path:
+        atomic.write_json(reference_path, reference, durable=False)
+        for path in model_paths:
+            entry = measure_model(path, Path(reference_path))
+            report["models"].append(entry)
+            log_model(entry, report["keras"]["top1"], len(eval_set.paths), log)
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        failing = gate_failures(report["models"], max_drop, min_agreement)
+        report["gate"] = {
+            "max_drop": max_drop,
+            "min_agreement": min_agreement,
+            "passed": not failing,
+        }
+        if failing or options.diagnose:
+            report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
+        atomic.write_json(run.parity, report)
+        write_pictures(run, report, keras_probs, eval_set)
+        atomic.write_text(run.parity_markdown, parity_markdown(report))
     log(f"wrote {run.parity} and parity.md ({report['seconds']:.1f}s)")
     if failing:
         raise GateFailed("parity gate failed: " + "; ".join(failing))
     return report
+
+
+def diagnosis_or_note(
+    run: RunDir, keras_model: Any, report: Dict[str, Any], failing: List[str], log: Log
+) -> Dict[str, Any]:
+    """The INT8 diagnosis; when a gate failed, a diagnosis that cannot run is a note,
+    so the verdict (exit 1) stands without it."""
+    int8 = [m for m in report["models"] if m["quant"] == "int8"]
+    try:
+        return diagnosis(run, keras_model, int8, log)
+    except Exception as error:
+        if not failing:
+            raise
+        note = f"diagnosis not possible: {describe_failure(error)[1]}"
+        log(f"note: {note}")
+        return {"note": note}
 
 
 def device_budget(

@@ -22,12 +22,14 @@ architectures differ, so "parity on x86" is not yet parity on a Pi. This check:
 QEMU's default CPU model gives wrong INT8 results with ai-edge-litert, so each
 target runs with a Pi's core (``QEMU_CPU``): cortex-a72 (Pi 4) on arm64, and
 cortex-a15 on armhf (QEMU's 32-bit emulator has no Pi core; a15 has the same
-NEON/VFPv4 features a Pi runs armhf code with). Emulation is ~300x slower than
-the device: this proves correctness, never speed.
+NEON/VFPv4 features a Pi runs armhf code with). Emulation proves results, never
+speed.
 
 Writes ``OUT/report.json`` and ``OUT/report.md``. Exit 0 when every target ran
-and ai-edge-litert on arm64 gave outputs identical to x86 (the claim the README
-makes); 1 when it did not; 3 when root or Debian's tools are missing.
+and ai-edge-litert on arm64 computed what x86 computes (the claim the README
+makes: the same top-1 on every image and scores at most one output step, 1/256,
+apart); 1 when it did not; 3 when root or
+Debian's tools are missing; 4 when a step failed (its error is printed).
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ PI4_CPUINFO_64 = "".join(
     "CPU revision\t: 3\n\n"
     for i in range(4)
 ) + ("Hardware\t: BCM2835\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n")
+PI5_CPUINFO_64 = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 "
+    "crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\n"
+    "CPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n"
+    for i in range(4)
+) + ("Revision\t: c04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
 PI4_CPUINFO_32 = "".join(
     f"processor\t: {i}\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 108.00\n"
     "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae "
@@ -96,6 +104,7 @@ class Venv:
 
 @dataclass(frozen=True)
 class Target:
+    board: str  # the Pi it stands for
     arch: str  # what `uname -m` says on the Pi
     debian: str  # Debian's architecture name
     binfmt: str  # update-binfmts entry
@@ -107,6 +116,7 @@ class Target:
 
 TARGETS = (
     Target(
+        "Pi 4, 64-bit OS",
         "aarch64",
         "arm64",
         "qemu-aarch64",
@@ -118,7 +128,19 @@ TARGETS = (
             Venv("tflite_runtime", "/opt/edgetl-legacy", "edge-legacy"),
         ),
     ),
+    # Pi 5's core has the dot-product instructions, so XNNPACK takes other INT8 kernels.
     Target(
+        "Pi 5, 64-bit OS",
+        "aarch64",
+        "arm64",
+        "qemu-aarch64",
+        "cortex-a76",
+        PI5_CPUINFO_64,
+        (),
+        (Venv("ai_edge_litert", "/opt/edgetl-edge", "edge"),),
+    ),
+    Target(
+        "Pi 4, 32-bit OS",
         "armv7l",
         "armhf",
         "qemu-arm",
@@ -331,8 +353,15 @@ def edgetl(python: Path, *args: str, log_file: Path) -> subprocess.CompletedProc
     return result
 
 
-def prepare_run(out: Path, shared: Path, python: Path, log_file: Path) -> Tuple[Path, Path, str]:
-    """Train (once), export with the default budget, validate: the run and the shipped model."""
+def prepare_run(
+    out: Path, shared: Path, python: Path, log_file: Path
+) -> Tuple[Path, Dict[str, Path], str]:
+    """Train and export (once), validate: the run and its models by role.
+
+    ``shipped`` is what the default export ships (a mix of INT8 and float ops when
+    full INT8 misses the budget); ``full_int8`` is every op INT8, the file whose
+    kernels differ most between CPU architectures.
+    """
     photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
     run_dir = out / "run"
     if photos.is_dir() and weights.is_file():
@@ -350,16 +379,25 @@ def prepare_run(out: Path, shared: Path, python: Path, log_file: Path) -> Tuple[
         )
         if result.returncode != 0:
             raise RuntimeError(f"training failed: {result.stderr.strip().splitlines()[-1:]}")
-    log("exporting with the default budget")
-    result = edgetl(python, "export", str(run_dir), "--force", log_file=log_file)
-    if result.returncode != 0:
-        raise RuntimeError(f"export failed: {result.stderr.strip().splitlines()[-1:]}")
-    shipped = json.loads((run_dir / "export_report.json").read_text())["shipped"]["int8"]
-    model = run_dir / shipped
-    result = edgetl(python, "validate", str(run_dir), "--model", str(model), log_file=log_file)
+    report = run_dir / "export_report.json"
+    if not (
+        report.is_file() and report.stat().st_mtime > (run_dir / "model.keras").stat().st_mtime
+    ):
+        log("exporting with the default budget")
+        result = edgetl(python, "export", str(run_dir), "--force", log_file=log_file)
+        if result.returncode != 0:
+            raise RuntimeError(f"export failed: {result.stderr.strip().splitlines()[-1:]}")
+    shipped = run_dir / json.loads(report.read_text())["shipped"]["int8"]
+    full = run_dir / "model_int8.tflite"
+    if not full.is_file():  # set aside by the export because the mix shipped
+        full = run_dir / "model_int8.tflite.rejected"
+    result = edgetl(python, "validate", str(run_dir), "--model", str(shipped), log_file=log_file)
     if result.returncode not in (0, 1):
         raise RuntimeError(f"validate failed: {result.stderr.strip().splitlines()[-1:]}")
-    return run_dir, model, data
+    models = {"shipped": shipped}
+    if full.resolve() != shipped.resolve():
+        models["full_int8"] = full
+    return run_dir, models, data
 
 
 def copy_test_images(run_dir: Path, images: Path) -> int:
@@ -400,26 +438,31 @@ def scores_of(jsonl: Path, images: str) -> Dict[str, Dict[str, Any]]:
 
 
 def compare(device: Dict[str, Dict[str, Any]], x86: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """Every image's top-1 and scores on the device against x86 with the same runtime."""
+    """Every image's top-1 and scores on the device against x86 with the same runtime.
+
+    Scores are dequantized uint8 outputs, so differences come in steps of 1/256:
+    ``step_histogram`` counts images by their largest difference in those steps.
+    """
     common = sorted(
         k for k in device if k in x86 and not device[k]["error"] and not x86[k]["error"]
     )
-    same_top1, identical, worst, correct = 0, True, 0.0, 0
+    same_top1, correct, steps = 0, 0, []
     for key in common:
         a, b = device[key]["scores"], x86[key]["scores"]
         top_a, top_b = max(a, key=a.get), max(b, key=b.get)
         same_top1 += top_a == top_b
         correct += top_a == device[key]["label"]
-        labels = set(a) | set(b)
-        diff = max(abs(a.get(name, 0.0) - b.get(name, 0.0)) for name in labels)
-        worst = max(worst, diff)
-        identical = identical and diff == 0.0
+        diff = max(abs(a.get(name, 0.0) - b.get(name, 0.0)) for name in set(a) | set(b))
+        steps.append(int(round(diff * 256)))
     n = len(common)
+    histogram = {str(k): steps.count(k) for k in sorted(set(steps))}
     return {
         "n_images": n,
         "top1_agreement_with_x86": same_top1 / n if n else None,
-        "identical_outputs": bool(identical and n),
-        "max_abs_score_diff": round(worst, 6),
+        "identical_outputs": bool(n) and max(steps) == 0,
+        "identical_images": steps.count(0),
+        "max_abs_score_diff": round(max(steps, default=0) / 256, 6),
+        "step_histogram": histogram,
         "accuracy": correct / n if n else None,
         "device_only": len(device) - n,
     }
@@ -432,110 +475,137 @@ def classify_args(model: str, images: str, runtime: str, output: str) -> List[st
     ]  # fmt: skip
 
 
-def x86_outputs(out: Path, model: Path, images: Path, pythons: Dict[str, Path], log_file: Path):
+def x86_outputs(
+    out: Path, model: Path, images: Path, reference: Path, pythons: Dict[str, Path], log_file: Path
+) -> Dict[str, Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]]:
+    """Per runtime on x86: each image's scores (``classify``) and the parity against Keras
+    (``edgetl parity``), from the venv's installed, TensorFlow-free edgetl as on a device."""
     found = {}
     for runtime, python in pythons.items():
-        output = out / f"x86-{runtime}.jsonl"
-        # the venv's installed edgetl, TensorFlow-free, as on a device
+        output = out / f"x86-{runtime}-{model.stem}.jsonl"
+        parity_json = out / f"x86-{runtime}-{model.stem}-parity.json"
         cli = python.parent / "edgetl"
-        result = run([str(cli), *classify_args(str(model), str(images), runtime, str(output))])
+        classify = run([str(cli), *classify_args(str(model), str(images), runtime, str(output))])
+        parity = run(
+            [str(cli), "parity", str(model), "--reference", str(reference), "--source",
+             str(images), "--runtime", runtime, "--json", str(parity_json)]
+        )  # fmt: skip
         with log_file.open("a") as handle:
-            handle.write(
-                f"$ x86 {runtime} classify -> exit {result.returncode}\n{result.stderr[-5000:]}\n"
-            )
-        if result.returncode != 0:
-            raise RuntimeError(f"x86 {runtime}: classify failed: {result.stderr.strip()[-400:]}")
-        found[runtime] = scores_of(output, str(images))
+            for name, result in (("classify", classify), ("parity", parity)):
+                handle.write(f"$ x86 {runtime} {name} -> exit {result.returncode}\n")
+                handle.write((result.stdout + result.stderr)[-5000:] + "\n")
+        for name, result, ok in (("classify", classify, (0,)), ("parity", parity, (0, 1))):
+            if result.returncode not in ok:
+                raise RuntimeError(f"x86 {runtime}: {name} failed: {result.stderr.strip()[-400:]}")
+        found[runtime] = (scores_of(output, str(images)), json.loads(parity_json.read_text()))
     return found
 
 
+def run_one(
+    root: Path, target: Target, venv: Venv, role: str, model: str, reference: str, log_file: Path
+) -> Tuple[Path, Dict[str, Any], int, List[str], float]:
+    """``edgetl info``, ``classify --data-labels`` and ``parity`` on the device, for one
+    model and runtime: the predictions file, the parity report, its exit code, info's
+    first lines and the seconds taken."""
+    tag = f"{target.arch}-{target.qemu_cpu}-{venv.runtime}-{role}"
+    cli, images = f"{venv.path}/bin/edgetl", f"{CHECK_DIR}/images"
+    start = time.perf_counter()
+    info = in_root(root, target, [cli, "info", model])
+    predictions = f"{CHECK_DIR}/{tag}.jsonl"
+    classify = in_root(
+        root, target, [cli, *classify_args(model, images, venv.runtime, predictions)]
+    )
+    parity = in_root(
+        root,
+        target,
+        [cli, "parity", model, "--reference", reference, "--source", images,
+         "--runtime", venv.runtime, "--json", f"{CHECK_DIR}/{tag}-parity.json"],
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    with log_file.open("a") as handle:
+        for name, result in (("info", info), ("classify", classify), ("parity", parity)):
+            handle.write(f"$ {tag} {name} -> exit {result.returncode}\n")
+            handle.write((result.stdout + result.stderr)[-5000:] + "\n")
+    for name, result, ok in (
+        ("info", info, (0,)),
+        ("classify", classify, (0,)),
+        ("parity", parity, (0, 1)),
+    ):
+        if result.returncode not in ok:
+            raise RuntimeError(
+                f"{tag}: edgetl {name} exited {result.returncode}: "
+                f"{(result.stderr or result.stdout).strip()[-400:]}"
+            )
+    check = root / CHECK_DIR.lstrip("/")
+    device_parity = json.loads((check / f"{tag}-parity.json").read_text())
+    return (
+        check / f"{tag}.jsonl",
+        device_parity,
+        parity.returncode,
+        info.stdout.splitlines()[:3],
+        seconds,
+    )
+
+
 def check_target(
-    out: Path, target: Target, wheel: Path, model: Path, reference: Path, images: Path,
-    x86: Dict[str, Dict[str, Any]], log_file: Path,
+    out: Path, target: Target, wheel: Path, models: Dict[str, Path], reference: Path,
+    images: Path, x86: Dict[Tuple[str, str], Dict[str, Any]], log_file: Path,
 ) -> List[Dict[str, Any]]:  # fmt: skip
+    """Every (runtime, model) pair on one emulated Pi, compared with x86."""
     root = rootfs(out, target)
     rows = []
     with mounted(root, target):
         install_seconds = install_edgetl(root, target, wheel)
         check = root / CHECK_DIR.lstrip("/")
-        inside_images = f"{CHECK_DIR}/images"
         if (check / "images").exists():
             shutil.rmtree(check / "images")
         shutil.copytree(images, check / "images")
-        shutil.copy2(model, check / model.name)
         shutil.copy2(reference, check / reference.name)
-        inside_model = f"{CHECK_DIR}/{model.name}"
-        python = in_root_checked(root, target, ["python3", "--version"], "python3").stdout.split()[
-            -1
-        ]
+        for model in models.values():
+            shutil.copy2(model, check / model.name)
+        python = in_root_checked(root, target, ["python3", "--version"], "python3").stdout.split()
         for venv in target.venvs:
-            tag = f"{target.arch}-{venv.runtime}"
-            cli = f"{venv.path}/bin/edgetl"
-            start = time.perf_counter()
-            info = in_root(root, target, [cli, "info", inside_model])
-            classify = in_root(
-                root,
-                target,
-                [
-                    cli,
-                    *classify_args(
-                        inside_model, inside_images, venv.runtime, f"{CHECK_DIR}/{tag}.jsonl"
-                    ),
-                ],
-            )
-            classify_seconds = time.perf_counter() - start
-            parity = in_root(
-                root,
-                target,
-                [cli, "parity", inside_model, "--reference", f"{CHECK_DIR}/{reference.name}",
-                 "--source", inside_images, "--runtime", venv.runtime,
-                 "--json", f"{CHECK_DIR}/{tag}-parity.json"],
-            )  # fmt: skip
-            with log_file.open("a") as handle:
-                for name, result in (("info", info), ("classify", classify), ("parity", parity)):
-                    handle.write(f"$ {tag} {name} -> exit {result.returncode}\n")
-                    handle.write((result.stdout + result.stderr)[-5000:] + "\n")
-            for name, result, ok in (
-                ("info", info, (0,)),
-                ("classify", classify, (0,)),
-                ("parity", parity, (0, 1)),
-            ):
-                if result.returncode not in ok:
-                    raise RuntimeError(
-                        f"{tag}: edgetl {name} exited {result.returncode}: "
-                        f"{(result.stderr or result.stdout).strip()[-400:]}"
-                    )
-            device = scores_of(check / f"{tag}.jsonl", inside_images)
-            figures = compare(device, x86[venv.runtime])
-            device_parity = json.loads((check / f"{tag}-parity.json").read_text())
-            shutil.copy2(check / f"{tag}-parity.json", out / f"{tag}-parity.json")
-            rows.append(
-                {
-                    "arch": target.arch,
-                    "runtime": device_parity["device"]["runtime"],
-                    "python": python,
-                    "numpy": device_parity["device"]["numpy"],
-                    "debian": f"{SUITE} {target.debian}",
-                    "qemu_cpu": target.qemu_cpu,
-                    **figures,
-                    "keras_agreement": device_parity["agreement"],
-                    "top1_drop_pts": round(device_parity["top1_drop_pts"], 3),
-                    "parity_images": device_parity["n_images"],
-                    "parity_gate": device_parity["gate"],
-                    "parity_exit": parity.returncode,
-                    "info_first_line": info.stdout.strip().splitlines()[:1],
-                    "seconds": {
-                        "install": install_seconds[venv.runtime],
-                        "info_and_classify": round(classify_seconds, 1),
-                    },
-                }
-            )
-            log(
-                f"{tag}: {figures['n_images']} images, top-1 agreement with x86 "
-                f"{figures['top1_agreement_with_x86']:.4f}, identical {figures['identical_outputs']}, "
-                f"max score diff {figures['max_abs_score_diff']}; vs Keras: agreement "
-                f"{device_parity['agreement']:.4f}, drop {device_parity['top1_drop_pts']:+.2f} pts"
-            )
+            for role, model in models.items():
+                predictions, device_parity, parity_exit, info, seconds = run_one(
+                    root, target, venv, role, f"{CHECK_DIR}/{model.name}",
+                    f"{CHECK_DIR}/{reference.name}", log_file,
+                )  # fmt: skip
+                figures = compare(
+                    scores_of(predictions, f"{CHECK_DIR}/images"), x86[venv.runtime, role]
+                )
+                tag = f"{target.arch}-{target.qemu_cpu}-{venv.runtime}-{role}"
+                atomic.write_json(out / f"{tag}-parity.json", device_parity)
+                rows.append(
+                    {
+                        "board": target.board,
+                        "arch": target.arch,
+                        "runtime": device_parity["device"]["runtime"],
+                        "model": role,
+                        "python": python[-1],
+                        "numpy": device_parity["device"]["numpy"],
+                        "debian": f"{SUITE} {target.debian}",
+                        "qemu_cpu": target.qemu_cpu,
+                        **figures,
+                        "keras_agreement": device_parity["agreement"],
+                        "top1_drop_pts": round(device_parity["top1_drop_pts"], 3),
+                        "parity_images": device_parity["n_images"],
+                        "parity_gate": device_parity["gate"],
+                        "parity_exit": parity_exit,
+                        "info": info,
+                        "seconds": {
+                            "install": install_seconds[venv.runtime],
+                            "info_classify_parity": round(seconds, 1),
+                        },
+                    }
+                )
+                log(
+                    f"{tag}: {figures['n_images']} images, top-1 agreement with x86 "
+                    f"{figures['top1_agreement_with_x86']:.4f}, "
+                    f"{figures['identical_images']}/{figures['n_images']} identical, max score diff "
+                    f"{figures['max_abs_score_diff']}; "
+                    f"vs Keras: agreement {device_parity['agreement']:.4f}, "
+                    f"drop {device_parity['top1_drop_pts']:+.2f} pts"
+                )
     return rows
 
 
@@ -543,24 +613,29 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# edgetl on a Raspberry Pi's CPU (emulated)",
         "",
-        f"Model: `{report['model']}` ({report['data']}); {report['n_images']} test photos; "
-        f"wall time {report['wall_seconds']:.0f} s on {report['machine']['cpu']} "
+        f"Models: {', '.join(f'`{role}` = {name}' for role, name in report['models'].items())} "
+        f"({report['data']}); {report['n_images']} test photos; wall time "
+        f"{report['wall_seconds']:.0f} s on {report['machine']['cpu']} "
         f"({report['machine']['cores']} cores).",
         "",
-        "| target | runtime | Python | top-1 agreement with x86 (same runtime) | identical outputs "
-        "| max score diff | accuracy | agreement with Keras | top-1 drop (pts) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| target | runtime | model | Python | top-1 agreement with x86 (same runtime) "
+        "| images with identical scores | max score diff | accuracy | agreement with Keras "
+        "| top-1 drop (pts) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in report["targets"]:
         lines.append(
-            f"| {t['arch']} ({t['qemu_cpu']}) | {t['runtime']} | {t['python']} | "
-            f"{t['top1_agreement_with_x86']:.4f} | {'yes' if t['identical_outputs'] else 'no'} | "
-            f"{t['max_abs_score_diff']:.4f} | {t['accuracy']:.4f} | {t['keras_agreement']:.4f} | "
+            f"| {t['board']}: {t['arch']} ({t['qemu_cpu']}) | {t['runtime']} | {t['model']} | {t['python']} | "
+            f"{t['top1_agreement_with_x86']:.4f} | {t['identical_images']}/{t['n_images']} | "
+            f"{t['max_abs_score_diff'] * 256:.0f}/256 | {t['accuracy']:.4f} | {t['keras_agreement']:.4f} | "
             f"{t['top1_drop_pts']:+.2f} |"
         )
-    lines += ["", "x86 with the same model and images:", ""]
-    for runtime, figures in report["x86"].items():
-        lines.append(f"- {runtime}: accuracy {figures['accuracy']:.4f}")
+    lines += ["", "x86 with the same models and images:", ""]
+    for key, figures in report["x86"].items():
+        lines.append(
+            f"- {key}: accuracy {figures['accuracy']:.4f}, agreement with Keras "
+            f"{figures['keras_agreement']:.4f}, top-1 drop {figures['top1_drop_pts']:+.2f} pts"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -623,45 +698,70 @@ def pi_check(
         "building the wheel",
     )
     wheel = next(wheel_dir.glob("edgetl-*.whl"))
-    run_dir, model, data = prepare_run(out, shared, Path(sys.executable), log_file)
+    run_dir, found, data = prepare_run(out, shared, Path(sys.executable), log_file)
     reference = run_dir / "parity_reference.json"
     images = out / "images"
     n_images = copy_test_images(run_dir, images)
-    log(f"{n_images} test photos; model {model.name}; x86 references")
-    x86 = x86_outputs(
-        out,
-        model,
-        images,
-        {"ai_edge_litert": edge_python, "tflite_runtime": legacy_python},
-        log_file,
-    )
-    x86_figures = {rt: compare(rows, rows) for rt, rows in x86.items()}
+    models_dir = out / "models"  # plain .tflite names for both roles, the same here and there
+    models_dir.mkdir(exist_ok=True)
+    models = {}
+    for role, source in found.items():
+        models[role] = models_dir / f"model_{role}.tflite"
+        shutil.copy2(source, models[role])
+    log(f"{n_images} test photos; models {', '.join(p.name for p in found.values())}; x86 runs")
+    pythons = {"ai_edge_litert": edge_python, "tflite_runtime": legacy_python}
+    x86: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    x86_parity: Dict[str, Dict[str, Any]] = {}
+    for role, model in models.items():
+        measured = x86_outputs(out, model, images, reference, pythons, log_file)
+        for runtime, (rows, parity) in measured.items():
+            x86[runtime, role] = rows
+            x86_parity[f"{runtime} {role}"] = {
+                "runtime": parity["device"]["runtime"],
+                "accuracy": compare(rows, rows)["accuracy"],
+                "keras_agreement": parity["agreement"],
+                "top1_drop_pts": round(parity["top1_drop_pts"], 3),
+            }
     targets: List[Dict[str, Any]] = []
     for target in TARGETS:
-        targets += check_target(out, target, wheel, model, reference, images, x86, log_file)
+        targets += check_target(out, target, wheel, models, reference, images, x86, log_file)
     report = {
-        "model": model.name,
-        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "models": {role: source.name for role, source in found.items()},
+        "models_sha256": {
+            role: hashlib.sha256(model.read_bytes()).hexdigest() for role, model in models.items()
+        },
         "data": data,
         "n_images": n_images,
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "x86": {
-            rt: {"accuracy": f["accuracy"], "n_images": f["n_images"]}
-            for rt, f in x86_figures.items()
-        },
+        "x86": x86_parity,
         "targets": targets,
     }
     atomic.write_json(out / "report.json", report)
     atomic.write_text(out / "report.md", markdown(report))
     log(f"wrote {out / 'report.json'} and report.md in {report['wall_seconds']:.0f}s")
-    litert = [
-        t for t in targets if t["arch"] == "aarch64" and t["runtime"].startswith("ai_edge_litert")
+    # The README's claim: ai-edge-litert on a 64-bit Pi decides what validate measured on
+    # x86: the same top-1 on every image, scores at most one output step (1/256) apart
+    # (XNNPACK's ARM kernels requantize differently: measured on a few percent of images).
+    litert = [t for t in targets if t["arch"] == "aarch64" and t["runtime"].startswith("ai_edge")]
+    broken = [
+        t["model"]
+        for t in litert
+        if t["top1_agreement_with_x86"] != 1.0 or t["max_abs_score_diff"] > 1 / 256
     ]
-    if not litert or not all(t["identical_outputs"] for t in litert):
-        log("FAILED: ai-edge-litert on aarch64 did not give outputs identical to x86")
+    if not litert or broken:
+        log(f"FAILED: ai-edge-litert on aarch64 differs from x86 on {broken or 'every model'}")
         raise typer.Exit(1)
 
 
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)  # click returns an Exit's code in this mode
+    except RuntimeError as error:  # a step failed: its own words, no traceback
+        print(f"pi-check: FAILED: {error}", file=sys.stderr)
+        code = 4
+    sys.exit(code or 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()
