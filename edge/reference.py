@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -118,42 +119,66 @@ def read_reference(path: str | Path) -> Reference:
             f"{where}: not an edgetl parity reference ({FORMAT}); give the {FILE_NAME} "
             "that `edgetl validate` wrote"
         )
+    damaged = f"{where}: damaged ({{}}); write it again with `edgetl validate RUN`"
     try:
-        labels = [str(name) for name in data["labels"]]
-        images = data["images"]
+        labels, images = data["labels"], data["images"]
+        if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
+            raise TypeError("labels")
         keras = np.array([entry["keras"] for entry in images], dtype=np.float64)
-        truth = np.array([int(entry["label"]) for entry in images], dtype=np.int64)
+        truth_values = [entry["label"] for entry in images]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in truth_values):
+            raise TypeError("label")
+        truth = np.array(truth_values, dtype=np.int64)
         digests = [str(entry["sha256"]) for entry in images]
         names = [str(entry.get("name", "")) for entry in images]
-        budget = data.get("budget") or {}
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ArithmeticError):
         raise BadInput(
-            f"{where}: damaged (an image entry lacks sha256, label or keras probabilities); "
-            "write it again with `edgetl validate RUN`"
+            damaged.format("an image entry lacks sha256, an integer label or probabilities")
         ) from None
     if not images or keras.ndim != 2 or keras.shape[1] != len(labels):
         raise BadInput(
-            f"{where}: damaged (no images, or probabilities that do not match its "
-            f"{len(labels)} labels); write it again with `edgetl validate RUN`"
+            damaged.format(
+                f"no images, or probabilities that do not match its {len(labels)} labels"
+            )
         )
+    if not (np.isfinite(keras).all() and keras.min() >= 0 and keras.max() <= 1):
+        raise BadInput(damaged.format("a probability is not a number from 0 to 1"))
     if truth.min() < 0 or truth.max() >= len(labels):
-        raise BadInput(f"{where}: damaged (a label index past its labels); validate again")
+        raise BadInput(damaged.format("a label index past its labels"))
     return Reference(
-        path,
-        labels,
-        {"max_drop": budget.get("max_drop"), "min_agreement": budget.get("min_agreement")},
-        digests,
-        names,
-        truth,
-        keras,
+        path, labels, read_budget(data.get("budget"), damaged), digests, names, truth, keras
     )
 
 
-def match_source(reference: Reference, source: str | Path) -> Tuple[List[Path], List[int], int]:
+def read_budget(budget: Any, damaged: str) -> Dict[str, Optional[float]]:
+    """The gate the export held; a value that is not a finite number in range would pass
+    or fail every model whatever its figures (NaN compares false), so it is refused."""
+    if budget is None:
+        return {"max_drop": None, "min_agreement": None}
+    if not isinstance(budget, dict):
+        raise BadInput(damaged.format("its budget is not an object"))
+    found: Dict[str, Optional[float]] = {}
+    for key, low, high in (("max_drop", 0.0, 100.0), ("min_agreement", 0.0, 1.0)):
+        value = budget.get(key)
+        if value is not None and not (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and low <= value <= high
+        ):
+            raise BadInput(damaged.format(f"budget {key} {value!r} is not a number {low}-{high}"))
+        found[key] = None if value is None else float(value)
+    return found
+
+
+def match_source(
+    reference: Reference, source: str | Path
+) -> Tuple[List[Path], List[int], int, List[List[str]]]:
     """The files of ``source`` that the reference knows, by content.
 
-    Returns the matched paths, each one's entry in the reference, and how many
-    image files the reference does not know (ignored). A file seen twice counts once.
+    Returns the matched paths, each one's entry in the reference, how many image
+    files the reference does not know (ignored), and ``[path, reason]`` for files
+    that could not be read. A file seen twice counts once.
     """
     folder = Path(source)
     if not folder.is_dir():
@@ -162,11 +187,12 @@ def match_source(reference: Reference, source: str | Path) -> Tuple[List[Path], 
         )
     known = reference.index()
     paths, entries, unknown, seen = [], [], 0, set()
+    unreadable: List[List[str]] = []
     for path in list_images(folder):
         try:
             digest = file_digest(path)
-        except OSError:
-            unknown += 1
+        except OSError as error:
+            unreadable.append([str(path), error.strerror or type(error).__name__])
             continue
         if digest in known and digest not in seen:
             seen.add(digest)
@@ -174,7 +200,7 @@ def match_source(reference: Reference, source: str | Path) -> Tuple[List[Path], 
             entries.append(known[digest])
         elif digest not in known:
             unknown += 1
-    return paths, entries, unknown
+    return paths, entries, unknown, unreadable
 
 
 def device_parity(
@@ -183,6 +209,7 @@ def device_parity(
     source: str | Path,
     max_drop: Optional[float],
     min_agreement: Optional[float],
+    allow_missing: bool = False,
 ) -> Dict[str, Any]:
     """Every figure of ``validate``'s device path, measured here, on the reference's images."""
     if list(classifier.labels) != reference.labels:
@@ -190,12 +217,20 @@ def device_parity(
             f"--reference {reference.path}: its labels {reference.labels[:5]} are not the "
             f"model's {list(classifier.labels)[:5]}; use the reference of this model's run"
         )
-    paths, entries, unknown = match_source(reference, source)
+    paths, entries, unknown, unreadable = match_source(reference, source)
     if not paths:
         raise BadInput(
             f"--source {source}: none of its images is in the reference "
             f"({len(reference.digests)} images); copy the run's held-out images there "
             "unchanged (re-saving a photo changes its bytes)"
+        )
+    missing = len(reference.index()) - len(paths)
+    if missing and not allow_missing:
+        # A verdict on the images that happen to be there is not the verdict on the split.
+        raise BadInput(
+            f"--source {source}: {missing} of the reference's {len(reference.index())} images "
+            "are not there (copied unchanged?); copy them, or pass --allow-missing to measure "
+            f"the {len(paths)} found"
         )
     probs = np.zeros((len(paths), len(reference.labels)), dtype=np.float64)
     kept, skipped = [], []
@@ -236,9 +271,9 @@ def device_parity(
             "numpy": np.__version__,
         },
         "n_images": len(used),
-        "missing": len(reference.index()) - len(paths),
+        "missing": missing,
         "unknown_files_ignored": unknown,
-        "skipped": skipped,
+        "skipped": unreadable + skipped,
         "keras_top1": keras_top1,
         "top1": top1,
         "top1_drop_pts": drop,
@@ -275,12 +310,13 @@ def check_on_device(
     runtime: Optional[str],
     threads: Optional[int],
     json_out: Optional[Path],
+    allow_missing: bool = False,
 ) -> Dict[str, Any]:
     """``edgetl parity``: load both files, measure, write ``json_out`` whole (or nothing)."""
     reference = read_reference(reference_path)
     classifier = Classifier(model, runtime=runtime, threads=threads)
     print(classifier.runtime.describe(), file=sys.stderr)
-    report = device_parity(classifier, reference, source, max_drop, min_agreement)
+    report = device_parity(classifier, reference, source, max_drop, min_agreement, allow_missing)
     if json_out is not None:
         atomic.write_json(json_out, report)
     return report

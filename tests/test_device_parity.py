@@ -113,6 +113,11 @@ def test_device_parity_gate_defaults_to_the_budget_validate_recorded(validated):
         ("missing_source", 2, "no such folder"),
         ("other_labels", 2, "are not the model's"),
         ("damaged_entry", 2, "damaged"),
+        ("nan_budget", 2, "budget min_agreement"),
+        ("float_label", 2, "integer label"),
+        ("probability_past_one", 2, "not a number from 0 to 1"),
+        ("labels_not_a_list", 2, "damaged"),
+        ("some_images_missing", 2, "--allow-missing"),
     ],
 )
 def test_device_parity_bad_input_is_one_line(validated, tmp_path, case, code, fragment):
@@ -144,6 +149,24 @@ def test_device_parity_bad_input_is_one_line(validated, tmp_path, case, code, fr
     elif case == "damaged_entry":
         del data["images"][0]["sha256"]
         given.write_text(json.dumps(data))
+    elif case == "nan_budget":  # NaN compares false: a gate that would pass every model
+        data["budget"] = {"max_drop": 1.0, "min_agreement": float("nan")}
+        given.write_text(json.dumps(data))
+    elif case == "float_label":
+        data["images"][0]["label"] = 1.5
+        given.write_text(json.dumps(data))
+    elif case == "probability_past_one":
+        data["images"][0]["keras"][0] = 7.0
+        given.write_text(json.dumps(data))
+    elif case == "labels_not_a_list":
+        data["labels"] = "abcde"
+        given.write_text(json.dumps(data))
+    elif case == "some_images_missing":  # a verdict on part of the split is refused
+        given = reference
+        source = tmp_path / "some"
+        source.mkdir()
+        for image in sorted(photos.glob("copy_*"))[:5]:
+            shutil.copy2(image, source / image.name)
     before = sorted(p.name for p in run.iterdir())
     result = device_cli(
         "parity", str(run / "model_int8.tflite"), "--reference", str(given), "--source", str(source)
@@ -182,3 +205,20 @@ def test_validate_runtime_nowhere_is_exit_3_in_one_line(run_copy):
         "validate", str(run_copy), "--runtime", "tflite_runtime", env={"EDGETL_RUNTIME_PYTHONS": ""}
     )
     assert_one_line_error(result, 3, "--runtime tflite_runtime", "make setup-edge")
+
+
+def test_allow_missing_measures_the_images_found(validated, tmp_path):
+    run, photos, _ = validated
+    source = tmp_path / "some"
+    source.mkdir()
+    for image in sorted(photos.glob("copy_*"))[:6]:
+        shutil.copy2(image, source / image.name)
+    out = tmp_path / "device.json"
+    result = device_cli(
+        "parity", str(run / "model_int8.tflite"), "--reference", str(run / "parity_reference.json"),
+        "--source", str(source), "--allow-missing", "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    device = json.loads(out.read_text())
+    assert device["n_images"] == 6 and device["missing"] > 0
+    assert "not found" in result.stdout + result.stderr

@@ -293,7 +293,7 @@ def parity(
         check_json_output(json_out, [model, Path(options.reference)])
     report = check_on_device(
         model, options.reference, options.source, options.max_drop, options.min_agreement,
-        options.runtime, options.threads, json_out,
+        options.runtime, options.threads, json_out, options.allow_missing,
     )  # fmt: skip
     for line in summary_lines(report):
         say(line)

@@ -111,8 +111,8 @@ def repair(
         rows = []
         for tensor, members in groups.items():
             added = [m for m in members if m not in chosen]
-            if not added:
-                continue
+            if not added or len(chosen) + len(added) > max_layers:
+                continue  # in float already, or past the cap: not worth a conversion
             gain = base - divergence(predict(quantize(chosen + added), pixels[subset]), reference)
             rows.append({"tensor": tensor, "layer": name(tensor), "gain": gain})
         rows.sort(key=lambda r: -r["gain"])

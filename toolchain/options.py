@@ -362,6 +362,11 @@ class ParityOptions:
     )
     runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)
     threads: Optional[int] = option(None, "Interpreter threads.", min=1, max=256)
+    allow_missing: bool = option(
+        False,
+        "Measure on the reference images found even when some are not in --source "
+        "(default: refuse, since a verdict on part of the split is not the split's).",
+    )
 
 
 @dataclass(frozen=True)

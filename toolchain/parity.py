@@ -135,9 +135,9 @@ def validate(
         }
         if failing or options.diagnose:
             report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
-        atomic.write_json(run.parity, report)
         write_pictures(run, report, keras_probs, eval_set)
         atomic.write_text(run.parity_markdown, parity_markdown(report))
+        atomic.write_json(run.parity, report)  # last: parity.json and the reference go together
     log(f"wrote {run.parity} and parity.md ({report['seconds']:.1f}s)")
     if failing:
         raise GateFailed("parity gate failed: " + "; ".join(failing))

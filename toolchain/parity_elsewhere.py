@@ -14,7 +14,7 @@ are the device path's, and it says so.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edge import atomic
-from edge.errors import BadInput, EdgetlError, MissingEnvironment
+from edge.errors import ENVIRONMENT, INTERRUPTED, BadInput, EdgetlError, MissingEnvironment
 from edge.image import DEFAULT_RESIZE
 from edge.metrics import disagreements
 from edge.modelfile import read_embedded
@@ -58,15 +58,55 @@ def environment_with(runtime: str, model: Path) -> str:
         except (OSError, subprocess.TimeoutExpired):
             continue
         for line in completed.stdout.splitlines():
-            if line.startswith("{"):
-                found = json.loads(line)
-                if found.get("runtime") == runtime and found.get("installed"):
-                    return python
+            try:
+                found = json.loads(line) if line.startswith("{") else {}
+            except ValueError:
+                continue
+            if found.get("runtime") == runtime and found.get("installed"):
+                return python
     raise MissingEnvironment(
         f"--runtime {runtime}: not importable in this process, and none of "
         f"{len(tried)} device environment(s) has it (EDGETL_RUNTIME_PYTHONS, or .venv-edge / "
         ".venv-legacy in this folder); run `make setup-edge` or name one in EDGETL_RUNTIME_PYTHONS"
     )
+
+
+def run_parity(
+    python: str, model: Path, runtime: str, reference_path: Path, paths: List[str]
+) -> Dict[str, Any]:
+    """``edgetl parity`` in ``python`` on exactly ``paths`` (links in a scratch folder, so
+    the device command hashes the held-out images, not the whole dataset beside them)."""
+    folder = reference_path.parent / atomic.partial_name(Path(f"parity_{runtime}"))
+    report = folder / "device_parity.json"
+    try:
+        (folder / "images").mkdir(parents=True)
+        for i, image in enumerate(paths):
+            (folder / "images" / f"{i:07d}_{Path(image).name}").symlink_to(Path(image).resolve())
+        command = [
+            python, "-I", "-m", "toolchain.cli", "parity", str(model.resolve()),
+            "--reference", str(reference_path.resolve()), "--source", str(folder / "images"),
+            "--runtime", runtime, "--json", str(report), "--allow-missing",
+        ]  # fmt: skip
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise MissingEnvironment(
+                f"{single_line(model)}: {runtime} in {python} did not finish in {TIMEOUT}s; "
+                "validate on fewer images (--data) or with a runtime in this process"
+            ) from None
+        # 1 is the device command's own default gate: validate applies its own.
+        if completed.returncode not in (0, 1):
+            last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+            if completed.returncode == INTERRUPTED:
+                raise KeyboardInterrupt
+            error = MissingEnvironment if completed.returncode == ENVIRONMENT else BadInput
+            raise error(
+                f"{single_line(model)}: {runtime} in {python} failed ({last}); an older edgetl "
+                f"there lacks `edgetl parity`: reinstall it with `{python} -m pip install edgetl`"
+            )
+        return json.loads(report.read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def model_entry_elsewhere(
@@ -81,36 +121,7 @@ def model_entry_elsewhere(
     """Validate's model entry, measured by ``edgetl parity`` in another environment."""
     start = time.perf_counter()
     python = environment_with(runtime, path)
-    source = os.path.commonpath([str(Path(p).resolve().parent) for p in eval_set.paths])
-    scratch = reference_path.parent / atomic.partial_name(Path(f"parity_{runtime}.json"))
-    try:
-        completed = subprocess.run(
-            [
-                python,
-                "-I",
-                "-m",
-                "toolchain.cli",
-                "parity",
-                str(path.resolve()),
-                "--reference",
-                str(reference_path.resolve()),
-                "--source",
-                source,
-                "--runtime",
-                runtime,
-                "--json",
-                str(scratch),
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        if completed.returncode not in (0, 1):  # 1: its own default gate, which is ours to apply
-            last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-            raise BadInput(f"{single_line(path)}: {runtime} in {python} failed: {last}")
-        device = json.loads(scratch.read_text())
-    finally:
-        scratch.unlink(missing_ok=True)
+    device = run_parity(python, path, runtime, reference_path, eval_set.paths)
     found = {item["sha256"]: item["probabilities"] for item in device["images"]}
     kept = np.array([i for i, d in enumerate(digests) if d in found], dtype=np.int64)
     if not len(kept):

@@ -34,9 +34,11 @@ Debian's tools are missing; 4 when a step failed (its error is printed).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,11 +212,16 @@ def ensure_host() -> None:
 # --- root file systems ---------------------------------------------------------------
 
 
+def mount_point(field: str) -> str:
+    """/proc/mounts escapes space, tab, newline and backslash as octal ``\\NNN``."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mounts_under(root: Path) -> List[str]:
     prefix = str(root.resolve()) + "/"
     found = []
     for line in Path("/proc/mounts").read_text().splitlines():
-        point = line.split()[1].replace("\\040", " ")
+        point = mount_point(line.split()[1])
         if point.startswith(prefix) or point == prefix[:-1]:
             found.append(point)
     return found
@@ -232,7 +239,8 @@ def remove_rootfs(root: Path) -> None:
     left = mounts_under(root)
     if left:
         raise RuntimeError(f"{root}: still mounted at {left[0]}; unmount it before deleting")
-    shutil.rmtree(root)
+    # --one-file-system: even a mount made after the check above is never walked into.
+    checked(["rm", "-rf", "--one-file-system", str(root)], f"removing {root}")
 
 
 @contextmanager
@@ -309,7 +317,10 @@ def install_edgetl(root: Path, target: Target, wheel: Path) -> Dict[str, str]:
     """Each venv as the README tells a Pi user, then this tree's wheel over it."""
     check = root / CHECK_DIR.lstrip("/")
     shutil.copy2("/etc/ssl/certs/ca-certificates.crt", check / "ca-certificates.crt")
-    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_symlink():  # an absolute link would point the copy at the host's own file
+        resolv.unlink()
+    shutil.copy2("/etc/resolv.conf", resolv)
     shutil.copy2(wheel, check / wheel.name)
     inside = f"{CHECK_DIR}/{wheel.name}"
     seconds = {}
@@ -662,17 +673,26 @@ def pi_check(
 ) -> None:
     """Build the emulated Pis, install edgetl as a Pi user does, and compare with x86."""
     start = time.perf_counter()
-    for root in sorted(out.glob("rootfs-*")) if out.is_dir() else []:
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")  # noqa: SIM115 (held until exit: one check or clean at a time)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise RuntimeError(f"another pi-check or clean is running on {out}; wait for it") from None
+    for root in sorted(out.glob("rootfs-*")):
         unmount_all(root)  # what a killed check left mounted
         if clean:
             remove_rootfs(root)
     if clean:
-        if out.is_dir() and not mounts_under(out):
-            shutil.rmtree(out)
+        if not mounts_under(out):
+            checked(["rm", "-rf", "--one-file-system", str(out)], f"removing {out}")
         log(f"removed {out}")
         return
     try:
         ensure_host()
+        for python in (edge_python, legacy_python):
+            if not (python.parent / "edgetl").is_file():
+                raise Missing(f"{python.parent / 'edgetl'} is missing; run `make setup-edge`")
     except Missing as error:
         print(f"pi-check: {error}", file=sys.stderr)
         raise typer.Exit(3) from None
@@ -757,7 +777,11 @@ def pi_check(
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # click returns an Exit's code in this mode
-    except RuntimeError as error:  # a step failed: its own words, no traceback
+    except KeyboardInterrupt:
+        print("pi-check: interrupted; mounts were undone", file=sys.stderr)
+        code = 130
+    except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as error:
+        # a step failed: its own words, no traceback (1 means only "differs from x86")
         print(f"pi-check: FAILED: {error}", file=sys.stderr)
         code = 4
     sys.exit(code or 0)
