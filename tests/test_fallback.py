@@ -179,3 +179,34 @@ def test_ranking_subset_spreads_over_the_whole_split():
     assert list(ranking_subset(5, limit=10)) == [0, 1, 2, 3, 4]
     subset = ranking_subset(1000, limit=4)
     assert list(subset) == [0, 333, 666, 999]
+
+
+def test_a_group_masked_by_a_louder_one_is_found_by_re_ranking():
+    """ "masked" fixes nothing while "stem" is INT8 (its gain ranks at zero, so the first
+    ranking skips it) but two images once "stem" is float: the re-ranking finds it and
+    the budget is met. Without re-ranking the search would end one step short."""
+
+    def masking(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
+        in_float = [name for name in flatbuffer.decode().split(",") if name]
+        fixed = 3 * ("stem" in in_float) + 3 * ("stem" in in_float and "masked" in in_float)
+        probs = KERAS.copy()
+        for i in range(fixed, 6):
+            probs[i] = probs[i][::-1]
+        return probs[: len(pixels)]
+
+    pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
+    outcome = repair(
+        fake_quantize,
+        {name: [name] for name in ("stem", "masked", "useless")},
+        masking,
+        lambda flatbuffer: 1.0,
+        pixels,
+        KERAS,
+        judge_by_points(0.0, 1.0),
+        32,
+    )
+    first = {r["layer"]: r["gain"] for r in outcome.ranking}
+    assert first["masked"] <= 0 < first["stem"]  # invisible to the first ranking
+    assert outcome.float_tensors == ["stem", "masked"]
+    assert outcome.flatbuffer == fake_quantize(["stem", "masked"])
+    assert outcome.steps[-1].accepted and outcome.steps[-1].level == 2
