@@ -23,14 +23,22 @@ def fake_quantize(float_layers):
     return ",".join(sorted(float_layers)).encode()
 
 
-def fake_predict(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
-    """INT8 flips images 0..5; each float tensor un-flips its share, in a fixed order."""
-    in_float = [name for name in flatbuffer.decode().split(",") if name]
-    fixed = sum(FIXES[name] for name in in_float if name in FIXES)
-    probs = KERAS.copy()
-    for i in range(fixed, 6):  # images not yet fixed are predicted as the other class
-        probs[i] = probs[i][::-1]
-    return probs[: len(pixels)]
+def predictor(fixed_by):
+    """A fake ``predict``: INT8 flips images 0..5, and ``fixed_by(tensors in float)`` of
+    them are un-flipped, in a fixed order."""
+
+    def predict(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
+        fixed = fixed_by([name for name in flatbuffer.decode().split(",") if name])
+        probs = KERAS.copy()
+        for i in range(fixed, 6):  # images not yet fixed are predicted as the other class
+            probs[i] = probs[i][::-1]
+        return probs[: len(pixels)]
+
+    return predict
+
+
+# each float tensor un-flips its share of FIXES
+fake_predict = predictor(lambda in_float: sum(FIXES.get(name, 0) for name in in_float))
 
 
 def judge_by_points(max_drop, min_agreement):
@@ -86,14 +94,11 @@ def test_a_group_that_stops_helping_once_others_are_in_float_goes_back_to_int8()
     """ "clash" fixes two images alone (so it ranks second), but undoes two of stem's
     fixes when stem is in float too: the whole-set check sends it back to INT8."""
 
-    def clashing(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
-        in_float = [name for name in flatbuffer.decode().split(",") if name]
+    def fixed_by(in_float):
         fixed = sum({"stem": 3, "clash": 2, "head": 1}.get(n, 0) for n in in_float)
-        fixed -= 2 * ("stem" in in_float and "clash" in in_float)
-        probs = KERAS.copy()
-        for i in range(fixed, 6):
-            probs[i] = probs[i][::-1]
-        return probs[: len(pixels)]
+        return fixed - 2 * ("stem" in in_float and "clash" in in_float)
+
+    clashing = predictor(fixed_by)
 
     pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
     outcome = repair(
@@ -186,13 +191,11 @@ def test_a_group_masked_by_a_louder_one_is_found_by_re_ranking():
     ranking skips it) but two images once "stem" is float: the re-ranking finds it and
     the budget is met. Without re-ranking the search would end one step short."""
 
-    def masking(flatbuffer: bytes, pixels: np.ndarray) -> np.ndarray:
-        in_float = [name for name in flatbuffer.decode().split(",") if name]
-        fixed = 3 * ("stem" in in_float) + 3 * ("stem" in in_float and "masked" in in_float)
-        probs = KERAS.copy()
-        for i in range(fixed, 6):
-            probs[i] = probs[i][::-1]
-        return probs[: len(pixels)]
+    masking = predictor(
+        lambda in_float: (
+            3 * ("stem" in in_float) + 3 * ("stem" in in_float and "masked" in in_float)
+        )
+    )
 
     pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
     outcome = repair(
