@@ -52,13 +52,13 @@ def judge_by_points(max_drop, min_agreement):
     return judge
 
 
-def run_repair(max_drop, max_layers=32, min_agreement=0.0, groups=None):
+def run_repair(max_drop, max_layers=32, min_agreement=0.0, groups=None, predict=fake_predict):
     groups = groups or {name: [name] for name in FIXES}
     pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
     return repair(
         fake_quantize,
         groups,
-        fake_predict,
+        predict,
         lambda flatbuffer: 1.0,
         pixels,
         KERAS,
@@ -98,19 +98,8 @@ def test_a_group_that_stops_helping_once_others_are_in_float_goes_back_to_int8()
         fixed = sum({"stem": 3, "clash": 2, "head": 1}.get(n, 0) for n in in_float)
         return fixed - 2 * ("stem" in in_float and "clash" in in_float)
 
-    clashing = predictor(fixed_by)
-
-    pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
-    outcome = repair(
-        fake_quantize,
-        {name: [name] for name in ("stem", "clash", "head")},
-        clashing,
-        lambda flatbuffer: 1.0,
-        pixels,
-        KERAS,
-        judge_by_points(25.0, 0.0),
-        32,
-    )
+    groups = {name: [name] for name in ("stem", "clash", "head")}
+    outcome = run_repair(25.0, groups=groups, predict=predictor(fixed_by))
     assert [r["layer"] for r in outcome.ranking] == ["stem", "clash", "head"]
     assert outcome.float_tensors == ["stem", "head"]
     assert [(s.float_layers, s.kept) for s in outcome.steps[1:]] == [
@@ -197,17 +186,8 @@ def test_a_group_masked_by_a_louder_one_is_found_by_re_ranking():
         )
     )
 
-    pixels = np.zeros((len(LABELS), 2, 2, 3), np.uint8)
-    outcome = repair(
-        fake_quantize,
-        {name: [name] for name in ("stem", "masked", "useless")},
-        masking,
-        lambda flatbuffer: 1.0,
-        pixels,
-        KERAS,
-        judge_by_points(0.0, 1.0),
-        32,
-    )
+    groups = {name: [name] for name in ("stem", "masked", "useless")}
+    outcome = run_repair(0.0, min_agreement=1.0, groups=groups, predict=masking)
     first = {r["layer"]: r["gain"] for r in outcome.ranking}
     assert first["masked"] <= 0 < first["stem"]  # invisible to the first ranking
     assert outcome.float_tensors == ["stem", "masked"]
