@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from edge.errors import BadInput, MissingEnvironment
 from toolchain.options import STRATEGIES
@@ -47,6 +47,33 @@ def tf_config_problem(text: Optional[str]) -> Optional[str]:
     return None
 
 
+class WorkerRole(NamedTuple):
+    """This process's place in a multi-worker run."""
+
+    workers: int  # how many processes train together
+    index: int  # this one's: 0 is the chief, which alone writes the run folder
+    chief: bool
+
+
+def worker_role(strategy: str, text: Optional[str] = None) -> Optional[WorkerRole]:
+    """Read from ``TF_CONFIG`` (or ``text``); None unless ``--strategy multiworker``.
+
+    The chief is the ``chief`` task when the cluster names one, else worker 0, as
+    tf.distribute counts them; a TF_CONFIG with a problem gives None here and is
+    refused in one line by the option checks.
+    """
+    if strategy != "multiworker":
+        return None
+    text = os.environ.get("TF_CONFIG") if text is None else text
+    if tf_config_problem(text):
+        return None
+    config = json.loads(text or "")
+    chiefs = config["cluster"].get("chief") or []
+    task = config["task"]
+    index = int(task["index"]) + (len(chiefs) if task["type"] == "worker" else 0)
+    return WorkerRole(len(chiefs) + len(config["cluster"]["worker"]), index, index == 0)
+
+
 def describe_devices(tf: Any) -> Tuple[List[str], str]:
     gpus = tf.config.list_physical_devices("GPU")
     names = [gpu.name for gpu in gpus]
@@ -67,12 +94,48 @@ def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        mean_scalar_logs_across_workers(tf)
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
         strategy = tf.distribute.MirroredStrategy()
     else:
         strategy = tf.distribute.get_strategy()
     replicas = getattr(strategy, "num_replicas_in_sync", 1)
     return strategy, f"{type(strategy).__name__} with {replicas} replica(s)"
+
+
+def mean_scalar_logs_across_workers(tf: Any) -> None:
+    """Let Keras 3 average a multi-worker run's per-step losses and metrics.
+
+    Keras 3 (3.15 here) averages each step's logs across workers with
+    ``strategy.reduce("MEAN", value, axis=0)``; the logs are scalars, which have
+    no axis 0, so ``fit`` under MultiWorkerMirroredStrategy stops at its first
+    step ("Invalid reduction dimension 0 for input with 0 dimensions"; tracked
+    upstream as TensorFlow issue 72388). Scalars are averaged over no axis instead;
+    everything else goes through Keras unchanged. Applied only when a
+    multi-worker strategy is made, and only if Keras still has the function.
+    """
+    try:
+        from keras.src.backend.tensorflow import trainer
+    except ImportError:
+        return
+    original = getattr(trainer, "reduce_per_replica", None)
+    if original is None or getattr(original, "edgetl_scalar_mean", False):
+        return
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction not in ("auto", "mean") or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return original(values, strategy, reduction)
+
+        def mean(value: Any) -> Any:
+            local = strategy.experimental_local_results(value)[0]
+            return strategy.reduce("MEAN", value, axis=0 if local.shape.rank else None)
+
+        return tf.nest.map_structure(mean, values)
+
+    reduce_per_replica.edgetl_scalar_mean = True  # type: ignore[attr-defined]
+    trainer.reduce_per_replica = reduce_per_replica
 
 
 def enable_mixed_precision(tf: Any, keras: Any) -> str:

@@ -2,8 +2,9 @@
 
 The run's test split by default, or any labeled folder (``--data``); both go
 through the training decoder (``edge.image.load_many``), so Keras and the
-tensor-level TFLite figures see the same pixels. Files that cannot be read
-are listed, never counted.
+tensor-level TFLite figures see the same pixels. They are decoded to a file
+(``toolchain.pixel_file``), so a folder of any size validates in bounded
+memory. Files that cannot be read are listed, never counted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from edge.errors import BadInput
-from edge.image import list_images, load_many
+from edge.image import list_images
+from toolchain.pixel_file import Rows, decode_to_file
 from toolchain.rundir import RunDir
 from toolchain.text import few, single_line
 
@@ -27,7 +29,7 @@ MODEL_SUFFIXES = (".tflite", ".tflite.rejected")
 class EvalSet:
     paths: List[str]
     labels: np.ndarray
-    pixels: np.ndarray
+    pixels: Rows  # decoded to a file in the run folder, read back a batch at a time
     description: str
     skipped: List[Any]
     missing_classes: List[str]
@@ -103,7 +105,7 @@ def load_eval_set(run: RunDir, data: Optional[str], size: int, labels: List[str]
     else:
         paths, indices = run.split_files("test", len(labels))
         description = "test split of the run"
-    pixels, kept, skipped = load_many(paths, size)
+    pixels, kept, skipped = decode_to_file(paths, size, run.path, "validate")
     return EvalSet(
         [str(paths[i]) for i in kept],
         np.array([indices[i] for i in kept], dtype=np.int64),

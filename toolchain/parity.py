@@ -48,6 +48,7 @@ from toolchain.parity_figures import (
     gate_failures,
 )
 from toolchain.parity_report import parity_markdown, write_pictures
+from toolchain.pixel_file import predict_in_batches
 from toolchain.progress import Log, stderr_log
 from toolchain.rundir import RunDir
 from toolchain.text import few, single_line
@@ -91,7 +92,7 @@ def validate(
 
     keras_model = run.load_keras_model()
     keras_start = time.perf_counter()
-    keras_probs = keras_model.predict(eval_set.pixels.astype(np.float32), batch_size=64, verbose=0)
+    keras_probs = predict_in_batches(keras_model, eval_set.pixels)
     report = base_report(eval_set, labels, keras_probs, time.perf_counter() - keras_start)
     reference = reference_json(
         eval_set.paths,

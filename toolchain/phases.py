@@ -20,18 +20,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from toolchain import runstate
 from toolchain.augment import augmentation
-from toolchain.devices import choose_strategy, describe_devices, enable_mixed_precision
+from toolchain.devices import (
+    choose_strategy,
+    describe_devices,
+    enable_mixed_precision,
+    worker_role,
+)
 from toolchain.model import build_classifier, fine_tune_index, unfreeze_from
 from toolchain.options import TrainOptions
+from toolchain.pixel_file import Rows, predict_to_file, row_dataset
 from toolchain.progress import Log, epoch_logger
 from toolchain.quiet import keras as import_keras
 from toolchain.quiet import tensorflow
 from toolchain.rundir import RunDir
-from toolchain.train_data import TrainingData, pixel_dataset
+from toolchain.train_data import TrainingData
 
 ClassWeights = Optional[Dict[int, float]]
 
@@ -57,6 +61,7 @@ class Session:
     keras: Any
     strategy: Any  # a tf.distribute strategy; variables are made in its scope
     augment: Any  # the augmentation model, or None when no phase augments
+    shard: Tuple[int, int] = (1, 0)  # (workers, this worker) of a multi-worker run
     timings: Timings = field(default_factory=Timings)
 
 
@@ -77,7 +82,9 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
     if options.mixed_precision:
         log(enable_mixed_precision(tf, keras))
     augment = augmentation(options.seed) if (options.augment or options.head_augment) else None
-    return Session(options, data, run, log, tf, keras, strategy, augment)
+    role = worker_role(options.strategy)
+    shard = (role.workers, role.index) if role else (1, 0)
+    return Session(options, data, run, log, tf, keras, strategy, augment, shard)
 
 
 def build_model(session: Session) -> Tuple[Any, Any]:
@@ -92,16 +99,15 @@ def build_model(session: Session) -> Tuple[Any, Any]:
 def head_phase(session: Session, model: Any, class_weight: ClassWeights) -> None:
     """Phase 1: the head trains, the base stays frozen."""
     o, timings = session.options, session.timings
-    with session.strategy.scope():  # the optimizer's variables are made here
-        start = time.perf_counter()
-        if o.head_augment or not o.cache_features:
-            steps = _head_on_pixels(session, model, class_weight)
-        else:
-            steps = _head_on_features(session, model, class_weight)
-        timings.seconds["head"] = time.perf_counter() - start
-        timings.images_per_second["head"] = round(
-            steps * session.data.counts["train"] / timings.seconds["head"], 1
-        )
+    start = time.perf_counter()
+    if o.head_augment or not o.cache_features:
+        steps = _head_on_pixels(session, model, class_weight)
+    else:
+        steps = _head_on_features(session, model, class_weight)
+    timings.seconds["head"] = time.perf_counter() - start
+    timings.images_per_second["head"] = round(
+        steps * session.data.counts["train"] / timings.seconds["head"], 1
+    )
 
 
 def _head_on_pixels(session: Session, model: Any, class_weight: ClassWeights) -> int:
@@ -112,41 +118,25 @@ def _head_on_pixels(session: Session, model: Any, class_weight: ClassWeights) ->
         + ("augmented " if o.head_augment else "")
         + "pixels through the frozen base"
     )
-    train_ds = pixel_dataset(
-        session.tf,
-        data.splits["train"].pixels,
-        data.onehot("train"),
-        o.batch_size,
-        o.seed,
-        session.augment if o.head_augment else None,
-    )
-    val_ds = _val_pixels(session)
-    _compile(session, model, o.learning_rate)
-    fit = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=o.epochs,
-        verbose=0,
-        class_weight=class_weight,
-        callbacks=_callbacks(session, "head", o.epochs, 0, model),
-    )
-    return len(fit.epoch)
+    train_ds = _dataset(session, data.splits["train"].pixels, "train", o.seed, o.head_augment)
+    val_ds = _val_dataset(session, data.splits["val"].pixels)
+    return _fit(session, model, train_ds, val_ds, o.learning_rate, "head", 0, class_weight)
 
 
 def _head_on_features(session: Session, model: Any, class_weight: ClassWeights) -> int:
     """The frozen base runs once; the head (dropout and dense, the same layer objects as
     in ``model``, so the trained weights land there) trains on the pooled features."""
-    o, data, tf, keras = session.options, session.data, session.tf, session.keras
+    o, data, keras = session.options, session.data, session.keras
     extract_start = time.perf_counter()
-    extractor = keras.Model(model.input, model.get_layer("pool").output)
+    # Outside the strategy: a plain copy of the frozen base gives every worker the same
+    # features (Keras' own predict cannot gather a multi-worker strategy's outputs).
+    plain = plain_copy(session, model)
+    extractor = keras.Model(plain.input, plain.get_layer("pool").output)
+    # Inference only, so large batches (~1.5x faster here); the features go to disk
+    # beside the pixels, so the cache does not grow memory with the data either.
     features = {
-        name: extractor.predict(
-            data.splits[name].pixels.astype(np.float32),
-            batch_size=256,  # inference only: large batches are ~1.5x faster here
-            verbose=0,
-        ).astype(np.float32)
+        name: predict_to_file(extractor, data.splits[name].pixels, session.run.checkpoints)
         for name in ("train", "val")
-        if data.counts[name]
     }
     session.timings.seconds["head_feature_extraction"] = time.perf_counter() - extract_start
     session.log(
@@ -156,19 +146,9 @@ def _head_on_features(session: Session, model: Any, class_weight: ClassWeights) 
     head_input = keras.Input(shape=features["train"].shape[1:], name="pooled_features")
     x = model.get_layer("dropout")(head_input)
     head = keras.Model(head_input, model.get_layer("probabilities")(x), name="head")
-    _compile(session, head, o.learning_rate)
-    train_ds = tf.data.Dataset.from_tensor_slices((features["train"], data.onehot("train")))
-    train_ds = train_ds.shuffle(len(features["train"]), seed=o.seed).batch(o.batch_size)
-    val_data = (features["val"], data.onehot("val")) if "val" in features else None
-    fit = head.fit(
-        train_ds,
-        validation_data=val_data,
-        epochs=o.epochs,
-        verbose=0,
-        class_weight=class_weight,
-        callbacks=_callbacks(session, "head", o.epochs, 0, head),
-    )
-    return len(fit.epoch)
+    train_ds = _dataset(session, features["train"], "train", o.seed, False)
+    val_data = _val_dataset(session, features["val"])
+    return _fit(session, head, train_ds, val_data, o.learning_rate, "head", 0, class_weight)
 
 
 def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: ClassWeights) -> None:
@@ -181,49 +161,130 @@ def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: Class
         f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
         f"at learning rate {o.fine_tune_learning_rate:g}" + (", augmented" if o.augment else "")
     )
-    with session.strategy.scope():
-        _compile(session, model, o.fine_tune_learning_rate)
-    train_ds = pixel_dataset(
-        session.tf,
-        data.splits["train"].pixels,
-        data.onehot("train"),
-        o.batch_size,
-        o.seed + 1,
-        session.augment if o.augment else None,
-    )
-    total = o.epochs + o.fine_tune_epochs
-    fit = model.fit(
+    train_ds = _dataset(session, data.splits["train"].pixels, "train", o.seed + 1, o.augment)
+    val_ds = _val_dataset(session, data.splits["val"].pixels)
+    epochs = _fit(
+        session,
+        model,
         train_ds,
-        validation_data=_val_pixels(session),
-        epochs=total,
-        initial_epoch=o.epochs,
-        verbose=0,
-        class_weight=class_weight,
-        callbacks=_callbacks(session, "fine_tune", o.fine_tune_epochs, o.epochs, model),
+        val_ds,
+        o.fine_tune_learning_rate,
+        "fine_tune",
+        o.epochs,
+        class_weight,
     )
     timings.seconds["fine_tune"] = time.perf_counter() - start
     timings.images_per_second["fine_tune"] = round(
-        len(fit.epoch) * data.counts["train"] / timings.seconds["fine_tune"], 1
+        epochs * data.counts["train"] / timings.seconds["fine_tune"], 1
     )
 
 
-def float32_copy(session: Session, model: Any) -> Any:
-    """Mixed-precision models are saved as float32 so export sees plain float ops."""
-    o = session.options
-    if not o.mixed_precision:
+def plain_copy(session: Session, model: Any) -> Any:
+    """The model rebuilt outside any strategy, float32, with the same weights.
+
+    What is evaluated and saved: export wants plain float ops (not a mixed-precision
+    graph), and Keras 3's ``predict`` under a multi-worker strategy fails to gather
+    the replicas' outputs ("unsupported type PerReplica"). On one device without
+    mixed precision the model itself is already that.
+    """
+    o, keras = session.options, session.keras
+    if not (o.mixed_precision or _distributed(session)):
         return model
-    session.keras.mixed_precision.set_global_policy("float32")
+    if o.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
     copy, _ = build_classifier(len(session.data.labels), o.image_size, o.alpha, "none", o.dropout)
     copy.set_weights(model.get_weights())
+    if o.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
     return copy
 
 
-def _val_pixels(session: Session) -> Any:
-    data = session.data
-    if not data.counts["val"]:
+def _distributed(session: Session) -> bool:
+    """Training under a tf.distribute strategy (even one of a single replica)."""
+    replicas = getattr(session.strategy, "num_replicas_in_sync", 1)
+    return replicas > 1 or session.options.strategy != "auto"
+
+
+def _fit(
+    session: Session,
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    learning_rate: float,
+    phase: str,
+    initial_epoch: int,
+    class_weight: ClassWeights,
+) -> int:
+    """Compile and fit ``model`` for its phase under the session's strategy; returns
+    how many epochs ran (early stopping may end a phase sooner).
+
+    Under a strategy, ``model`` is first wrapped in a functional model made outside
+    the strategy's scope over the same layers, whose variables (made in the scope)
+    stay the distributed ones: Keras 3 then builds the training step when it traces
+    it, instead of from the first distributed batch, which it cannot do under
+    MultiWorkerMirroredStrategy ("unsupported type PerReplica").
+    """
+    o = session.options
+    epochs = o.epochs if phase == "head" else o.epochs + o.fine_tune_epochs
+    trainee = model
+    if _distributed(session):
+        trainee = session.keras.Model(model.inputs, model.outputs, name=model.name)
+    with session.strategy.scope():  # the optimizer's variables are made here
+        _compile(session, trainee, learning_rate)
+        fit = trainee.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            verbose=0,
+            class_weight=class_weight,
+            callbacks=_callbacks(session, phase, epochs - initial_epoch, initial_epoch, trainee),
+        )
+    return len(fit.epoch)
+
+
+def _dataset(session: Session, rows: Rows, split_name: str, seed: int, augment: bool) -> Any:
+    """Shuffled training batches of ``rows`` (pixels or features) with their labels."""
+    return _split_dataset(session, rows, split_name, seed, session.augment if augment else None)
+
+
+def _val_dataset(session: Session, rows: Rows) -> Any:
+    """The val split in order, or None when it is empty (Keras then skips validation)."""
+    if not session.data.counts["val"]:
         return None
-    return pixel_dataset(
-        session.tf, data.splits["val"].pixels, data.onehot("val"), session.options.batch_size, None
+    return _split_dataset(session, rows, "val", None, None)
+
+
+def _split_dataset(
+    session: Session, rows: Rows, split_name: str, seed: Optional[int], augment: Any
+) -> Any:
+    """One split's ``row_dataset``; across workers, one pipeline per worker.
+
+    Each worker of a multi-worker run builds its own pipeline over its own share
+    of the indices, batched per replica (``distribute_datasets_from_function``),
+    so no worker reads or augments an image another worker trains on.
+    """
+    data, batch = session.data, session.options.batch_size
+
+    def pipeline(per_replica_batch: int, shard: Tuple[int, int]) -> Any:
+        return row_dataset(
+            session.tf,
+            rows,
+            data.splits[split_name].class_indices,
+            len(data.labels),
+            per_replica_batch,
+            seed,
+            augment,
+            shard,
+        )
+
+    if session.shard[0] <= 1:
+        return pipeline(batch, (1, 0))
+    return session.strategy.distribute_datasets_from_function(
+        lambda context: pipeline(
+            context.get_per_replica_batch_size(batch),
+            (context.num_input_pipelines, context.input_pipeline_id),
+        )
     )
 
 

@@ -10,18 +10,20 @@ files as they were, and ``--resume`` redoes at most the interrupted epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List
 
 from toolchain import runstate
 from toolchain.datasets import data_folder
+from toolchain.devices import worker_role
 from toolchain.options import TrainOptions
 from toolchain.phases import (
     build_model,
     fine_tune_phase,
-    float32_copy,
     head_phase,
+    plain_copy,
     require_gpu,
     start_session,
 )
@@ -47,6 +49,13 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     """Train a run into ``options.out``; every refusal is a ``BadInput`` (exit 2)
     raised before the folder is touched."""
     options = checked_options(options)
+    role = worker_role(options.strategy)
+    if role is not None and not role.chief:
+        # Only the chief writes --out; another worker keeps its checkpoints (for
+        # --resume) in a hidden folder beside it and removes it when training ends.
+        hidden = Path(options.out).parent / f".{Path(options.out).name}.worker-{role.index}"
+        options = replace(options, out=str(hidden), force=not options.resume)
+        log(f"worker {role.index} of {role.workers}: its working files go to {hidden}")
     run = RunDir(options.out)
     plan = runstate.check_out_folder(run, data_folder(options.data), options.resume, options.force)
     if plan == "finished":
@@ -92,7 +101,12 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     if options.fine_tune_epochs:
         fine_tune_phase(session, model, base, class_weight)
 
-    keras_model = float32_copy(session, model)
+    keras_model = plain_copy(session, model)
+    if role is not None and not role.chief:
+        data.close()
+        shutil.rmtree(run.path)
+        log(f"worker {role.index}: trained in step with the chief, which writes the run")
+        return TrainResult(run.path, data.labels, data.counts, float("nan"), float("nan"), {})
     evaluation = evaluate(keras_model, data)
     log(f"keras top-1: val {evaluation.top1['val']:.3f}, test {evaluation.top1['test']:.3f}")
     write_outputs(
@@ -105,6 +119,7 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         session.timings,
         log,
     )
+    data.close()
     return _commit(run, log)
 
 

@@ -1,7 +1,8 @@
-"""The training images, decoded once into memory and split train / val / test.
+"""The training images, decoded once to disk and split train / val / test.
 
 Everything a run trains and evaluates on is made here, in one place, and handed
-on as a ``TrainingData``: the phases never re-read the folder, and the splits
+on as a ``TrainingData``: the phases never re-read the folder (they read the
+decoded rows back a batch at a time, ``toolchain.pixel_file``), and the splits
 written to ``splits.json`` are the files that were actually decoded (an
 unreadable image is skipped and listed, never silently dropped). A resumed run
 reuses the splits it started with, so photos added since cannot leak into val
@@ -20,9 +21,9 @@ import numpy as np
 
 from edge import atomic
 from edge.errors import BadInput
-from edge.image import load_many
 from toolchain.datasets import resolve_data, scan_class_folders, split_items
 from toolchain.options import TrainOptions
+from toolchain.pixel_file import Rows, decode_to_file
 from toolchain.progress import Log
 from toolchain.rundir import RunDir
 
@@ -41,7 +42,7 @@ class ImageFolder(NamedTuple):
 
 @dataclass(frozen=True)
 class DecodedSplit:
-    pixels: np.ndarray  # uint8, (n, size, size, 3)
+    pixels: Rows  # uint8, (n, size, size, 3): a RowFile on disk, or an array
     class_indices: np.ndarray  # int64, (n,)
 
 
@@ -61,6 +62,12 @@ class TrainingData:
     def onehot(self, split_name: str) -> np.ndarray:
         indices = self.splits[split_name].class_indices
         return np.eye(len(self.labels), dtype=np.float32)[indices]
+
+    def close(self) -> None:
+        """Let go of the decoded rows (their unlinked files vanish with them)."""
+        for split in self.splits.values():
+            if hasattr(split.pixels, "close"):
+                split.pixels.close()
 
 
 def read_image_folder(options: TrainOptions, run_path: Path) -> ImageFolder:
@@ -106,13 +113,15 @@ def load_training_data(
         n_items = len(items)
         log(f"data: {description}: {n_items} images, {len(labels)} classes ({', '.join(labels)})")
     log(
-        f"decoding {n_items} images at {o.image_size}px into memory "
-        f"(~{n_items * o.image_size**2 * 3 / 2**20:.0f} MiB)"
+        f"decoding {n_items} images at {o.image_size}px to disk in {run.checkpoints} "
+        f"(~{n_items * o.image_size**2 * 3 / 2**20:.0f} MiB, read back a batch at a time)"
     )
     decoded: Dict[str, DecodedSplit] = {}
     skipped: List[Tuple[str, str]] = []
     for split_name in SPLITS:
-        pixels, y, kept, unreadable = load_split_pixels(root, entries[split_name], o.image_size)
+        pixels, y, kept, unreadable = load_split_pixels(
+            root, entries[split_name], o.image_size, run.checkpoints
+        )
         decoded[split_name] = DecodedSplit(pixels, y)
         entries[split_name] = kept
         skipped += unreadable
@@ -155,30 +164,16 @@ def _saved_splits(run: RunDir, resume: bool) -> Optional[Dict[str, Any]]:
 
 
 def load_split_pixels(
-    root: Path, entries: List[Tuple[str, int]], size: int
-) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, int]], List[Tuple[str, str]]]:
-    """Decode one split in parallel; returns pixels, labels, kept entries, skipped files."""
-    pixels, kept, skipped = load_many([root / rel for rel, _ in entries], size)
+    root: Path, entries: List[Tuple[str, int]], size: int, folder: Path
+) -> Tuple[Rows, np.ndarray, List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """Decode one split in parallel into a file in ``folder``; returns the pixel rows,
+    labels, kept entries and skipped files."""
+    pixels, kept, skipped = decode_to_file(
+        [root / rel for rel, _ in entries], size, folder, "training"
+    )
     kept_entries = [entries[i] for i in kept]
     labels = np.array([label for _, label in kept_entries], dtype=np.int64)
     return pixels, labels, kept_entries, skipped
-
-
-def pixel_dataset(
-    tf: Any, pixels: np.ndarray, onehot: np.ndarray, batch: int, seed: Optional[int], augment=None
-) -> Any:
-    """uint8 pixels held in memory -> shuffled float batches (augmented when given)."""
-    ds = tf.data.Dataset.from_tensor_slices((pixels, onehot))
-    if seed is not None:
-        ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    if augment is not None:
-        # One batch at a time: the augmentation layers draw from one seeded stateful
-        # generator, and parallel calls would take its numbers in a racy order, so the
-        # same --seed would give a different model. Each call is a whole batch of TF
-        # ops (multi-threaded inside), and prefetch still overlaps it with training.
-        ds = ds.map(lambda x, y: (augment(x, training=True), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional[Dict[int, float]]:

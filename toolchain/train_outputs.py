@@ -30,6 +30,7 @@ from edge.metrics import confusion_matrix
 from toolchain import __version__
 from toolchain.options import TrainOptions
 from toolchain.phases import Timings
+from toolchain.pixel_file import predict_in_batches
 from toolchain.plots import confusion_matrices, training_curves
 from toolchain.progress import Log
 from toolchain.rundir import LOG_FILES, RunDir
@@ -56,10 +57,7 @@ def evaluate(model: Any, data: TrainingData) -> Evaluation:
     top1, predicted = {}, {}
     for split_name in ("val", "test"):
         split = data.splits[split_name]
-        if len(split.pixels):
-            probabilities = model.predict(split.pixels.astype(np.float32), batch_size=64, verbose=0)
-        else:
-            probabilities = np.zeros((0, len(data.labels)), np.float32)
+        probabilities = predict_in_batches(model, split.pixels)
         predicted[split_name] = probabilities.argmax(axis=1)
         y = split.class_indices
         top1[split_name] = float(np.mean(predicted[split_name] == y)) if len(y) else float("nan")
