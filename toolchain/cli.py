@@ -198,11 +198,7 @@ def train(options: TrainOptions) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
     from toolchain.train import train as run_training
 
-    result = run_training(options)
-    done = "already trained, nothing to do" if result.already_finished else "trained"
-    say(
-        f"{done}: {result.run_dir}  val top-1 {result.val_top1:.4f}  test top-1 {result.test_top1:.4f}"
-    )
+    say(run_training(options).summary())
 
 
 RunDirArgument = Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")]

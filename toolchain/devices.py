@@ -2,7 +2,8 @@
 
 - ``auto``: MirroredStrategy over every local GPU when there are several,
   otherwise the default strategy (one GPU or the CPU).
-- ``mirrored``: MirroredStrategy even on one device (it runs on CPU too).
+- ``mirrored``: MirroredStrategy even on one device (it runs on CPU too, over
+  every logical CPU device when several are configured).
 - ``multiworker``: MultiWorkerMirroredStrategy, configured by ``TF_CONFIG``
   (one JSON per machine naming the cluster and this worker's index).
 """
@@ -96,7 +97,10 @@ def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         mean_scalar_logs_across_workers(tf)
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy()
+        # Without GPUs, mirror over the logical CPU devices when there are several
+        # (tf.config.set_logical_device_configuration): how mirrored runs are tested.
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(None if gpus or len(cpus) < 2 else cpus)
     else:
         strategy = tf.distribute.get_strategy()
     replicas = getattr(strategy, "num_replicas_in_sync", 1)

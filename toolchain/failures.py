@@ -47,6 +47,13 @@ def _os_error(error: OSError) -> Tuple[int, str]:
     return code, f"{prefix}{detail} ({advice})"
 
 
+# TensorFlow's errors when a collective operation loses a peer: another worker of a
+# multi-worker run was killed, crashed or cannot be reached. Matched by name so this
+# module does not import TensorFlow.
+_PEER_LOST = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError")
+REASON_CHARS = 300  # an exception's text can hold whole tensors (a PerReplica repr)
+
+
 def describe_failure(error: BaseException) -> Tuple[int, str]:
     """The exit code and the one-line message for ``error`` (a pure function).
 
@@ -62,8 +69,17 @@ def describe_failure(error: BaseException) -> Tuple[int, str]:
         code, message = BAD_INPUT, f"a file is not valid JSON ({error.msg}, line {error.lineno})"
     elif isinstance(error, MemoryError):
         code, message = ENVIRONMENT, "out of memory: close other programs or use smaller inputs"
+    elif type(error).__module__.startswith("tensorflow") and type(error).__name__ in _PEER_LOST:
+        reason = " ".join(str(error).split())[:REASON_CHARS]
+        code, message = (
+            ENVIRONMENT,
+            f"training lost contact with another worker ({type(error).__name__}: {reason}); "
+            "start every worker again with the same command and --resume",
+        )
     else:
-        reason = str(error) or "no message"
+        reason = " ".join((str(error) or "no message").split())
+        if len(reason) > REASON_CHARS:
+            reason = reason[:REASON_CHARS] + " …"
         code, message = (
             INTERNAL,
             f"internal error ({type(error).__name__}: {reason}); this is a bug in edgetl: "

@@ -205,9 +205,7 @@ def row_dataset(
         # Sharded here, so tf.distribute must not shard it again (it would keep
         # every other batch of each worker's half: half the data per epoch).
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         ds = ds.with_options(options)
     ds = ds.batch(batch)
     row_shape = tuple(rows.shape[1:])

@@ -43,6 +43,17 @@ class TrainResult:
     test_top1: float
     seconds: Dict[str, float]
     already_finished: bool = False  # --resume on a finished run: nothing was trained
+    worker_note: str = ""  # a multi-worker run's other workers: where the chief wrote it
+
+    def summary(self) -> str:
+        """The one line ``edgetl train`` prints when it is done."""
+        if self.worker_note:
+            return self.worker_note
+        done = "already trained, nothing to do" if self.already_finished else "trained"
+        return (
+            f"{done}: {self.run_dir}  val top-1 {self.val_top1:.4f}  "
+            f"test top-1 {self.test_top1:.4f}"
+        )
 
 
 def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
@@ -105,8 +116,9 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     if role is not None and not role.chief:
         data.close()
         shutil.rmtree(run.path)
-        log(f"worker {role.index}: trained in step with the chief, which writes the run")
-        return TrainResult(run.path, data.labels, data.counts, float("nan"), float("nan"), {})
+        note = f"worker {role.index}: trained in step with the chief, which writes the run"
+        nan = float("nan")
+        return TrainResult(run.path, data.labels, data.counts, nan, nan, {}, worker_note=note)
     evaluation = evaluate(keras_model, data)
     log(f"keras top-1: val {evaluation.top1['val']:.3f}, test {evaluation.top1['test']:.3f}")
     write_outputs(
