@@ -32,10 +32,14 @@ from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput
 from edge.image import load_many
 from toolchain.options import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from toolchain.pixel_file import predict_in_batches
 from toolchain.progress import Log
 from toolchain.rundir import RunDir
 
 DECISION_TRAIN_IMAGES = 1000  # training images added to the validation split
+# The validation split's share, evenly across it: a large dataset's val split would
+# otherwise be held in memory whole (30,000 images make 3,000 val images).
+DECISION_VAL_IMAGES = 4000
 # Agreement on the decision images should clear the budget by this much: training images
 # overstate it (see the module docstring; on flowers128 folds the accepted mix agreed
 # 1.1-1.2 points less on held-out photos than on its decision images). The repair stops
@@ -166,7 +170,8 @@ def evenly(paths: List[Any], labels: List[int], limit: int):
 def decision_set(
     run: RunDir, config: Dict[str, Any], log: Log, half_of_train: bool = False
 ) -> DecisionSet:
-    """The validation split plus up to ``DECISION_TRAIN_IMAGES`` training images (at most
+    """The validation split (up to ``DECISION_VAL_IMAGES``) plus up to
+    ``DECISION_TRAIN_IMAGES`` training images (at most
     half of them with ``half_of_train``: QAT then fine-tunes on the other half, so no
     decision image is one QAT fitted), decoded as the model sees them. The test split
     is never part of it."""
@@ -174,6 +179,8 @@ def decision_set(
     parts, sources, train_paths = [], {}, ()
     for split in ("val", "train"):
         paths, labels = run.split_files(split, n_classes)
+        if split == "val":
+            paths, labels = evenly(paths, labels, DECISION_VAL_IMAGES)
         if split == "train":
             limit = min(DECISION_TRAIN_IMAGES, len(paths) // 2 if half_of_train else len(paths))
             paths, labels = evenly(paths, labels, limit)
@@ -211,7 +218,7 @@ class Judge:
         cls, run: RunDir, config: Dict[str, Any], model: Any, log: Log, half_of_train: bool = False
     ) -> Judge:
         decision = decision_set(run, config, log, half_of_train)
-        probs = model.predict(decision.pixels.astype(np.float32), batch_size=64, verbose=0)
+        probs = predict_in_batches(model, decision.pixels)
         return cls(decision, probs)
 
     def figures(self, probs: np.ndarray) -> Estimate:

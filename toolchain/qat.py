@@ -31,6 +31,7 @@ from edge.errors import MissingEnvironment
 from edge.image import load_many
 from toolchain import fallback
 from toolchain.budget import Budget, Judge, evenly
+from toolchain.pixel_file import predict_in_batches
 from toolchain.progress import Log
 from toolchain.rundir import RunDir
 
@@ -101,7 +102,7 @@ def fine_tune(
     pixels, kept, _ = load_many(paths, size)
     if not kept:
         return None, {"error": "no training image could be read"}
-    teacher = model.predict(pixels.astype(np.float32), batch_size=64, verbose=0)
+    teacher = predict_in_batches(model, pixels)
     work = run.path / ".qat-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()

@@ -59,10 +59,6 @@ class TrainingData:
     splits_json: Dict[str, Any]  # what splits.json holds: which file went where, and why
     seconds: float  # reading and decoding
 
-    def onehot(self, split_name: str) -> np.ndarray:
-        indices = self.splits[split_name].class_indices
-        return np.eye(len(self.labels), dtype=np.float32)[indices]
-
     def close(self) -> None:
         """Let go of the decoded rows (their unlinked files vanish with them)."""
         for split in self.splits.values():
