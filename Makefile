@@ -14,7 +14,7 @@ help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
 	@echo "make test    run the test suite (offline, CPU)"
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
-	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --runs N --shared DIR')"
+	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --skip-scale --scale-sizes 3000,30000 --runs N --shared DIR')"
 	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
 	@echo "make pi-check edgetl on emulated 64- and 32-bit Raspberry Pi OS vs x86 (root, Debian; build/pi-check/)"
 	@echo "make lint    ruff"

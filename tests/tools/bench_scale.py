@@ -145,6 +145,40 @@ def scale(out: Path, sizes: Sequence[int] = SIZES, log: Log = print) -> Dict[str
     return results
 
 
+def scale_plot(results: Dict[str, Any], path: Path) -> Path:
+    """Peak RSS and images/s against dataset size, train and validate, as one PNG."""
+    from toolchain.plots import _pyplot, _save
+
+    plt = _pyplot()
+    done = sorted(
+        (int(k), v) for k, v in results["sizes"].items() if v.get("train", {}).get("exit") == 0
+    )
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = [k for k, _ in done]
+    for step, marker in (("train", "o"), ("validate", "s")):
+        points = [(k, v[step]) for k, v in done if v.get(step, {}).get("exit") == 0]
+        memory.plot(
+            [k for k, _ in points],
+            [m["peak_rss_mib"] for _, m in points],
+            marker=marker,
+            label=step,
+        )
+    memory.set(xscale="log", xlabel="images", ylabel="peak RSS (MiB)", ylim=(0, None))
+    memory.set_title("peak resident memory")
+    memory.legend()
+    head = [v["train"].get("images_per_second", {}).get("head") for _, v in done]
+    speed.plot(sizes, head, marker="o", label="train: head phase")
+    validate = [
+        k / v["validate"]["seconds"] if v.get("validate", {}).get("exit") == 0 else None
+        for k, v in done
+    ]
+    speed.plot(sizes, validate, marker="s", label="validate (whole command)")
+    speed.set(xscale="log", xlabel="images", ylabel="images/s", ylim=(0, None))
+    speed.set_title("throughput")
+    speed.legend()
+    return _save(plt, fig, path)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -153,4 +187,6 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(scale(args.out, args.sizes), indent=1))
+    figures = scale(args.out, args.sizes)
+    print(json.dumps(figures, indent=1))
+    scale_plot(figures, args.out / "scale.png")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from bench_speed import speed
+from bench_scale import SIZES, scale, scale_plot
+from bench_speed import machine, speed
 from bench_training import WEIGHTS_FILE, training
 
 from edge import atomic
@@ -30,6 +31,16 @@ def bench(
     skip_training: Annotated[
         bool, typer.Option("--skip-training", help="Inference figures only: no training runs.")
     ] = False,
+    skip_scale: Annotated[
+        bool,
+        typer.Option(
+            "--skip-scale",
+            help="No scale figures (peak memory and images/s against dataset size).",
+        ),
+    ] = False,
+    scale_sizes: Annotated[
+        str, typer.Option(help="Generated dataset sizes for the scale figures, comma-separated.")
+    ] = ",".join(str(n) for n in SIZES),
     shared: Annotated[
         Path,
         typer.Option(
@@ -39,13 +50,19 @@ def bench(
     ] = DEFAULT_SHARED,
 ) -> None:
     """Write OUT/bench.json: INT8 vs float32, the folder pipeline vs the invoke and
-    label_image loops, then (unless --skip-training) training and parity figures."""
+    label_image loops, then (unless --skip-training) training and parity figures, then
+    (unless --skip-scale) peak memory and images/s against dataset size (scale.png)."""
     # How the report names the shared folder when its files are absent.
     shown = "../shared" if shared.resolve() == DEFAULT_SHARED.resolve() else str(shared)
     photos = shared / "data" / "flowers128"
     report = speed(out, photos, shown, runs)
     if not skip_training:
         report["training"] = training(photos, shared / "weights" / WEIGHTS_FILE, shown)
+        atomic.write_json(out / "bench.json", report)
+    if not skip_scale:
+        sizes = [int(n) for n in scale_sizes.split(",") if n.strip()]
+        report["scale"] = {"machine": machine(), **scale(out, sizes)}
+        scale_plot(report["scale"], out / "scale.png")
         atomic.write_json(out / "bench.json", report)
 
 
