@@ -116,3 +116,56 @@ def test_two_workers_train_one_model_that_exports_and_validates(tiny_run, tmp_pa
     validated = run_cli("validate", str(out))
     assert validated.returncode == 0, validated.stderr[-2000:]
     assert (out / "parity.json").is_file()
+
+
+SMALL = [
+    "--data", "synthetic", "--synthetic-per-class", "16", "--seed", "2", "--image-size", "32",
+    "--alpha", "0.35", "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "3",
+    "--patience", "0",
+]  # fmt: skip
+
+
+def test_a_killed_worker_stops_the_chief_in_one_line_and_resume_continues_both(tmp_path):
+    out = tmp_path / "run"
+    ports = free_ports(2)
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+
+    def worker(index: int, extra: List[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "toolchain.cli", "train", "--out", str(out),
+             "--strategy", "multiworker", *SMALL, *extra],
+            env={**os.environ, "TF_CONFIG": tf_config(ports, index)},
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[index].open("w"), text=True,
+        )  # fmt: skip
+
+    workers = [worker(0, []), worker(1, [])]
+    try:
+        deadline = time.monotonic() + WORKER_SECONDS
+        # Kill worker 1 once the chief has finished a fine-tuning epoch (checkpointed).
+        while "fine_tune epoch 1/3" not in logs[0].read_text():
+            assert workers[0].poll() is None, logs[0].read_text()[-2000:]
+            assert time.monotonic() < deadline, "no fine-tuning epoch in time"
+            time.sleep(0.5)  # polling a log file, not waiting for an outcome
+        workers[1].kill()
+        workers[0].wait(timeout=180)
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    chief_log = logs[0].read_text()
+    assert workers[0].returncode == 3, chief_log[-2000:]
+    errors = [line for line in chief_log.splitlines() if line.startswith("edgetl: error:")]
+    assert len(errors) == 1 and "--resume" in errors[0] and "Traceback" not in chief_log
+    assert not (out / "model.keras").exists()
+
+    ports = free_ports(2)  # the old ports may linger in TIME_WAIT
+    results = finish([worker(0, ["--resume"]), worker(1, ["--resume"])])
+    for (code, _), log in zip(results, logs):
+        assert code == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        # Both continue after the last finished epoch instead of starting over.
+        assert "head phase already done" in text and "fine_tune epoch 1/3" not in text
+        assert "fine_tune epoch 3/3" in text
+    assert (out / "model.keras").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "worker0.log", "worker1.log"]

@@ -40,6 +40,9 @@ def tf_config_problem(text: Optional[str]) -> Optional[str]:
         return (
             f"TF_CONFIG needs a cluster with a list of worker addresses, e.g. {TF_CONFIG_EXAMPLE}"
         )
+    chiefs = cluster.get("chief", []) if isinstance(cluster, dict) else []
+    if not isinstance(chiefs, list) or not all(isinstance(c, str) for c in chiefs):
+        return "TF_CONFIG's cluster chief must be a list of addresses"
     index = task.get("index") if isinstance(task, dict) else None
     if not isinstance(task, dict) or task.get("type") not in ("worker", "chief"):
         return 'TF_CONFIG needs a task such as {"type": "worker", "index": 0}'

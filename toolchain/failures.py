@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from typing import Tuple
 
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, EdgetlError
@@ -69,7 +70,11 @@ def describe_failure(error: BaseException) -> Tuple[int, str]:
         code, message = BAD_INPUT, f"a file is not valid JSON ({error.msg}, line {error.lineno})"
     elif isinstance(error, MemoryError):
         code, message = ENVIRONMENT, "out of memory: close other programs or use smaller inputs"
-    elif type(error).__module__.startswith("tensorflow") and type(error).__name__ in _PEER_LOST:
+    elif (
+        type(error).__module__.startswith("tensorflow")
+        and type(error).__name__ in _PEER_LOST
+        and os.environ.get("TF_CONFIG")  # only a multi-worker run has other workers
+    ):
         reason = " ".join(str(error).split())[:REASON_CHARS]
         code, message = (
             ENVIRONMENT,

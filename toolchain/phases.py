@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
+
+from edge.errors import BadInput
 from toolchain import runstate
 from toolchain.augment import augmentation
 from toolchain.devices import (
@@ -79,6 +82,12 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
     _, devices = describe_devices(tf)
     strategy, strategy_text = choose_strategy(tf, options.strategy)
     log(f"devices: {devices}; {strategy_text}")
+    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    if options.batch_size % replicas:
+        raise BadInput(
+            f"--batch-size {options.batch_size} does not split evenly over {replicas} replicas; "
+            f"give a multiple of {replicas} (it is the batch of all replicas together)"
+        )
     if options.mixed_precision:
         log(enable_mixed_precision(tf, keras))
     augment = augmentation(options.seed) if (options.augment or options.head_augment) else None
@@ -118,9 +127,11 @@ def _head_on_pixels(session: Session, model: Any, class_weight: ClassWeights) ->
         + ("augmented " if o.head_augment else "")
         + "pixels through the frozen base"
     )
-    train_ds = _dataset(session, data.splits["train"].pixels, "train", o.seed, o.head_augment)
+    train_ds = _dataset(
+        session, data.splits["train"].pixels, "train", o.seed, o.head_augment, class_weight
+    )
     val_ds = _val_dataset(session, data.splits["val"].pixels)
-    return _fit(session, model, train_ds, val_ds, o.learning_rate, "head", 0, class_weight)
+    return _fit(session, model, train_ds, val_ds, o.learning_rate, "head", 0)
 
 
 def _head_on_features(session: Session, model: Any, class_weight: ClassWeights) -> int:
@@ -146,9 +157,12 @@ def _head_on_features(session: Session, model: Any, class_weight: ClassWeights) 
     head_input = keras.Input(shape=features["train"].shape[1:], name="pooled_features")
     x = model.get_layer("dropout")(head_input)
     head = keras.Model(head_input, model.get_layer("probabilities")(x), name="head")
-    train_ds = _dataset(session, features["train"], "train", o.seed, False)
+    train_ds = _dataset(session, features["train"], "train", o.seed, False, class_weight)
     val_data = _val_dataset(session, features["val"])
-    return _fit(session, head, train_ds, val_data, o.learning_rate, "head", 0, class_weight)
+    fit_epochs = _fit(session, head, train_ds, val_data, o.learning_rate, "head", 0)
+    for rows in features.values():
+        rows.close()
+    return fit_epochs
 
 
 def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: ClassWeights) -> None:
@@ -161,7 +175,9 @@ def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: Class
         f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
         f"at learning rate {o.fine_tune_learning_rate:g}" + (", augmented" if o.augment else "")
     )
-    train_ds = _dataset(session, data.splits["train"].pixels, "train", o.seed + 1, o.augment)
+    train_ds = _dataset(
+        session, data.splits["train"].pixels, "train", o.seed + 1, o.augment, class_weight
+    )
     val_ds = _val_dataset(session, data.splits["val"].pixels)
     epochs = _fit(
         session,
@@ -171,7 +187,6 @@ def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: Class
         o.fine_tune_learning_rate,
         "fine_tune",
         o.epochs,
-        class_weight,
     )
     timings.seconds["fine_tune"] = time.perf_counter() - start
     timings.images_per_second["fine_tune"] = round(
@@ -213,7 +228,6 @@ def _fit(
     learning_rate: float,
     phase: str,
     initial_epoch: int,
-    class_weight: ClassWeights,
 ) -> int:
     """Compile and fit ``model`` for its phase under the session's strategy; returns
     how many epochs ran (early stopping may end a phase sooner).
@@ -237,26 +251,43 @@ def _fit(
             epochs=epochs,
             initial_epoch=initial_epoch,
             verbose=0,
-            class_weight=class_weight,
             callbacks=_callbacks(session, phase, epochs - initial_epoch, initial_epoch, trainee),
         )
     return len(fit.epoch)
 
 
-def _dataset(session: Session, rows: Rows, split_name: str, seed: int, augment: bool) -> Any:
-    """Shuffled training batches of ``rows`` (pixels or features) with their labels."""
-    return _split_dataset(session, rows, split_name, seed, session.augment if augment else None)
+def _dataset(
+    session: Session,
+    rows: Rows,
+    split_name: str,
+    seed: int,
+    augment: bool,
+    class_weight: ClassWeights,
+) -> Any:
+    """Shuffled training batches of ``rows`` (pixels or features) with their labels, and
+    each image's class weight when classes are weighted (in the pipeline rather than
+    Keras' ``class_weight``, which cannot map a per-worker distributed dataset)."""
+    weights = None
+    if class_weight:
+        weights = np.array([class_weight.get(i, 1.0) for i in range(len(session.data.labels))])
+    augment_model = session.augment if augment else None
+    return _split_dataset(session, rows, split_name, seed, augment_model, weights)
 
 
 def _val_dataset(session: Session, rows: Rows) -> Any:
     """The val split in order, or None when it is empty (Keras then skips validation)."""
     if not session.data.counts["val"]:
         return None
-    return _split_dataset(session, rows, "val", None, None)
+    return _split_dataset(session, rows, "val", None, None, None)
 
 
 def _split_dataset(
-    session: Session, rows: Rows, split_name: str, seed: Optional[int], augment: Any
+    session: Session,
+    rows: Rows,
+    split_name: str,
+    seed: Optional[int],
+    augment: Any,
+    class_weights: Optional[np.ndarray],
 ) -> Any:
     """One split's ``row_dataset``; across workers, one pipeline per worker.
 
@@ -276,6 +307,7 @@ def _split_dataset(
             seed,
             augment,
             shard,
+            class_weights,
         )
 
     if session.shard[0] <= 1:

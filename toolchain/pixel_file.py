@@ -162,18 +162,22 @@ def decode_to_file(
             return None, str(error)
 
     workers = workers or min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(names), DECODE_CHUNK):
-            chunk = names[start : start + DECODE_CHUNK]
-            decoded = []
-            for offset, (pixels, problem) in enumerate(pool.map(one, chunk)):
-                if problem is None:
-                    decoded.append(pixels)
-                    kept.append(start + offset)
-                else:
-                    skipped.append((chunk[offset], problem))
-            if decoded:
-                rows.append(np.stack(decoded))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(names), DECODE_CHUNK):
+                chunk = names[start : start + DECODE_CHUNK]
+                decoded = []
+                for offset, (pixels, problem) in enumerate(pool.map(one, chunk)):
+                    if problem is None:
+                        decoded.append(pixels)
+                        kept.append(start + offset)
+                    else:
+                        skipped.append((chunk[offset], problem))
+                if decoded:
+                    rows.append(np.stack(decoded))
+    except BaseException:
+        rows.close()
+        raise
     return rows, kept, skipped
 
 
@@ -186,8 +190,10 @@ def row_dataset(
     seed: Optional[int],
     augment: Any = None,
     shard: Tuple[int, int] = (1, 0),
+    class_weights: Optional[np.ndarray] = None,
 ) -> Any:
-    """Rows (pixels or features) and one-hot labels as shuffled float32 batches.
+    """Rows (pixels or features) and one-hot labels as shuffled float32 batches, with
+    each row's weight (``class_weights[label]``) as a third element when given.
 
     Only indices are shuffled (the same ``shuffle(n, seed)`` order the
     in-memory pipeline had, so a seed trains the same model); each batch is
@@ -213,10 +219,15 @@ def row_dataset(
     def read(indices: np.ndarray) -> np.ndarray:
         return np.asarray(rows[indices], dtype=np.float32)
 
-    def load(indices: Any) -> Tuple[Any, Any]:
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+
+    def load(indices: Any) -> Tuple[Any, ...]:
         x = tf.numpy_function(read, [indices], tf.float32, stateful=False)
         x.set_shape((None, *row_shape))
-        return x, tf.one_hot(tf.gather(labels, indices), n_classes)
+        y = tf.gather(labels, indices)
+        if weights is None:
+            return x, tf.one_hot(y, n_classes)
+        return x, tf.one_hot(y, n_classes), tf.gather(weights, y)
 
     ds = ds.map(load)
     if augment is not None:
@@ -224,5 +235,5 @@ def row_dataset(
         # generator, and parallel calls would take its numbers in a racy order, so the
         # same --seed would give a different model. Each call is a whole batch of TF
         # ops (multi-threaded inside), and prefetch still overlaps it with training.
-        ds = ds.map(lambda x, y: (augment(x, training=True), y))
+        ds = ds.map(lambda x, *rest: (augment(x, training=True), *rest))
     return ds.prefetch(tf.data.AUTOTUNE)

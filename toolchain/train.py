@@ -13,11 +13,11 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from toolchain import runstate
 from toolchain.datasets import data_folder
-from toolchain.devices import worker_role
+from toolchain.devices import WorkerRole, worker_role
 from toolchain.options import TrainOptions
 from toolchain.phases import (
     build_model,
@@ -30,7 +30,12 @@ from toolchain.phases import (
 from toolchain.progress import Log, stderr_log
 from toolchain.rundir import RunDir
 from toolchain.train_checks import checked_options
-from toolchain.train_data import class_weights_for, load_training_data, read_image_folder
+from toolchain.train_data import (
+    TrainingData,
+    class_weights_for,
+    load_training_data,
+    read_image_folder,
+)
 from toolchain.train_outputs import evaluate, write_outputs
 
 
@@ -64,8 +69,10 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     if role is not None and not role.chief:
         # Only the chief writes --out; another worker keeps its checkpoints (for
         # --resume) in a hidden folder beside it and removes it when training ends.
+        # --resume and --force apply to it as to --out, so a worker left from a killed
+        # run is refused, like the chief, rather than started afresh out of step.
         hidden = Path(options.out).parent / f".{Path(options.out).name}.worker-{role.index}"
-        options = replace(options, out=str(hidden), force=not options.resume)
+        options = replace(options, out=str(hidden))
         log(f"worker {role.index} of {role.workers}: its working files go to {hidden}")
     run = RunDir(options.out)
     plan = runstate.check_out_folder(run, data_folder(options.data), options.resume, options.force)
@@ -89,7 +96,21 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     )
     runstate.claim(run, options)
     data = load_training_data(options, run, folder, log)
+    try:
+        worker_result = _train_and_write(options, run, data, role, log)
+    finally:
+        data.close()  # the decoded rows' unlinked files go with it
+    if worker_result is not None:
+        shutil.rmtree(run.path)
+        return worker_result
+    return _commit(run, log)
 
+
+def _train_and_write(
+    options: TrainOptions, run: RunDir, data: TrainingData, role: Optional[WorkerRole], log: Log
+) -> Optional[TrainResult]:
+    """Both phases, then the run's files into staging; for a worker that is not the chief,
+    its result instead (it writes no run)."""
     session = start_session(options, data, run, log)
     model, base = build_model(session)
     class_weight = class_weights_for(
@@ -114,8 +135,6 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
 
     keras_model = plain_copy(session, model)
     if role is not None and not role.chief:
-        data.close()
-        shutil.rmtree(run.path)
         note = f"worker {role.index}: trained in step with the chief, which writes the run"
         nan = float("nan")
         return TrainResult(run.path, data.labels, data.counts, nan, nan, {}, worker_note=note)
@@ -131,8 +150,7 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         session.timings,
         log,
     )
-    data.close()
-    return _commit(run, log)
+    return None
 
 
 def _commit(run: RunDir, log: Log) -> TrainResult:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from edge.errors import BadInput
 from toolchain.datasets import check_data_spec
-from toolchain.devices import tf_config_problem
+from toolchain.devices import tf_config_problem, worker_role
 from toolchain.model import KERAS_ALPHAS
 from toolchain.options import CLASS_WEIGHT_MODES, STRATEGIES, TrainOptions
 
@@ -130,6 +130,12 @@ def check_options(options: TrainOptions) -> None:
         problem = tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
+        workers = worker_role(o.strategy).workers  # type: ignore[union-attr]
+        if o.batch_size % workers:
+            raise BadInput(
+                f"--batch-size {o.batch_size} does not split evenly over {workers} workers; "
+                f"give a multiple of {workers} (it is the batch of all workers together)"
+            )
     problem = fine_tune_at_problem(o.fine_tune_at)
     if problem:
         raise BadInput(f"--fine-tune-at {o.fine_tune_at}: {problem}")
