@@ -58,3 +58,39 @@ def test_mirrored_trains_over_two_logical_cpu_devices(tmp_path):
     assert (out / "model.keras").is_file()
     top1 = [float(x) for x in done.stdout.split("top1")[-1].split()]
     assert all(0.0 <= x <= 1.0 for x in top1)
+
+
+MIXED_PRECISION_SCRIPT = """
+import sys
+from toolchain import phases, train as train_module
+from toolchain.options import TrainOptions
+
+# edgetl refuses --mixed-precision without a GPU (float16 on a CPU is emulated and
+# slow); TensorFlow still runs it, so the test lifts the refusal to run the path.
+def float16_on_cpu(tf, keras):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    return "mixed precision: float16 compute on the CPU (test)"
+
+phases.enable_mixed_precision = float16_on_cpu
+train_module.require_gpu = lambda: None
+train_module.train(TrainOptions(
+    out=sys.argv[1], data="synthetic", synthetic_per_class=16, image_size=32, alpha=0.35,
+    weights="none", epochs=2, fine_tune_epochs=1, seed=3, patience=0, mixed_precision=True,
+), log=lambda line: print(line, flush=True))
+"""
+
+
+def test_mixed_precision_trains_on_the_cpu_and_saves_a_float32_model(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", MIXED_PRECISION_SCRIPT, str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "float16 compute" in done.stdout and "fine_tune epoch 1/1" in done.stdout
+    check = subprocess.run(
+        [sys.executable, "-c", "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+         "print(sorted({layer.dtype_policy.name for layer in m.layers}))", str(out / "model.keras")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert check.stdout.strip().splitlines()[-1] == "['float32']", check.stderr[-2000:]

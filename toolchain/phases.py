@@ -154,9 +154,10 @@ def _head_on_features(session: Session, model: Any, class_weight: ClassWeights) 
         f"head: base run once over {data.counts['train'] + data.counts['val']} images "
         f"({time.perf_counter() - extract_start:.1f}s); training the head on cached features"
     )
-    head_input = keras.Input(shape=features["train"].shape[1:], name="pooled_features")
-    x = model.get_layer("dropout")(head_input)
-    head = keras.Model(head_input, model.get_layer("probabilities")(x), name="head")
+    with session.strategy.scope():  # Keras builds the head's step for this strategy
+        head_input = keras.Input(shape=features["train"].shape[1:], name="pooled_features")
+        x = model.get_layer("dropout")(head_input)
+        head = keras.Model(head_input, model.get_layer("probabilities")(x), name="head")
     train_ds = _dataset(session, features["train"], "train", o.seed, False, class_weight)
     val_data = _val_dataset(session, features["val"])
     fit_epochs = _fit(session, head, train_ds, val_data, o.learning_rate, "head", 0)
@@ -205,12 +206,11 @@ def plain_copy(session: Session, model: Any) -> Any:
     o, keras = session.options, session.keras
     if not (o.mixed_precision or _distributed(session)):
         return model
-    if o.mixed_precision:
-        keras.mixed_precision.set_global_policy("float32")
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
     copy, _ = build_classifier(len(session.data.labels), o.image_size, o.alpha, "none", o.dropout)
     copy.set_weights(model.get_weights())
-    if o.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(policy)  # fine-tuning may follow
     return copy
 
 
@@ -232,19 +232,24 @@ def _fit(
     """Compile and fit ``model`` for its phase under the session's strategy; returns
     how many epochs ran (early stopping may end a phase sooner).
 
-    Under a strategy, ``model`` is first wrapped in a functional model made outside
+    Across workers, ``model`` is first wrapped in a functional model made outside
     the strategy's scope over the same layers, whose variables (made in the scope)
     stay the distributed ones: Keras 3 then builds the training step when it traces
     it, instead of from the first distributed batch, which it cannot do under
-    MultiWorkerMirroredStrategy ("unsupported type PerReplica").
+    MultiWorkerMirroredStrategy ("unsupported type PerReplica"). The optimizer's
+    variables are then made here, before the step: made inside it, on one replica
+    of several, they would have no value on the others.
     """
-    o = session.options
+    o, tf = session.options, session.tf
     epochs = o.epochs if phase == "head" else o.epochs + o.fine_tune_epochs
     trainee = model
-    if _distributed(session):
+    across_workers = isinstance(session.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if across_workers:
         trainee = session.keras.Model(model.inputs, model.outputs, name=model.name)
     with session.strategy.scope():  # the optimizer's variables are made here
         _compile(session, trainee, learning_rate)
+        if across_workers:
+            trainee.optimizer.build(trainee.trainable_variables)
         fit = trainee.fit(
             train_ds,
             validation_data=val_ds,

@@ -134,6 +134,7 @@ def _train_and_write(
         fine_tune_phase(session, model, base, class_weight)
 
     keras_model = plain_copy(session, model)
+    session.keras.mixed_precision.set_global_policy("float32")  # what later steps expect
     if role is not None and not role.chief:
         note = f"worker {role.index}: trained in step with the chief, which writes the run"
         nan = float("nan")
