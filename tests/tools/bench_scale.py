@@ -51,24 +51,45 @@ def generated_folder(root: Path, count: int, log: Log = print) -> Path:
     return folder
 
 
+# Starts the command and reports its wait4 figures. Linux counts a child's peak RSS
+# from the moment it was forked, so a child forked by this (TensorFlow-loaded) bench
+# would inherit the bench's own resident size as a floor; forked by this small
+# launcher, the floor is a few MiB.
+LAUNCHER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, out)
+"""
+
+
 def measured(command: Sequence[str], log: Log = print) -> Dict[str, Any]:
     """Run ``command``; its exit code, wall seconds and peak RSS in MiB."""
+    import tempfile
+
     start = time.perf_counter()
-    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    tail: List[str] = []
-    for line in process.stderr:
-        text = line.decode(errors="replace").rstrip()
-        if text.startswith(("edgetl", "[")) or "epoch" in text:
-            log(f"    {text}")
-        tail = (tail + [text])[-5:]
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as folder:
+        figures_path = Path(folder) / "figures.json"
+        process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(figures_path), *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        tail: List[str] = []
+        for line in process.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(("edgetl", "[")) or "epoch" in text:
+                log(f"    {text}")
+            tail = (tail + [text])[-5:]
+        process.wait()
+        figures = json.loads(figures_path.read_text())
     return {
-        "exit": process.returncode,
+        "exit": figures["exit"],
         "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
-        **({"stderr_tail": tail} if process.returncode else {}),
+        "peak_rss_mib": round(figures["maxrss_kib"] / 1024, 1),  # Linux reports KiB
+        **({"stderr_tail": tail} if figures["exit"] else {}),
     }
 
 
