@@ -197,6 +197,9 @@ def scale_plot(results: Dict[str, Any], path: Path) -> Path:
     speed.set(xscale="log", xlabel="images", ylabel="images/s", ylim=(0, None))
     speed.set_title("throughput")
     speed.legend()
+    for axis in (memory, speed):
+        axis.set_xticks(sizes, [f"{k:,}" for k in sizes])
+        axis.minorticks_off()
     return _save(plt, fig, path)
 
 
