@@ -45,12 +45,17 @@ print("top1", result.val_top1, result.test_top1)
 """
 
 
-def test_mirrored_trains_over_two_logical_cpu_devices(tmp_path):
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, str(out)],
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A Python script in a fresh process (TensorFlow's devices are fixed at its start)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
+
+
+def test_mirrored_trains_over_two_logical_cpu_devices(tmp_path):
+    out = tmp_path / "run"
+    done = run_script(MIRRORED_SCRIPT, str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s)" in done.stdout
     assert "head epoch 2/2" in done.stdout and "fine_tune epoch 1/1" in done.stdout
@@ -82,15 +87,12 @@ train_module.train(TrainOptions(
 
 def test_mixed_precision_trains_on_the_cpu_and_saves_a_float32_model(tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", MIXED_PRECISION_SCRIPT, str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )  # fmt: skip
+    done = run_script(MIXED_PRECISION_SCRIPT, str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "float16 compute" in done.stdout and "fine_tune epoch 1/1" in done.stdout
-    check = subprocess.run(
-        [sys.executable, "-c", "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
-         "print(sorted({layer.dtype_policy.name for layer in m.layers}))", str(out / "model.keras")],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+    check = run_script(
+        "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+        "print(sorted({layer.dtype_policy.name for layer in m.layers}))",
+        str(out / "model.keras"),
+    )
     assert check.stdout.strip().splitlines()[-1] == "['float32']", check.stderr[-2000:]
