@@ -18,13 +18,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
-from toolchain.cli_options import takes_options
+from toolchain import runlock
+from toolchain.cli_options import check_json_output, takes_options
 from toolchain.failures import describe_failure
 from toolchain.options import (
     BenchOptions,
@@ -178,27 +179,18 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def check_json_output(path: Path, inputs: List[Path]) -> None:
-    """A report path must be a new or replaceable .json file, never one of the inputs."""
-    if path.suffix.lower() != ".json":
-        raise BadInput(f"--json {path}: give a file name ending in .json")
-    if path.is_dir():
-        raise BadInput(f"--json {path}: is a folder; give a file name such as {path}/bench.json")
-    if not path.parent.is_dir():
-        raise BadInput(f"--json {path}: folder {path.parent} does not exist")
-    for given in inputs:
-        if path.exists() and given.exists() and path.resolve() == given.resolve():
-            raise BadInput(f"--json {path} is an input of this command; choose another name")
-
-
 @app.command()
 @reports_errors
 @takes_options(TrainOptions)
 def train(options: TrainOptions) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
+    from toolchain.devices import worker_role
     from toolchain.train import train as run_training
 
-    say(run_training(options).summary())
+    role = worker_role(options.strategy)
+    with runlock.held_for_training(Path(options.out), chief=role is None or role.chief):
+        summary = run_training(options).summary()
+    say(summary)
 
 
 RunDirArgument = Annotated[Path, typer.Argument(help="Run directory written by edgetl train.")]
@@ -211,7 +203,9 @@ def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
     from toolchain.export import export as run_export
 
-    for result in run_export(run_dir, options):
+    with runlock.held(run_dir):
+        results = run_export(run_dir, options)
+    for result in results:
         say(f"exported: {result.path} ({result.size_bytes} bytes)")
 
 
@@ -222,7 +216,8 @@ def validate(run_dir: RunDirArgument, options: ValidateOptions) -> None:
     """Compare Keras and TFLite on the same held-out images; write parity.json."""
     from toolchain.parity import validate as run_validate
 
-    report = run_validate(run_dir, options)
+    with runlock.held(run_dir):
+        report = run_validate(run_dir, options)
     keras = report["keras"]
     say(
         f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images"

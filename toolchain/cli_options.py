@@ -20,6 +20,8 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Type
 
 import typer
 
+from edge.errors import BadInput
+
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
@@ -152,3 +154,16 @@ def takes_options(cls: type, parameter: str = "options") -> Callable[[Command], 
         return typing.cast(Command, wrapper)
 
     return decorate
+
+
+def check_json_output(path: Path, inputs: List[Path]) -> None:
+    """A report path must be a new or replaceable .json file, never one of the inputs."""
+    if path.suffix.lower() != ".json":
+        raise BadInput(f"--json {path}: give a file name ending in .json")
+    if path.is_dir():
+        raise BadInput(f"--json {path}: is a folder; give a file name such as {path}/bench.json")
+    if not path.parent.is_dir():
+        raise BadInput(f"--json {path}: folder {path.parent} does not exist")
+    for given in inputs:
+        if path.exists() and given.exists() and path.resolve() == given.resolve():
+            raise BadInput(f"--json {path} is an input of this command; choose another name")

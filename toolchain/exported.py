@@ -136,7 +136,9 @@ def report_entry(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
             f"warning: {r.path.name} does not run on {failure['runtime']} "
             f"{failure.get('version', '')}: {failure.get('error', '')}"
         )
-    float32 = run.tflite("float32")
+    # this export's float32 file when it wrote one, else the run's
+    float32 = r.path.with_name(run.tflite("float32").name)
+    float32 = float32 if float32.is_file() else run.tflite("float32")
     return {
         "quant": r.quant,
         "path": r.path.name,

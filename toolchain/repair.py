@@ -10,6 +10,9 @@ One run ships one INT8 model, chosen here and named in ``export_report.json``
   otherwise the accuracy-aware mix (``fallback.repair``, judged on the decision
   images), which must then meet the budget on the test split too. The full-INT8
   file that failed is renamed ``.rejected``, so nobody copies it to a device.
+
+Everything here happens in the export's staging folder (``export_transaction``):
+a miss raises ``GateFailed`` and ``export`` decides what, if anything, the run gets.
 """
 
 from __future__ import annotations
@@ -24,15 +27,15 @@ from edge.errors import GateFailed
 from toolchain import fallback
 from toolchain.budget import Budget, Judge
 from toolchain.diagnose import Calibrated, short_name, with_consumers
+from toolchain.export_job import ExportJob
 from toolchain.exported import (
     ExportResult,
     embed_parity,
     model_card,
-    refuse_overwrite,
     report_entry,
     write_model,
 )
-from toolchain.options import ExportOptions, ValidateOptions
+from toolchain.options import ValidateOptions
 from toolchain.parity import validate
 from toolchain.parity_figures import gate_failures
 from toolchain.progress import Log
@@ -64,37 +67,50 @@ def missed(
 
 
 def record_parity(
-    run: RunDir, results: List[ExportResult], parity: Dict[str, Any], report: Dict[str, Any]
+    out: RunDir, results: List[ExportResult], parity: Dict[str, Any], report: Dict[str, Any]
 ) -> None:
-    """Embed the figures in each file and keep the report's sizes in step with them."""
+    """Embed the figures in each file, and keep the report's sizes and each entry's
+    test-split figures (what ``export_report.json`` holds it to) in step with them."""
     embed_parity(results, parity)
     sizes = {r.path.name: r.size_bytes for r in results}
+    figures = {Path(m["path"]).name: m for m in parity["models"]}
     for entry in report["models"]:
         entry["size_bytes"] = sizes.get(entry["path"], entry["size_bytes"])
-    atomic.write_json(run.export_report, report)
+        measured = figures.get(entry["path"])
+        if measured is not None:
+            entry["test"] = test_figures(measured, parity["n_images"])
+    atomic.write_json(out.export_report, report)
 
 
-def shipping(run: RunDir, report: Dict[str, Any], name: str, why: str, log: Log) -> None:
+def test_figures(measured: Dict[str, Any], n_images: int) -> Dict[str, Any]:
+    """The figures a budget is checked on: the worse of tensor level and device path."""
+    device = measured["device_path"]
+    return {
+        "n_images": n_images,
+        "top1_drop_pts": max(measured["top1_drop_pts"], device["top1_drop_pts"]),
+        "agreement": min(measured["agreement"], device["agreement"]),
+    }
+
+
+def shipping(out: RunDir, report: Dict[str, Any], name: str, why: str, log: Log) -> None:
     report["shipped"] = {"int8": name, "why": why}
-    atomic.write_json(run.export_report, report)
+    atomic.write_json(out.export_report, report)
     log(f"shipping {name}: {why}")
 
 
-def validate_within(
-    run: RunDir, results: List[ExportResult], budget: Budget, log: Log
-) -> Dict[str, Any]:
+def validate_within(job: ExportJob, results: List[ExportResult]) -> Dict[str, Any]:
     """``edgetl validate`` of ``results`` on the test split with the budget as its gates,
-    so ``parity.json`` and ``parity.md`` record the verdict (and diagnose a miss); the
-    verdict itself is the caller's to act on."""
+    so the staged ``parity.json`` and ``parity.md`` record the verdict (and diagnose a
+    miss); the verdict itself is the caller's to act on."""
     gates = ValidateOptions(
         models=tuple(str(r.path) for r in results),
-        max_drop=budget.max_drop,
-        min_agreement=budget.min_agreement,
+        max_drop=job.budget.max_drop,
+        min_agreement=job.budget.min_agreement,
     )
     try:
-        return validate(run.path, gates, log)
+        return validate(job.run.path, gates, job.log, out=job.out)
     except GateFailed:
-        return read_json_object(run.parity)
+        return read_json_object(job.out.parity)
 
 
 def entry_of(parity: Dict[str, Any], path: Path) -> Dict[str, Any]:
@@ -102,20 +118,16 @@ def entry_of(parity: Dict[str, Any], path: Path) -> Dict[str, Any]:
 
 
 def ship(
-    run: RunDir,
-    model: Any,
-    calibration: Optional[np.ndarray],
-    config: Dict[str, Any],
-    options: ExportOptions,
-    budget: Budget,
+    job: ExportJob,
     results: List[ExportResult],
     parity: Dict[str, Any],
     report: Dict[str, Any],
-    log: Log,
     judge: Optional[Judge] = None,
 ) -> None:
     """Choose the INT8 model to ship (see the module docstring); ``GateFailed`` when
-    none meets the budget. ``parity`` is the test-split validation of ``results``."""
+    none meets the budget. ``parity`` is the test-split validation of ``results``.
+    Every file is in the staging folder: a miss here changes nothing the run ships."""
+    budget, options, out, log = job.budget, job.options, job.out, job.log
     full = next(r for r in results if r.quant == "int8")
     entry = entry_of(parity, full.path)
     passes = not gate_failures([entry], budget.max_drop, budget.min_agreement)
@@ -127,27 +139,18 @@ def ship(
                 if options.target == "accelerator"
                 else "drop --no-auto-fallback to let the export keep the layers INT8 hurts most in float"
             )
-            report["shipped"] = {"int8": None, "why": missed(entry, n, budget, hint)}
-            atomic.write_json(run.export_report, report)
-            raise GateFailed(report["shipped"]["why"])
+            raise GateFailed(missed(entry, n, budget, hint))
         float_ops = next(m for m in report["models"] if m["path"] == full.path.name)["float_ops"]
         if options.target == "accelerator" and float_ops:
-            report["shipped"] = {
-                "int8": None,
-                "why": f"{full.path.name} computes {', '.join(float_ops)} in float, which an "
-                "INT8-only accelerator cannot run; use --target cpu",
-            }
-            atomic.write_json(run.export_report, report)
-            raise GateFailed(report["shipped"]["why"])
+            raise GateFailed(
+                f"{full.path.name} computes {', '.join(float_ops)} in float, which an "
+                "INT8-only accelerator cannot run; use --target cpu"
+            )
         why = "every op INT8 (--target accelerator)" if options.target == "accelerator" else ""
-        report["shipped"] = {
-            "int8": full.path.name,
-            "why": f"full INT8 meets the budget on the {n} test images"
-            + (f"; {why}" if why else ""),
-        }
-        atomic.write_json(run.export_report, report)
+        why = f"full INT8 meets the budget on the {n} test images" + (f"; {why}" if why else "")
+        shipping(out, report, full.path.name, why, log)
         return
-    judge = judge or Judge.of(run, config, model, log)
+    judge = judge or Judge.of(job.run, job.config, job.model, log)
     full_estimate = judge.figures_of(full.path)
     log(f"budget: {full.path.name} {full_estimate.text()}")
     report["decision"] = {"images": judge.decision.sources, "full_int8": full_estimate.json()}
@@ -156,26 +159,21 @@ def ship(
             f"full INT8 meets the budget on the {n} test images and on the decision images "
             f"({full_estimate.text()})"
         )
-        shipping(run, report, full.path.name, why, log)
+        shipping(out, report, full.path.name, why, log)
         return
     where = "on the test split" if not passes else "on the decision images"
     log(
         f"{full.path.name} misses the budget {where}: looking for the fewest layers to keep in float"
     )
-    mixed = find_mix(run, model, calibration, config, options, budget, judge, report, log)
+    mixed = find_mix(job, judge, report)
     if mixed is None:
         hint = (
             f"no mix of up to {options.fallback_max_layers} float layers met it on the "
             "decision images (see export_report.json); loosen --max-drop/--min-agreement, "
             "or train on more images"
         )
-        report["shipped"] = {
-            "int8": None,
-            "why": missed(entry, n, budget, hint, decided=full_estimate),
-        }
-        atomic.write_json(run.export_report, report)
-        raise GateFailed(report["shipped"]["why"])
-    set_aside_and_gate(run, results, mixed, budget, report, log)
+        raise GateFailed(missed(entry, n, budget, hint, decided=full_estimate))
+    set_aside_and_gate(job, results, mixed, report)
 
 
 def rename(result: ExportResult, target: Path, report: Dict[str, Any]) -> None:
@@ -187,74 +185,53 @@ def rename(result: ExportResult, target: Path, report: Dict[str, Any]) -> None:
     result.path = target
 
 
+def set_aside(result: ExportResult, report: Dict[str, Any]) -> None:
+    """Rename a staged model that missed its budget ``<name>.rejected``: nobody copies
+    it to a device by mistake, and ``edgetl validate`` of the run skips it."""
+    if not result.path.name.endswith(".rejected"):
+        rename(result, result.path.with_name(result.path.name + ".rejected"), report)
+
+
 def set_aside_and_gate(
-    run: RunDir,
-    results: List[ExportResult],
-    mixed: ExportResult,
-    budget: Budget,
-    report: Dict[str, Any],
-    log: Log,
+    job: ExportJob, results: List[ExportResult], mixed: ExportResult, report: Dict[str, Any]
 ) -> None:
-    """Rename the failed full-INT8 file ``.rejected``, then validate and gate the mix on
-    the test split. If the mix fails too (or anything stops the validation) the
-    full-INT8 file gets its name back, and a failed mix is set aside in its place."""
+    """Set the failed full-INT8 file aside, then validate and gate the mix on the test
+    split; ``GateFailed`` when the mix misses there too (the caller sets it aside)."""
     results.append(mixed)
-    report["models"].append(report_entry(mixed, run, log))
-    # The run then holds one INT8 model, the one within budget, so `edgetl validate
-    # RUN` gates what ships and nobody copies the failed file to a device by mistake.
+    report["models"].append(report_entry(mixed, job.run, job.log))
     failed = next(r for r in results if r.quant == "int8")
-    original = failed.path
-    rejected = original.with_name(original.name + ".rejected")
-    rename(failed, rejected, report)
-    atomic.write_json(run.export_report, report)
-    try:
-        parity = validate_within(run, [mixed], budget, log)
-        record_parity(run, [mixed], parity, report)
-    except BaseException:
-        rename(failed, original, report)
-        atomic.write_json(run.export_report, report)
-        raise
+    set_aside(failed, report)
+    atomic.write_json(job.out.export_report, report)
+    parity = validate_within(job, [mixed])
+    record_parity(job.out, [mixed], parity, report)
     entry = entry_of(parity, mixed.path)
-    if gate_failures([entry], budget.max_drop, budget.min_agreement):
-        rename(failed, original, report)
-        rename(mixed, mixed.path.with_name(mixed.path.name + ".rejected"), report)
+    if gate_failures([entry], job.budget.max_drop, job.budget.min_agreement):
         hint = (
             "the mix met it on the decision images only; loosen the budget or train on more images"
         )
-        report["shipped"] = {"int8": None, "why": missed(entry, parity["n_images"], budget, hint)}
-        atomic.write_json(run.export_report, report)
-        raise GateFailed(report["shipped"]["why"])
+        raise GateFailed(missed(entry, parity["n_images"], job.budget, hint))
     floats = mixed.card.get("float_layers", [])
     why = (
         f"full INT8 missed the budget; keeping {len(floats)} op(s) in float "
         f"({', '.join(floats)}) meets it on the decision images and on the "
-        f"{parity['n_images']} test images; the full-INT8 file is {rejected.name}"
+        f"{parity['n_images']} test images; the full-INT8 file is {failed.path.name}"
     )
-    shipping(run, report, mixed.path.name, why, log)
+    shipping(job.out, report, mixed.path.name, why, job.log)
 
 
-def find_mix(
-    run: RunDir,
-    model: Any,
-    calibration: np.ndarray,
-    config: Dict[str, Any],
-    options: ExportOptions,
-    budget: Budget,
-    judge: Judge,
-    report: Dict[str, Any],
-    log: Log,
-) -> Optional[ExportResult]:
+def find_mix(job: ExportJob, judge: Judge, report: Dict[str, Any]) -> Optional[ExportResult]:
     """Accuracy-aware fallback (``fallback.repair``) judged on the decision images:
     the written mixed model, or None when no mix within the layer cap meets the budget."""
-    calibrated = Calibrated(model, calibration, run.export_log, options.io)
+    options, out = job.options, job.out
+    calibrated = Calibrated(job.model, job.calibration, job.run.export_log, options.io)
     tensors = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
     groups = with_consumers(calibrated.quantize([]), tensors)
-    card = model_card(config, "int8-mixed", options.io, {"images": int(len(calibration))})
-    scratch = run.path / atomic.partial_name(run.tflite("int8_mixed"))  # a kill leaves a temp name
+    card = model_card(job.config, "int8-mixed", options.io, {"images": int(len(job.calibration))})
+    scratch = out.path / atomic.partial_name(out.tflite("int8_mixed"))
 
     def accepts(probs: np.ndarray):
         figures = judge.figures(probs)
-        return figures.level(budget), figures.json()
+        return figures.level(job.budget), figures.json()
 
     predict, latency_ms = fallback.interpreter_callbacks(scratch, card)
     try:
@@ -268,7 +245,7 @@ def find_mix(
             accepts,
             options.fallback_max_layers,
             name=short_name,
-            log=log,
+            log=job.log,
         )
     finally:
         scratch.unlink(missing_ok=True)
@@ -280,10 +257,8 @@ def find_mix(
         "ranking": outcome.ranking[:20],
         "steps": [step.json() for step in outcome.steps],
     }
-    atomic.write_json(run.export_report, report)
+    atomic.write_json(out.export_report, report)
     if outcome.flatbuffer is None:
         return None
     card["float_layers"] = [short_name(name) for name in outcome.float_tensors]
-    target = run.tflite("int8_mixed")
-    refuse_overwrite([target], options.force)
-    return write_model(target, outcome.flatbuffer, card, outcome.seconds, log)
+    return write_model(out.tflite("int8_mixed"), outcome.flatbuffer, card, outcome.seconds, job.log)
