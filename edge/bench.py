@@ -4,6 +4,7 @@ spent outside ``invoke()`` is a number, not a guess."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -11,6 +12,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edge.classifier import Classifier, quantize_input
+from edge.errors import BadInput
+from edge.image import UnreadableImage, opened_image
+from edge.modelfile import printable
 from edge.pipeline import classify_files
 
 
@@ -54,10 +58,11 @@ def folder_throughput(classifier: Classifier, paths: List[Path], k: int = 3) -> 
     start = time.perf_counter()
     # Plain running sums: the loop's own cost is part of the wall time measured.
     decode = resize = invoke = post = 0.0
-    done = errors = 0
+    done = 0
+    unreadable: List[str] = []
     for result in classify_files(classifier, paths, k):
         if result.error:
-            errors += 1
+            unreadable.append(result.error)
             continue
         done += 1
         decode += result.decode_ms
@@ -68,7 +73,8 @@ def folder_throughput(classifier: Classifier, paths: List[Path], k: int = 3) -> 
     sums = {"decode": decode, "resize": resize, "invoke": invoke, "post": post}
     return {
         "images": done,
-        "unreadable": errors,
+        "unreadable": len(unreadable),
+        "unreadable_files": unreadable,
         "seconds": round(seconds, 4),
         "images_per_s": round(done / seconds, 2) if seconds > 0 else 0.0,
         **{
@@ -84,10 +90,10 @@ def sequential_throughput(classifier: Classifier, paths: List[Path]) -> Dict[str
 
     One image at a time, nothing overlapped: open with Pillow, convert to RGB,
     resize (Pillow's default filter), a fresh batch array, ``set_tensor``,
-    ``invoke``, read the scores. Unreadable files are skipped, not counted.
+    ``invoke``, read the scores. Files are opened through ``edge.image.opened_image``
+    as the pipeline's are, so this loop skips exactly the files the pipeline skips
+    (unreadable, a decompression bomb, gone since the listing), uncounted.
     """
-    from PIL import Image
-
     size = classifier.image_size
     index = classifier.interpreter.get_input_details()[0]["index"]
     dtype, scale, zero = classifier.input_dtype, classifier.input_scale, classifier.input_zero_point
@@ -95,10 +101,10 @@ def sequential_throughput(classifier: Classifier, paths: List[Path]) -> Dict[str
     done = 0
     start = time.perf_counter()
     for path in paths:
-        try:
-            with Image.open(path) as image:
+        try:  # label_image's decode, behind the pipeline's guard (bombs, vanished files)
+            with opened_image(path) as image:
                 pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.uint8)
-        except OSError:
+        except UnreadableImage:
             continue
         tensor = pixels if as_is else quantize_input(pixels, dtype, scale, zero)
         classifier.interpreter.set_tensor(index, np.expand_dims(tensor, 0))
@@ -118,7 +124,8 @@ def warm_up(classifier: Classifier, paths: List[Path]) -> None:
     """Read every file once (later runs pay the page cache, not the disk) and run both
     loops once unmeasured: a first run was 10-20% slower."""
     for path in paths:
-        path.read_bytes()
+        with contextlib.suppress(OSError):  # gone already: both loops skip and list it
+            path.read_bytes()
     folder_throughput(classifier, paths[:50])
     sequential_throughput(classifier, paths[:50])
 
@@ -134,6 +141,12 @@ def folder_vs_sequential(
         folders.append(folder_throughput(classifier, paths))
         loops.append(sequential_throughput(classifier, paths))
     folder, loop = median_run(folders), median_run(loops)
+    if not folder["images"]:
+        first = folder["unreadable_files"][0] if folder["unreadable_files"] else "none listed"
+        raise BadInput(
+            f"none of the {len(paths)} image(s) could be read (first: {first}); "
+            "give a folder of JPEG/PNG images"
+        )
     return {
         "folder": folder,
         "label_image_loop": loop,
@@ -162,6 +175,7 @@ def summary_lines(figures: Dict[str, Any]) -> List[str]:
         f"invoke {folder['invoke_ms_mean']:.3f} ms  post {folder['post_ms_mean']:.3f} ms  "
         f"{100 * folder['share_outside_invoke']:.0f}% of wall time outside invoke"
     )
+    lines += [f"skipped: {printable(problem)}" for problem in folder["unreadable_files"]]
     if figures["folder_over_label_image_loop"]:
         lines.append(
             f"label_image-style loop (one image at a time): "

@@ -91,6 +91,40 @@ def dequantize_table(dtype: np.dtype, scale: float, zero_point: int) -> Optional
     return ((codes - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
+INPUT_DTYPES = ("float32", "uint8", "int8", "int16")
+EXPECTED_IO = (
+    "edgetl runs image classifiers that take one square RGB image, input [1, H, H, 3] "
+    f"({'/'.join(INPUT_DTYPES)}), and give one score per class, output [1, N]"
+)
+
+
+def io_problem(inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> Optional[str]:
+    """Why a model with these input and output tensors is not an image classifier edgetl
+    can run, or None. Checked when the model is loaded: a batch of 2, an output of rank
+    3 or a fourth channel would otherwise fail at the first image, inside the
+    interpreter, in words that name neither the model nor what it should be."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        return f"it has {len(inputs)} input(s) and {len(outputs)} output(s), not one of each"
+    in_shape = [int(n) for n in inputs[0]["shape"]]
+    out_shape = [int(n) for n in outputs[0]["shape"]]
+    dtype = np.dtype(inputs[0]["dtype"]).name
+    if len(in_shape) != 4:
+        return f"its input has shape {in_shape}, rank {len(in_shape)}, not an image batch"
+    if in_shape[0] != 1:
+        return f"its input takes a batch of {in_shape[0]} images (shape {in_shape}), not one"
+    if in_shape[3] != 3:
+        return f"its input has {in_shape[3]} channels (shape {in_shape}), not 3 (RGB)"
+    if in_shape[1] != in_shape[2] or in_shape[1] < 1:
+        return f"its input is not a square image (shape {in_shape})"
+    if dtype not in INPUT_DTYPES:
+        return f"its input is {dtype}"
+    if len(out_shape) != 2:
+        return f"its output has shape {out_shape}, rank {len(out_shape)}, not a vector of scores"
+    if out_shape[0] != 1 or out_shape[1] < 1:
+        return f"its output has shape {out_shape}, not one row of class scores"
+    return None
+
+
 class Classifier:
     """One interpreter, reused for every image."""
 
@@ -107,19 +141,15 @@ class Classifier:
         self.interpreter, self.runtime = load_interpreter(
             self.model_path, runtime=runtime, threads=threads, quantized=probe_quantized
         )
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        inputs, outputs = (
+            self.interpreter.get_input_details(),
+            self.interpreter.get_output_details(),
+        )
+        problem = io_problem(inputs, outputs)
+        if problem:
+            raise BadInput(f"{model_path}: {problem}; {EXPECTED_IO}")
+        self._input, self._output = inputs[0], outputs[0]
         in_shape, out_shape = list(self._input["shape"]), list(self._output["shape"])
-        if len(in_shape) != 4 or in_shape[3] != 3 or in_shape[1] != in_shape[2]:
-            raise BadInput(
-                f"{model_path}: input shape {in_shape} is not one square RGB image "
-                "(expected [1, N, N, 3]); this is not an image classifier"
-            )
-        if len(out_shape) != 2:
-            raise BadInput(
-                f"{model_path}: output shape {out_shape} is not a vector of class scores; "
-                "this is not an image classifier"
-            )
         self.image_size = int(in_shape[1])
         self.input_dtype = np.dtype(self._input["dtype"])
         self.input_scale, self.input_zero_point = self._input["quantization"]

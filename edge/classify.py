@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class Summary:
     correct: int = 0
     unknown_labels: Dict[str, int] = field(default_factory=dict)
     stage_ms: Dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: bool = False  # ended early: a closed window, Ctrl-C or SIGTERM
+    stopped_by: str = ""  # "SIGINT" or "SIGTERM" when a signal ended it
     skipped: int = 0  # live camera frames passed over because a newer one had arrived
 
     @property
@@ -72,16 +73,26 @@ def classify_source(
     writer: Optional[PredictionWriter] = None,
     on_result: Callable[[Result], Optional[bool]] = lambda result: None,
     count_labels: bool = False,
+    stop_requested: Callable[[], str] = lambda: "",
 ) -> Summary:
     """Classify every frame of ``source``; ``on_result`` returning False ends the session
-    (a closed preview window), as Ctrl-C ends a camera session."""
+    (a closed preview window).
+
+    ``stop_requested`` is asked after each result is written and reported: a signal's
+    name ends the session there, at a row boundary (``edge.session`` sets it on Ctrl-C
+    or SIGTERM). A KeyboardInterrupt raised anywhere in the loop ends it too. Either
+    way the summary comes back with ``stopped_by`` set, so the caller can keep the
+    rows finished before it and say so.
+    """
     summary = Summary()
     stages: Dict[str, List[float]] = {"decode": [], "resize": [], "invoke": [], "post": []}
     start = time.perf_counter()
+    results: Optional[Iterator[Result]] = None
     try:
         frames = source.frames(classifier.image_size)
         live = source.kind == "camera"
-        for result in classify_frames(classifier, frames, k, live=live):
+        results = classify_frames(classifier, frames, k, live=live)
+        for result in results:
             summary.skipped += result.skipped
             if result.error:
                 if source.kind == "file":
@@ -105,10 +116,15 @@ def classify_source(
             if on_result(result) is False:
                 summary.interrupted = True
                 break
-    except KeyboardInterrupt:
-        if source.kind != "camera":
-            raise
-        summary.interrupted = True  # Ctrl-C is how a camera session ends
+            summary.stopped_by = stop_requested()
+            if summary.stopped_by:
+                summary.interrupted = True
+                break
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler was set
+        summary.interrupted, summary.stopped_by = True, stop_requested() or "SIGINT"
+    finally:
+        if results is not None:
+            results.close()  # stops the decode thread now, not when garbage-collected
     summary.seconds = time.perf_counter() - start
     problem = nothing_classified(source, summary)
     if problem:

@@ -17,11 +17,12 @@ What it does, and why:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -137,30 +138,28 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
-    """Decode ``path`` to an upright 8-bit RGB Pillow image, ready for ``resize_rgb``.
+@contextlib.contextmanager
+def opened_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open(path)``, refused before decoding when its header declares too many
+    pixels, with everything that goes wrong in the ``with`` body (the decode is lazy)
+    turned into ``UnreadableImage`` naming the file.
 
-    JPEGs are decoded at reduced scale (Pillow's ``draft``: the decoder skips
-    DCT detail) when the photo is over ``DRAFT_FACTOR``× the target size, so a
-    3 MP phone photo costs a fraction of a full decode. The reduced image
-    stays at least ``DRAFT_FACTOR``× the target, so the antialiased resize
-    still averages real detail; and training uses this same function, so
-    workstation and device see identical pixels either way.
+    Every reader of image files goes through here (``decode_rgb``, and the
+    label_image-style loop of ``edgetl bench``), so a file that vanished after its
+    folder was listed, was cut short or replaced while being read, or is a
+    decompression bomb is one bad file to skip and list wherever it is met.
     """
     try:
         with Image.open(path) as image:
             problem = size_problem(*image.size)  # from the header: nothing decoded yet
             if problem:
                 raise UnreadableImage(f"{path}: {problem}")
-            if image.format == "JPEG":
-                image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
-            rgb = to_rgb(upright(image))
-            rgb.load()
-            return rgb
+            yield image
     except UnreadableImage:
         raise
     except FileNotFoundError as error:
-        raise BadInput(f"{path}: no such file") from error
+        # Listed a moment ago, gone now (moved, deleted, a card unmounted): one bad file.
+        raise UnreadableImage(f"{path}: no such file (moved or deleted?)") from error
     except Image.DecompressionBombError as error:  # past twice the bound, Pillow's own check
         raise UnreadableImage(
             f"{path}: too large to decode safely ({one_line(error)}); resize it first"
@@ -171,6 +170,24 @@ def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
         # Decoders fed hostile bytes raise anything (struct.error, IndexError,
         # ZeroDivisionError, MemoryError...): it is still one bad file, to skip and list.
         raise UnreadableImage(f"{path}: not a readable image ({describe_error(error)})") from error
+
+
+def decode_rgb(path: str | os.PathLike, size: int) -> Image.Image:
+    """Decode ``path`` to an upright 8-bit RGB Pillow image, ready for ``resize_rgb``.
+
+    JPEGs are decoded at reduced scale (Pillow's ``draft``: the decoder skips
+    DCT detail) when the photo is over ``DRAFT_FACTOR``× the target size, so a
+    3 MP phone photo costs a fraction of a full decode. The reduced image
+    stays at least ``DRAFT_FACTOR``× the target, so the antialiased resize
+    still averages real detail; and training uses this same function, so
+    workstation and device see identical pixels either way.
+    """
+    with opened_image(path) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size * DRAFT_FACTOR, size * DRAFT_FACTOR))
+        rgb = to_rgb(upright(image))
+        rgb.load()
+        return rgb
 
 
 def load_rgb(path: str | os.PathLike, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
@@ -189,28 +206,34 @@ def list_images(folder: str | os.PathLike) -> List[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def load_or_reason(
+    path: str | os.PathLike, size: int, resize: str = DEFAULT_RESIZE
+) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """``(pixels, None)``, or ``(None, why)`` for a file to skip and list: the one
+    per-file step of every batch decode (``load_many``, ``toolchain.pixel_file``)."""
+    try:
+        return load_rgb(path, size, resize), None
+    except UnreadableImage as error:
+        return None, str(error)
+
+
 def load_many(
     paths: Iterable[str | os.PathLike], size: int, workers: int = 0, resize: str = DEFAULT_RESIZE
 ) -> Tuple[np.ndarray, List[int], List[Tuple[str, str]]]:
     """Decode many files in parallel (Pillow releases the GIL while decoding).
 
     Returns the stacked pixels, the indices of the paths that decoded, and
-    ``(path, reason)`` for each that did not; a bad file never stops the batch.
+    ``(path, reason)`` for each that did not; a bad file never stops the batch,
+    nor does one that vanished or changed after ``paths`` was listed.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     paths = [str(p) for p in paths]
-
-    def one(path: str):
-        try:
-            return load_rgb(path, size, resize), None
-        except UnreadableImage as error:
-            return None, str(error)
-
     workers = workers or min(8, (os.cpu_count() or 1) + 1)
     images, kept, skipped = [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for index, (pixels, problem) in enumerate(pool.map(one, paths)):
+        decoded = pool.map(lambda path: load_or_reason(path, size, resize), paths)
+        for index, (pixels, problem) in enumerate(decoded):
             if problem is None:
                 images.append(pixels)
                 kept.append(index)

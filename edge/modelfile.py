@@ -9,7 +9,13 @@ and the standard library to know what the model's outputs mean. Entries are
 A model file may come from anyone, so the archive is read defensively: each
 member costs at most ``MAX_MEMBER_BYTES`` however it is compressed (a deflate
 bomb or a lying header), the card must have the types the runner relies on
-(``check_card``), and labels come back exactly as written (``parse_labels``).
+(``check_card``), and labels come back exactly as written (``parse_labels``)
+except for one thing: every string of a card or a labels file, labels
+included, has its control characters escaped (``printable``) before any of it
+can reach a terminal, a CSV cell or a log. A label ``\x1b[31mred`` from
+someone's model shows as those characters instead of recolouring the
+terminal; labels edgetl's own training accepts (``label_problem``) never
+contain one, so its models read back unchanged.
 """
 
 from __future__ import annotations
@@ -52,6 +58,35 @@ class ModelCard:
     metadata: Dict[str, Any] = field(default_factory=dict)
 
 
+def unsafe_char(char: str) -> bool:
+    """A character that breaks lines or drives a terminal: C0/C1 controls (ESC, BEL,
+    CR, CSI ``\\x9b``...), line and paragraph separators, anything ``splitlines`` breaks at."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or len((char + "x").splitlines()) != 1
+
+
+def printable(text: str) -> str:
+    """``text`` with each ``unsafe_char`` written as its Python escape (``\\x1b``, ``\\r``,
+    ``\\u2028``), so text from someone else's file can be printed or put in a CSV cell:
+    a label ``\\x1b[2J`` must show as those characters, not clear the user's screen."""
+    if not any(unsafe_char(char) for char in text):
+        return text
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unsafe_char(char) else char
+        for char in text
+    )
+
+
+def printable_card(value: Any) -> Any:
+    """Every string in a parsed card (keys too) through ``printable``."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [printable_card(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(str(key)): printable_card(item) for key, item in value.items()}
+    return value
+
+
 def label_problem(name: str) -> Optional[str]:
     """Why class name ``name`` cannot round-trip through labels.txt, CSV and Markdown, or None.
 
@@ -63,7 +98,7 @@ def label_problem(name: str) -> Optional[str]:
     if not name:
         return "the name is empty"
     for char in name:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or len((char + "x").splitlines()) != 1:
+        if unsafe_char(char):
             what = unicodedata.name(char, "a control character")
             return f"the name holds U+{ord(char):04X} ({what}), which breaks lines or tables"
     if name != name.strip():
@@ -160,7 +195,8 @@ def parse_card(text: str, path: str | os.PathLike) -> Dict[str, Any]:
 
 
 def read_embedded(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
-    """The archive's ``edgetl.json`` plus ``labels`` from ``labels.txt``; None if absent.
+    """The archive's ``edgetl.json`` plus ``labels`` from ``labels.txt``, every string
+    ``printable``; None if absent.
 
     A file without an archive is a plain model (None); an archive that is
     there but damaged, oversized or odd is BadInput naming the file.
@@ -182,7 +218,7 @@ def read_embedded(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
             found.update(parse_card(_member_text(archive, METADATA_NAME, path), path))
         if LABELS_NAME in names:
             found["labels"] = parse_labels(_member_text(archive, LABELS_NAME, path))
-        return found or None
+        return printable_card(found) or None
 
 
 def read_labels_file(path: str | os.PathLike) -> List[str]:
@@ -195,7 +231,7 @@ def read_labels_file(path: str | os.PathLike) -> List[str]:
     if len(data) > MAX_MEMBER_BYTES:
         raise BadInput(f"{path}: over 4 MiB, too large for a labels file; give one name per line")
     try:
-        return parse_labels(data.decode("utf-8"))
+        return [printable(label) for label in parse_labels(data.decode("utf-8"))]
     except UnicodeDecodeError as error:
         raise BadInput(f"{path}: not UTF-8 text; save it as UTF-8, one name per line") from error
 

@@ -1,28 +1,35 @@
 """Write predictions as CSV or JSON lines, one row per image, flushed as it goes.
 
 Rows stream into a temporary file beside the output (``edge.atomic`` naming),
-flushed per row, and ``close()`` renames it over the output: a previous file
-of the same name stays whole until the new one is complete, and a run that
-fails or is interrupted leaves it untouched (``abort()``). After a kill or a
-power cut, the rows classified so far are in that temporary file.
+written per row, and ``close()`` renames it over the output: a previous file
+of the same name stays whole until the new one is committed, and a run that
+fails leaves it untouched (``abort()``). After a kill or a power cut, the rows
+classified so far are in that temporary file.
 
 CSV files are opened by spreadsheets, which run a cell starting with ``=``
 as a formula: a file or class named ``=cmd|' /C calc'!A0`` must stay text
-(``csv_cell``). JSON lines keep every string exactly.
+(``csv_cell``), and shown in terminals, where a control character in a file
+name would act (``printable``). JSON lines keep every string exactly, with
+JSON's own escapes for control characters.
+
+An interrupted session (Ctrl-C, SIGTERM) ends at a row boundary and commits
+the rows finished so far (``edge.session``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import List, Optional
 
 from edge import atomic
 from edge.errors import BadInput
+from edge.modelfile import printable
 from edge.pipeline import Result
 
 FORMATS = (".csv", ".jsonl")
@@ -32,8 +39,17 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(text: str) -> str:
-    """``text`` as a spreadsheet will show it, never run it."""
+    """``text`` as a spreadsheet will show it, never run it, and as a terminal will show
+    it (``cat preds.csv``): control characters escaped (``printable``)."""
+    text = printable(text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_line(cells: List[str]) -> str:
+    """One CSV record, quoted as the ``csv`` module does, ending in ``\\r\\n``."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(cells)
+    return buffer.getvalue()
 
 
 def output_problem(path: Path) -> Optional[str]:
@@ -52,9 +68,12 @@ def output_problem(path: Path) -> Optional[str]:
 class PredictionWriter:
     """Rows to a temporary file; ``close()`` commits it over ``path``, ``abort()`` drops it.
 
-    As a context manager it commits on a normal exit and aborts on any
-    exception, Ctrl-C included. Both are idempotent, and each is a no-op after
-    the other.
+    Each row is encoded whole and handed to the file in one ``os.write``, and the
+    writer counts the bytes of finished rows: an interruption that lands inside a
+    write (a second Ctrl-C) leaves at most a cut-off row past that count, which
+    ``close()`` cuts away. As a context manager it commits on a normal exit and
+    aborts on any exception, Ctrl-C included. Both are idempotent, and each is a
+    no-op after the other.
     """
 
     def __init__(self, path: str, k: int) -> None:
@@ -64,6 +83,8 @@ class PredictionWriter:
         if problem:
             raise BadInput(problem)
         self.k = k
+        self.rows = 0
+        self._finished_bytes = 0
         self._started = time.time()
         try:
             self.partial, descriptor = atomic.open_partial(self.path)
@@ -75,29 +96,33 @@ class PredictionWriter:
                 "choose a file in a folder you can write to"
             ) from None
         atomic.hold(descriptor)
-        # A file name that is not UTF-8 (a camera card's, another system's) is written
-        # with backslash escapes instead of failing the whole session.
-        self._file: Optional[IO[str]] = os.fdopen(
-            descriptor, "w", encoding="utf-8", errors="backslashreplace", newline=""
-        )
-        self._csv = None
+        self._descriptor: Optional[int] = descriptor
         if self.format == ".csv":
-            self._csv = csv.writer(self._file)
             header = ["path"]
             for i in range(1, k + 1):
                 header += [f"label_{i}", f"score_{i}"]
+            header += ["decode_ms", "resize_ms", "invoke_ms", "post_ms", "label", "error"]
             try:  # a full disk fails here already: the temporary file must not stay
-                self._csv.writerow(
-                    header + ["decode_ms", "resize_ms", "invoke_ms", "post_ms", "label", "error"]
-                )
-                self._file.flush()
+                self._append(csv_line(header))
             except BaseException:
                 self.abort()
                 raise
 
+    def _append(self, text: str) -> None:
+        """One finished row (or the header) onto the file, counted once it is all there.
+
+        A file name that is not UTF-8 (a camera card's, another system's) is written
+        with backslash escapes instead of failing the whole session.
+        """
+        assert self._descriptor is not None, "write after close() or abort()"
+        encoded = text.encode("utf-8", errors="backslashreplace")
+        data = memoryview(encoded)
+        while data:
+            data = data[os.write(self._descriptor, data) :]
+        self._finished_bytes += len(encoded)
+
     def write(self, result: Result) -> None:
-        assert self._file is not None, "write after close() or abort()"
-        if self._csv is not None:
+        if self.format == ".csv":
             row = [csv_cell(result.path)]
             for i in range(self.k):
                 if i < len(result.predictions):
@@ -113,7 +138,7 @@ class PredictionWriter:
                 csv_cell(result.label or ""),
                 csv_cell(result.error),
             ]
-            self._csv.writerow(row)
+            self._append(csv_line(row))
         else:
             record = {
                 "path": result.path,
@@ -129,38 +154,45 @@ class PredictionWriter:
                 record["label"] = result.label
             if result.error:
                 record["error"] = result.error
-            self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+            self._append(json.dumps(record) + "\n")  # ASCII: json escapes every control
+        self.rows += 1
 
-    def close(self) -> None:
-        """Commit: sync the rows and rename them over ``path``."""
-        if self._file is None:
+    def close(self, supersede: bool = True) -> None:
+        """Commit the finished rows: cut any row an interruption left half-written, sync,
+        and rename over ``path``.
+
+        ``supersede`` (a session that ran to its end) also removes what killed sessions
+        of the same output left behind; an interrupted session leaves those alone.
+        """
+        if self._descriptor is None:
             return
-        file, self._file = self._file, None
+        descriptor, self._descriptor = self._descriptor, None
         try:
-            file.flush()
-            os.fsync(file.fileno())
-            file.close()
+            os.ftruncate(descriptor, self._finished_bytes)
+            os.fsync(descriptor)
+            os.close(descriptor)
+            descriptor = None
             os.replace(self.partial, self.path)
-            # What a killed session of the same --output left is superseded now.
-            for stale in atomic.left_by_a_kill(self.path, self._started):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+            if supersede:  # what a killed session of the same --output left is stale now
+                for stale in atomic.left_by_a_kill(self.path, self._started):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
             atomic.fsync_directory(self.path.parent)
         except BaseException:
-            with contextlib.suppress(OSError):
-                file.close()
+            if descriptor is not None:
+                with contextlib.suppress(OSError):
+                    os.close(descriptor)
             with contextlib.suppress(FileNotFoundError):
                 self.partial.unlink()
             raise
 
     def abort(self) -> None:
         """Drop the rows: remove the temporary file; a previous output stays as it was."""
-        if self._file is None:
+        if self._descriptor is None:
             return
-        file, self._file = self._file, None
+        descriptor, self._descriptor = self._descriptor, None
         with contextlib.suppress(OSError):
-            file.close()
+            os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             self.partial.unlink()
 

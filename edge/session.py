@@ -8,19 +8,25 @@ labeled folders). The CLI only parses options and calls these.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, NamedTuple, Optional, TextIO
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, TextIO
 
 from edge.classifier import Classifier
 from edge.classify import Summary, classify_source
 from edge.display import annotate
+from edge.modelfile import printable
 from edge.output import PredictionWriter
 from edge.pipeline import Result
 from edge.sources import Source
 
 LIVE_KINDS = ("camera", "video")
+# A camera never ends by itself: Ctrl-C (or a service manager's SIGTERM) is its normal end.
+LIVE_ENDS_BY_SIGNAL = ("camera",)
 
 
 def best_classes(result: Result) -> str:
@@ -68,7 +74,7 @@ class Reporter:
 
     def __call__(self, result: Result) -> bool:
         if result.error:
-            print(f"skipped: {result.error}", file=self.err)
+            print(f"skipped: {printable(result.error)}", file=self.err)
             return True
         self.classified += 1
         fps = self.fps()
@@ -76,7 +82,7 @@ class Reporter:
         if self.live:
             print(f"\r{fps:6.1f} FPS  {best}\033[K", end="", file=self.err, flush=True)
         elif not self.quiet:
-            print(f"{result.path}: {best}", file=self.out, flush=True)
+            print(f"{printable(result.path)}: {best}", file=self.out, flush=True)
         if self.window is not None:
             lines = [f"{p.label} {p.score:.2f}" for p in result.predictions] + [f"{fps:.1f} FPS"]
             return self.window.show(annotate(result.image, lines))
@@ -86,6 +92,47 @@ class Reporter:
         """End the live line, so what is printed next starts on a line of its own."""
         if self.live:
             print(file=self.err)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM during a session: finish the image in hand, then stop.
+
+    The handler only records the signal; the session checks it between rows, so
+    no row is ever cut in half and the rows so far can be kept. A second signal
+    raises KeyboardInterrupt at once, for a session stuck waiting on a camera or a
+    slow disk (the writer still cuts any half row away).
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signal_name:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def requested(self) -> str:
+        return self.signal_name
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """A ``StopRequest`` installed for SIGINT and SIGTERM, the previous handlers put back
+    after. Only the main thread may set handlers; elsewhere (a test's thread) Ctrl-C
+    stays a KeyboardInterrupt, which the session handles the same way."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    numbers = [getattr(signal, name) for name in StopRequest.SIGNALS if hasattr(signal, name)]
+    previous = {number: signal.signal(number, request) for number in numbers}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_session(
@@ -100,26 +147,44 @@ def run_session(
     """``classify_source`` with ``reporter`` called per result and the predictions
     written to ``output`` (.csv or .jsonl).
 
-    Rows stream into a temporary file beside ``output``, renamed over it only when the
-    session ends normally: a crash or a kill never leaves a half-written ``output``.
-    The reporter's window is closed however the session ends.
+    Rows stream into a temporary file beside ``output``, renamed over it when the
+    session ends: a crash or a kill never leaves a half-written ``output``, and a
+    failed session leaves the previous one as it was. Ctrl-C or SIGTERM ends the
+    session at a row boundary: on a camera that is how a session ends (a normal
+    return); on a file, folder or video the rows finished so far are committed to
+    ``output``, the closing lines say the session was interrupted, and
+    KeyboardInterrupt is raised for the CLI's exit 130. The reporter's window is
+    closed however the session ends.
     """
     writer = PredictionWriter(str(output), top_k) if output else None
     try:
-        summary = classify_source(
-            classifier, source, top_k, threshold, writer, reporter, count_labels
-        )
+        with stop_on_signals() as stop:  # also over the commit: one Ctrl-C cannot cut it short
+            summary = classify_source(
+                classifier, source, top_k, threshold, writer, reporter, count_labels,
+                stop.requested,
+            )  # fmt: skip
+            interrupted = bool(summary.stopped_by) and source.kind not in LIVE_ENDS_BY_SIGNAL
+            if writer:
+                writer.close(supersede=not interrupted)
     except BaseException:
         if writer:
-            writer.abort()
+            writer.abort()  # nothing to do once committed
         raise
     finally:
         if reporter.window is not None:
             reporter.window.close()
-    if writer:
-        writer.close()
     reporter.end()
+    if interrupted:
+        closing = closing_lines(summary, output, count_labels)
+        for line in closing.notes:
+            print(line, file=reporter.err, flush=True)
+        for line in closing.results:
+            print(line, file=reporter.out, flush=True)
+        raise KeyboardInterrupt
     return summary
+
+
+SIGNAL_WORDS = {"SIGINT": "Ctrl-C (SIGINT)", "SIGTERM": "SIGTERM"}
 
 
 class Closing(NamedTuple):
@@ -142,11 +207,19 @@ def closing_lines(
         + skipped
         + (f"; wrote {output}" if output else "")
     ]
+    if summary.stopped_by:
+        what = SIGNAL_WORDS.get(summary.stopped_by, summary.stopped_by)
+        notes.insert(
+            0,
+            f"interrupted by {what}"
+            + (f": {output} holds every image finished before it" if output else ""),
+        )
     results: List[str] = []
     if count_labels:
         if summary.unknown_labels:
             notes.append(
-                f"note: folders not among the model's labels: {', '.join(summary.unknown_labels)}"
+                "note: folders not among the model's labels: "
+                + ", ".join(printable(name) for name in summary.unknown_labels)
             )
         if summary.accuracy is None:
             notes.append("note: no image sat in a folder named like a label")

@@ -274,7 +274,9 @@ def test_labels_round_trip_exactly_and_label_problem_names_the_unsafe_ones(tmp_p
     model = tmp_path / "m.tflite"
     model.write_bytes(embed_metadata(FLATBUFFER, {"quant": "int8"}, labels))
     card = read_model_card(model, len(labels))
-    assert card.labels == labels and card.labels_source == "embedded"
+    # Exact, except that what would break a line or drive a terminal comes back escaped.
+    escaped = ["daisy ", " rose", "tulip\\u2028red", "x\\x1cy", "", "sun\\x85flower", "=cmd"]
+    assert card.labels == escaped and card.labels_source == "embedded"
 
     problems = {name: label_problem(name) for name in labels}
     assert problems["=cmd"] is None  # CSV neutralises it; it round-trips
@@ -288,7 +290,7 @@ def test_labels_round_trip_exactly_and_label_problem_names_the_unsafe_ones(tmp_p
     beside = tmp_path / "plain.tflite"
     beside.write_bytes(FLATBUFFER)
     (tmp_path / "labels.txt").write_bytes("café \r\n\r\nrose\u2028x\r\n\n\n".encode())
-    assert read_model_card(beside, 3).labels == ["café ", "", "rose\u2028x"]
+    assert read_model_card(beside, 3).labels == ["café ", "", "rose\\u2028x"]
     (tmp_path / "labels.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(BadInput, match="labels.txt: not UTF-8 text"):
         read_model_card(beside, 1)
@@ -315,11 +317,12 @@ def test_csv_cells_that_spreadsheets_would_run_are_neutralised_and_jsonl_is_exac
         header, first, second = list(csv.reader(file))
     assert first[0] == "'" + attack and first[1] == "'+SUM(1)" and first[2] == "0.750000"
     assert first[header.index("label")] == "'+SUM(1)"
-    assert second[0] == "'@x.jpg" and second[header.index("error")] == "'-bad\tfile"
+    # Control characters are escaped too: a cell must not drive a terminal that shows it.
+    assert second[0] == "'@x.jpg" and second[header.index("error")] == "'-bad\\tfile"
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert records[0]["path"] == attack and records[0]["top_k"][0]["label"] == "+SUM(1)"
     assert records[1]["error"] == "-bad\tfile"
-    assert csv_cell("\rx") == "'\rx" and csv_cell("cat") == "cat" and csv_cell("") == ""
+    assert csv_cell("\rx") == "\\rx" and csv_cell("cat") == "cat" and csv_cell("") == ""
 
 
 def test_an_existing_output_survives_an_aborted_run_and_is_replaced_on_close(tmp_path):

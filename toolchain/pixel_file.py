@@ -28,7 +28,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge.errors import MissingEnvironment
-from edge.image import DEFAULT_RESIZE, UnreadableImage, load_rgb
+from edge.image import DEFAULT_RESIZE, load_or_reason
 
 DECODE_CHUNK = 256  # images decoded per round: bounds what waits in memory to be written
 DISK_MARGIN = 256 * 2**20  # left free on the disk besides the decoded rows
@@ -146,8 +146,10 @@ def decode_to_file(
     """Decode ``paths`` at ``size`` into a ``RowFile`` in ``folder``.
 
     Returns the rows, the indices of the paths that decoded and ``(path,
-    reason)`` for each that did not: the same contract as
-    ``edge.image.load_many``, without holding the pixels.
+    reason)`` for each that did not: the same contract (and the same per-file step,
+    ``load_or_reason``) as ``edge.image.load_many``, without holding the pixels. A
+    file that vanished, was cut short or replaced after ``paths`` was listed is
+    skipped and listed like any unreadable one.
     """
     names = [str(p) for p in paths]
     check_free_space(folder, len(names) * size * size * 3, what)
@@ -155,19 +157,15 @@ def decode_to_file(
     kept: List[int] = []
     skipped: List[Tuple[str, str]] = []
 
-    def one(path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
-        try:
-            return load_rgb(path, size, resize), None
-        except UnreadableImage as error:
-            return None, str(error)
-
     workers = workers or min(8, (os.cpu_count() or 1) + 1)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(names), DECODE_CHUNK):
                 chunk = names[start : start + DECODE_CHUNK]
                 decoded = []
-                for offset, (pixels, problem) in enumerate(pool.map(one, chunk)):
+                for offset, (pixels, problem) in enumerate(
+                    pool.map(lambda path: load_or_reason(path, size, resize), chunk)
+                ):
                     if problem is None:
                         decoded.append(pixels)
                         kept.append(start + offset)
