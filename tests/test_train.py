@@ -197,3 +197,55 @@ def test_same_seed_same_model(tmp_path):
         histories.append(json.loads((run / "history.json").read_text()))
     assert histories[0]["loss"] == histories[1]["loss"]
     assert histories[0]["val_accuracy"] == histories[1]["val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "count, workers, batch", [(2051, 2, 32), (257, 2, 32), (40, 3, 39), (5, 4, 8)]
+)
+def test_even_shards_give_every_worker_the_same_full_steps_and_keep_every_image(
+    count, workers, batch
+):
+    from toolchain.train_data import even_shards
+
+    rows = np.arange(count, dtype=np.float32)[:, None]
+    labels = np.arange(count) % 3
+    padded, padded_labels, weights = even_shards(rows, labels, 3, batch, None)
+    assert len(padded) % batch == 0 and len(padded) - count < batch
+    per_replica = batch // workers
+    # What tf.data's shard(workers, i) then batch(per_replica) gives each worker.
+    steps = [-(-len(range(i, len(padded), workers)) // per_replica) for i in range(workers)]
+    assert len(set(steps)) == 1 and all(
+        len(range(i, len(padded), workers)) % per_replica == 0 for i in range(workers)
+    )
+    assert weights.tolist() == [1.0, 1.0, 1.0, 0.0]  # the pad class weighs nothing
+    assert (padded_labels[count:] == 3).all() and (padded_labels[:count] == labels).all()
+    assert padded[np.arange(len(padded))][:count, 0].tolist() == list(range(count))
+
+
+def test_non_finite_weights_or_outputs_are_refused_naming_the_phase_option():
+    from edge.errors import BadInput
+    from toolchain.train_checks import require_finite
+
+    require_finite([np.ones(3)], "head", 1e-3, "the weights")
+    with pytest.raises(BadInput, match="--learning-rate"):
+        require_finite([np.ones(3), np.array([np.nan])], "head", 1e6, "the weights")
+    with pytest.raises(BadInput, match="--fine-tune-learning-rate"):
+        require_finite([np.array([np.inf])], "fine_tune", 10.0, "the model's outputs")
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_no_model(tmp_path):
+    """A learning rate far too large drives the loss to NaN or infinity. The CLI caps the
+    rates at 10, so the library is called (as a script would) with one past any sense."""
+    from edge.errors import BadInput
+    from toolchain.options import TrainOptions
+    from toolchain.train import train
+
+    run = tmp_path / "run"
+    options = TrainOptions(
+        out=str(run), data="synthetic", synthetic_per_class=6, image_size=32, alpha=0.35,
+        weights="none", epochs=0, fine_tune_epochs=2, fine_tune_learning_rate=1e30, patience=0,
+    )  # fmt: skip
+    with pytest.raises(BadInput, match="diverged.*lower --fine-tune-learning-rate") as error:
+        train(options, log=lambda message: None)
+    assert "\n" not in str(error.value)
+    assert not list(run.rglob("*.keras")) and not list(run.rglob("best_*.weights.h5"))

@@ -14,6 +14,7 @@ Splits are stratified by class and seeded, and saved to ``splits.json``.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -91,8 +92,56 @@ def class_name_problem(name: str) -> Optional[str]:
     return label_problem(name)
 
 
+def _real_path(path: Path, root: Path) -> Path:
+    """Where ``path`` really is, refused in one line (exit 2) when it is a symbolic link
+    that loops, leads nowhere, or leads outside ``root`` (the resolved ``--data``): a
+    photo outside the folder would train a model on what the user never meant to give
+    it, and a loop would list the same photos under every class."""
+    try:
+        real = path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11's "Symlink loop"
+        raise BadInput(f"{path}: a symbolic link that loops; remove or fix it") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BadInput(f"{path}: a symbolic link that loops; remove or fix it") from None
+        raise BadInput(f"{path}: a symbolic link to nothing; remove or fix it") from None
+    if real != root and root not in real.parents:
+        raise BadInput(
+            f"{path}: a symbolic link to {real}, outside --data {root}; copy the photos into "
+            "the data folder or remove the link"
+        )
+    return real
+
+
+def _image_files(folder: Path, root: Path, above: Tuple[Path, ...]) -> List[Tuple[Path, Path]]:
+    """``(path under root, real path)`` of every image below ``folder``, links followed
+    inside ``root``; ``above`` are the real folders walked down through, so a link back to
+    one of them (or to the data folder itself) is refused as a loop."""
+    found: List[Tuple[Path, Path]] = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = Path(entry.path)
+        # above[-1] is where ``folder`` really is, so a plain entry needs no resolving.
+        real = _real_path(path, root) if entry.is_symlink() else above[-1] / entry.name
+        if real.is_dir():
+            if real in above or real == root:
+                raise BadInput(
+                    f"{path}: a symbolic link back to {real}, which holds it (a loop); remove it"
+                )
+            found += _image_files(path, root, (*above, real))
+        elif real.is_file() and is_image_name(entry.name) and not entry.name.startswith("."):
+            found.append((path, real))
+    return found
+
+
 def scan_class_folders(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Class names (sorted folder names) and ``(relative path, label)`` of every image."""
+    """Class names (sorted folder names) and ``(relative path, label)`` of every image.
+
+    Symbolic links are followed to real files inside ``root`` (see ``_real_path``),
+    and each real file is listed once, under its first class and path in sorted
+    order: the same photo reached by two names would otherwise land in two splits and
+    be tested on what it trained on.
+    """
+    real_root = root.resolve()
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise BadInput(f"{root}: no class folders; put images in {root}/<class name>/")
@@ -105,12 +154,20 @@ def scan_class_folders(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
             )
     items: List[Tuple[str, int]] = []
     empty = []
+    seen: set = set()
     for label, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (root / name).rglob("*")
-            if p.is_file() and is_image_name(p.name) and not p.name.startswith(".")
-        )
+        folder = root / name
+        real = _real_path(folder, real_root)
+        if real == real_root:
+            raise BadInput(
+                f"{folder}: a symbolic link to the data folder itself (a loop: every photo "
+                "would be in this class too); remove it"
+            )
+        files = []
+        for path, real_file in _image_files(folder, real_root, (real,)):
+            if real_file not in seen:
+                seen.add(real_file)
+                files.append(path)
         if not files:
             empty.append(name)
         items += [(p.relative_to(root).as_posix(), label) for p in files]

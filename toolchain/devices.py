@@ -12,42 +12,101 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-from typing import Any, List, NamedTuple, Optional, Tuple
+import socket
+import sys
+import threading
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
-from edge.errors import BadInput, MissingEnvironment
+from edge.errors import ENVIRONMENT, BadInput, MissingEnvironment
 from toolchain.options import STRATEGIES
 
 TF_CONFIG_EXAMPLE = (
     '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
     '"task": {"type": "worker", "index": 0}}'
 )
+TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
+WORKER_TIMEOUT_ENV = "EDGETL_WORKER_TIMEOUT"
+DEFAULT_WORKER_TIMEOUT = 300.0  # seconds: other machines may still be decoding their data
+
+
+def address_problem(address: object) -> Optional[str]:
+    """Why one cluster address is not ``host:port`` (port 1-65535), or None."""
+    if not isinstance(address, str):
+        return f"{address!r} is not a host:port string"
+    host, _, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 address: [::1]:12345
+    host = host[1:-1] if bracketed else host
+    if not host or (":" in host and not bracketed) or any(c.isspace() for c in host):
+        return f"{address!r} is not host:port"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"{address!r} needs a port from 1 to 65535"
+    return None
+
+
+def _cluster_problem(cluster: object) -> Optional[str]:
+    if not isinstance(cluster, dict) or not cluster:
+        return f"TF_CONFIG needs a cluster of worker addresses, e.g. {TF_CONFIG_EXAMPLE}"
+    others = sorted(set(cluster) - set(TASK_TYPES))
+    if others:
+        return (
+            f"TF_CONFIG's cluster lists {', '.join(map(repr, others))}; multiworker training "
+            "takes only chief and worker tasks"
+        )
+    for kind in TASK_TYPES:
+        if not isinstance(cluster.get(kind, []), list):
+            return f"TF_CONFIG's cluster {kind} must be a list of host:port addresses"
+    if not cluster.get("worker") and not cluster.get("chief"):
+        return f"TF_CONFIG's cluster lists no workers, e.g. {TF_CONFIG_EXAMPLE}"
+    if len(cluster.get("chief", [])) > 1:
+        return "TF_CONFIG's cluster lists several chiefs; list at most one"
+    addresses = [*cluster.get("chief", []), *cluster.get("worker", [])]
+    for address in addresses:
+        problem = address_problem(address)
+        if problem:
+            return f"TF_CONFIG's cluster address {problem}"
+    repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+    if repeated:
+        return (
+            f"TF_CONFIG's cluster lists {', '.join(repeated)} more than once; "
+            "give every task its own host:port"
+        )
+    return None
 
 
 def tf_config_problem(text: Optional[str]) -> Optional[str]:
-    """Why ``TF_CONFIG`` cannot start a worker, or None (a pure check, before any file
-    is written: TensorFlow's own errors come later and as tracebacks)."""
+    """Why ``TF_CONFIG`` cannot start a worker, or None: a pure check run before any file
+    is read or written, because TensorFlow's own errors come later, after the data is
+    decoded, and as tracebacks (a chief the cluster does not list even passes its
+    constructor and fails at the first step)."""
     if not text:
         return f"set TF_CONFIG on every machine, e.g. {TF_CONFIG_EXAMPLE}"
     try:
         config = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return "TF_CONFIG is not valid JSON"
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    workers = cluster.get("worker") if isinstance(cluster, dict) else None
-    if not isinstance(workers, list) or not workers or not all(isinstance(w, str) for w in workers):
+    if not isinstance(config, dict):
+        return f"TF_CONFIG must be a JSON object, e.g. {TF_CONFIG_EXAMPLE}"
+    cluster, task = config.get("cluster"), config.get("task")
+    problem = _cluster_problem(cluster)
+    if problem:
+        return problem
+    if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
         return (
-            f"TF_CONFIG needs a cluster with a list of worker addresses, e.g. {TF_CONFIG_EXAMPLE}"
+            'TF_CONFIG needs a task of type chief or worker, such as {"type": "worker", "index": 0}'
         )
-    chiefs = cluster.get("chief", []) if isinstance(cluster, dict) else []
-    if not isinstance(chiefs, list) or not all(isinstance(c, str) for c in chiefs):
-        return "TF_CONFIG's cluster chief must be a list of addresses"
-    index = task.get("index") if isinstance(task, dict) else None
-    if not isinstance(task, dict) or task.get("type") not in ("worker", "chief"):
-        return 'TF_CONFIG needs a task such as {"type": "worker", "index": 0}'
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workers):
-        return f"TF_CONFIG task index {index!r} is not one of the {len(workers)} workers"
+    kind, index = task["type"], task.get("index")
+    tasks = cluster.get(kind, [])  # type: ignore[union-attr]
+    if not tasks:
+        return (
+            f"TF_CONFIG's task is a {kind} but the cluster lists no {kind}; add it to the cluster"
+        )
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(tasks):
+        return (
+            f"TF_CONFIG task index {index!r} is not one of the cluster's {len(tasks)} {kind} "
+            f"task(s); use 0 to {len(tasks) - 1}"
+        )
     return None
 
 
@@ -57,6 +116,17 @@ class WorkerRole(NamedTuple):
     workers: int  # how many processes train together
     index: int  # this one's: 0 is the chief, which alone writes the run folder
     chief: bool
+
+
+def cluster_tasks(text: str) -> List[Tuple[str, str]]:
+    """``(name, host:port)`` of every task of a checked ``TF_CONFIG``, the chief first, in
+    the order tf.distribute counts them; the name (``worker 1``) is what a user reads."""
+    cluster = json.loads(text)["cluster"]
+    return [
+        (f"{kind} {i}", address)
+        for kind in TASK_TYPES
+        for i, address in enumerate(cluster.get(kind, []))
+    ]
 
 
 def worker_role(strategy: str, text: Optional[str] = None) -> Optional[WorkerRole]:
@@ -69,13 +139,83 @@ def worker_role(strategy: str, text: Optional[str] = None) -> Optional[WorkerRol
     if strategy != "multiworker":
         return None
     text = os.environ.get("TF_CONFIG") if text is None else text
-    if tf_config_problem(text):
+    if not text or tf_config_problem(text):
         return None
-    config = json.loads(text or "")
-    chiefs = config["cluster"].get("chief") or []
-    task = config["task"]
-    index = int(task["index"]) + (len(chiefs) if task["type"] == "worker" else 0)
-    return WorkerRole(len(chiefs) + len(config["cluster"]["worker"]), index, index == 0)
+    task = json.loads(text)["task"]
+    names = [name for name, _ in cluster_tasks(text)]
+    index = names.index(f"{task['type']} {task['index']}")
+    return WorkerRole(len(names), index, index == 0)
+
+
+def worker_timeout() -> float:
+    """Seconds to wait for every worker to join, from ``EDGETL_WORKER_TIMEOUT``."""
+    text = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_WORKER_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise BadInput(
+            f"{WORKER_TIMEOUT_ENV}={text}: give the seconds to wait for the other workers, "
+            f"e.g. {DEFAULT_WORKER_TIMEOUT:.0f}"
+        )
+    return seconds
+
+
+def listening(address: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def missing_workers(text: str) -> List[str]:
+    """The tasks of ``TF_CONFIG`` other than this one that are not listening (all of the
+    others when every address answers: then they are up but not joining this cluster)."""
+    task = json.loads(text)["task"]
+    me = f"{task['type']} {task['index']}"
+    others = [(name, address) for name, address in cluster_tasks(text) if name != me]
+    silent = [(name, address) for name, address in others if not listening(address)]
+    return [f"{name} ({address})" for name, address in silent or others]
+
+
+@contextlib.contextmanager
+def join_deadline(seconds: float, text: str) -> Iterator[None]:
+    """Stop this process in one line (exit 3) when the workers have not all joined
+    within ``seconds``.
+
+    MultiWorkerMirroredStrategy's constructor waits inside TensorFlow's C++ for every
+    task of the cluster to register, forever, and ignores SIGTERM while it waits: a
+    worker that never starts (a typo in its address, a machine that is down) would hang
+    the chief with no word. Python cannot raise into a thread blocked in C++, so a
+    watchdog thread prints the error and ends the process with ``os._exit``, as a kill
+    would: the run folder stays as it was, ready for ``--resume``.
+    """
+    joined = threading.Event()
+
+    def watch() -> None:
+        if joined.wait(seconds):
+            return
+        missing = ", ".join(missing_workers(text))
+        print(
+            f"edgetl: error: {missing} did not join the training cluster within {seconds:g}s; "
+            f"start it with the same command (or raise {WORKER_TIMEOUT_ENV}), then run "
+            "every worker again with --resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(ENVIRONMENT)
+
+    threading.Thread(target=watch, name="edgetl-join-deadline", daemon=True).start()
+    try:
+        yield
+    finally:
+        joined.set()
 
 
 def describe_devices(tf: Any) -> Tuple[List[str], str]:
@@ -97,7 +237,8 @@ def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
         problem = tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        with join_deadline(worker_timeout(), os.environ["TF_CONFIG"]):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
         mean_scalar_logs_across_workers(tf)
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Without GPUs, mirror over the logical CPU devices when there are several

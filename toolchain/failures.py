@@ -52,6 +52,12 @@ def _os_error(error: OSError) -> Tuple[int, str]:
 # multi-worker run was killed, crashed or cannot be reached. Matched by name so this
 # module does not import TensorFlow.
 _PEER_LOST = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError")
+# Out of memory, in Python or in TensorFlow (a tensor the device cannot allocate),
+# also matched by name. The environment's limit, not a bug: say what makes it smaller.
+OUT_OF_MEMORY_HINT = (
+    "out of memory: use a smaller --batch-size or --image-size, or close other programs"
+)
+_OUT_OF_MEMORY = ("ResourceExhaustedError",)
 REASON_CHARS = 300  # an exception's text can hold whole tensors (a PerReplica repr)
 
 
@@ -69,7 +75,10 @@ def describe_failure(error: BaseException) -> Tuple[int, str]:
     elif isinstance(error, json.JSONDecodeError):
         code, message = BAD_INPUT, f"a file is not valid JSON ({error.msg}, line {error.lineno})"
     elif isinstance(error, MemoryError):
-        code, message = ENVIRONMENT, "out of memory: close other programs or use smaller inputs"
+        code, message = ENVIRONMENT, OUT_OF_MEMORY_HINT
+    elif type(error).__module__.startswith("tensorflow") and type(error).__name__ in _OUT_OF_MEMORY:
+        reason = " ".join(str(error).split())[:REASON_CHARS]
+        code, message = ENVIRONMENT, f"{OUT_OF_MEMORY_HINT} ({type(error).__name__}: {reason})"
     elif (
         type(error).__module__.startswith("tensorflow")
         and type(error).__name__ in _PEER_LOST

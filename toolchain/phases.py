@@ -38,7 +38,8 @@ from toolchain.progress import Log, epoch_logger
 from toolchain.quiet import keras as import_keras
 from toolchain.quiet import tensorflow
 from toolchain.rundir import RunDir
-from toolchain.train_data import TrainingData
+from toolchain.train_checks import finite_loss_guard
+from toolchain.train_data import TrainingData, even_shards
 
 ClassWeights = Optional[Dict[int, float]]
 
@@ -298,15 +299,23 @@ def _split_dataset(
 
     Each worker of a multi-worker run builds its own pipeline over its own share
     of the indices, batched per replica (``distribute_datasets_from_function``),
-    so no worker reads or augments an image another worker trains on.
+    so no worker reads or augments an image another worker trains on. The split
+    is first padded to whole global batches with zero-weight rows
+    (``train_data.even_shards``): every worker then takes the same number of
+    steps of the same shape, whatever the split's size and the worker count.
     """
     data, batch = session.data, session.options.batch_size
+    class_indices = data.splits[split_name].class_indices
+    if session.shard[0] > 1:
+        rows, class_indices, class_weights = even_shards(
+            rows, class_indices, len(data.labels), batch, class_weights
+        )
 
     def pipeline(per_replica_batch: int, shard: Tuple[int, int]) -> Any:
         return row_dataset(
             session.tf,
             rows,
-            data.splits[split_name].class_indices,
+            class_indices,
             len(data.labels),
             per_replica_batch,
             seed,
@@ -337,7 +346,11 @@ def _compile(session: Session, model: Any, learning_rate: float) -> None:
 def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any) -> List[Any]:
     keras, checkpoints = session.keras, session.run.checkpoints
     logs = runstate.working_logs(session.run)
+    o = session.options
+    learning_rate = o.learning_rate if phase == "head" else o.fine_tune_learning_rate
     callbacks = [
+        # First: a diverged epoch stops the phase before any callback records it.
+        finite_loss_guard(keras, phase, learning_rate),
         # CSV before the backup: if a kill falls between the two, the epoch is
         # redone and its row replaced, rather than recorded as done and lost.
         keras.callbacks.CSVLogger(str(logs / f"{phase}.csv"), append=True),

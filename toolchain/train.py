@@ -29,7 +29,7 @@ from toolchain.phases import (
 )
 from toolchain.progress import Log, stderr_log
 from toolchain.rundir import RunDir
-from toolchain.train_checks import checked_options
+from toolchain.train_checks import checked_options, require_finite
 from toolchain.train_data import (
     TrainingData,
     class_weights_for,
@@ -135,11 +135,17 @@ def _train_and_write(
 
     keras_model = plain_copy(session, model)
     session.keras.mixed_precision.set_global_policy("float32")  # what later steps expect
+    last_phase = "fine_tune" if options.fine_tune_epochs else "head"
+    learning_rate = (
+        options.fine_tune_learning_rate if options.fine_tune_epochs else options.learning_rate
+    )
+    require_finite(keras_model.get_weights(), last_phase, learning_rate, "the trained weights")
     if role is not None and not role.chief:
         note = f"worker {role.index}: trained in step with the chief, which writes the run"
         nan = float("nan")
         return TrainResult(run.path, data.labels, data.counts, nan, nan, {}, worker_note=note)
     evaluation = evaluate(keras_model, data)
+    require_finite(evaluation.probabilities, last_phase, learning_rate, "the model's outputs")
     log(f"keras top-1: val {evaluation.top1['val']:.3f}, test {evaluation.top1['test']:.3f}")
     write_outputs(
         runstate.staged(run),

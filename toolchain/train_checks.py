@@ -13,11 +13,13 @@ import math
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
+
+import numpy as np
 
 from edge.errors import BadInput
 from toolchain.datasets import check_data_spec
-from toolchain.devices import tf_config_problem, worker_role
+from toolchain.devices import tf_config_problem, worker_role, worker_timeout
 from toolchain.model import KERAS_ALPHAS
 from toolchain.options import CLASS_WEIGHT_MODES, STRATEGIES, TrainOptions
 
@@ -130,6 +132,7 @@ def check_options(options: TrainOptions) -> None:
         problem = tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
+        worker_timeout()  # a bad EDGETL_WORKER_TIMEOUT is refused before any work
         workers = worker_role(o.strategy).workers  # type: ignore[union-attr]
         if o.batch_size % workers:
             raise BadInput(
@@ -160,3 +163,42 @@ def _check_weights(o: TrainOptions) -> None:
             )
         if not path.name.lower().endswith((".h5", ".hdf5")):
             raise BadInput(f"--weights {o.weights}: not an .h5 weights file")
+
+
+# Which option sets each phase's step size: what to lower when its loss diverges.
+LEARNING_RATE_OPTIONS = {"head": "--learning-rate", "fine_tune": "--fine-tune-learning-rate"}
+
+
+def diverged(phase: str, learning_rate: float, where: str) -> BadInput:
+    """The one-line refusal of a run whose numbers stopped being finite. Bad input (exit 2):
+    the learning rate (or the data) drove it there, and nothing non-finite is saved."""
+    option = LEARNING_RATE_OPTIONS.get(phase, "--learning-rate")
+    return BadInput(
+        f"training diverged: {where} is not a finite number; lower {option} "
+        f"(it is {learning_rate:g}, try a tenth of it) and start again with --force"
+    )
+
+
+def finite_loss_guard(keras: Any, phase: str, learning_rate: float) -> Any:
+    """A Keras callback that stops the phase at the end of an epoch whose loss (or val
+    loss) is NaN or infinite, before the epoch's checkpoint and CSV row are written
+    (it goes first in the callback list): without it Keras trains on NaN to the end and
+    saves a model that predicts class 0 for every image. Every worker of a multi-worker
+    run sees the same averaged loss, so all stop at the same epoch."""
+
+    class FiniteLoss(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            for key in ("loss", "val_loss"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    raise diverged(phase, learning_rate, f"epoch {epoch + 1}'s {key} ({value})")
+
+    return FiniteLoss()
+
+
+def require_finite(
+    arrays: Iterable[np.ndarray], phase: str, learning_rate: float, what: str
+) -> None:
+    """Refuse a model whose weights or outputs hold NaN or infinity before anything is saved."""
+    if not all(np.isfinite(np.asarray(a)).all() for a in arrays):
+        raise diverged(phase, learning_rate, what)

@@ -182,3 +182,57 @@ def class_weights_for(labels: np.ndarray, n_classes: int, mode: str) -> Optional
         return None
     weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return {i: float(w) for i, w in enumerate(weights)}
+
+
+class PaddedRows:
+    """``rows`` read as ``total`` rows: indices past the end read its last row again.
+
+    The filler behind ``even_shards``: what a padded index reads does not matter (its
+    weight is 0), only that every worker gets a full batch of the same shape.
+    """
+
+    def __init__(self, rows: Rows, total: int) -> None:
+        self.rows, self.total = rows, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return (self.total, *self.rows.shape[1:])
+
+    def __getitem__(self, indices: Any) -> np.ndarray:
+        return np.asarray(self.rows[np.minimum(np.asarray(indices), len(self.rows) - 1)])
+
+
+def even_shards(
+    rows: Rows,
+    class_indices: np.ndarray,
+    n_classes: int,
+    global_batch: int,
+    class_weights: Optional[np.ndarray],
+) -> Tuple[PaddedRows, np.ndarray, np.ndarray]:
+    """A split padded with zero-weight rows to a whole number of global batches, so that
+    every worker of a multi-worker run takes the same number of steps of the same shape.
+
+    Why: workers run each step's collective operations in lock step. A split that does
+    not divide evenly gives one worker a step more than another (257 val images over
+    two workers of 16-image batches: 9 steps against 8), and that worker's extra
+    gradient all-reduce meets the other's end-of-epoch one: TensorFlow aborts with
+    "Collective instance ... expected data_type 9 but got data_type 1". Padding rather
+    than dropping the remainder keeps every image in every epoch; the padded rows
+    are of an extra class ``n_classes`` whose one-hot label is all zeros and whose
+    weight is 0, so they move neither the gradients nor the (weighted) metrics. Keras
+    divides a batch's weighted loss by the batch size, so the last step of an epoch
+    pushes a little less than a full one: at most one step per epoch, the price of
+    keeping all the images.
+
+    Returns the padded rows, their class indices (pad class ``n_classes``), and the
+    per-class weights with the pad class's 0 appended (1 where no class is weighted).
+    """
+    count = len(class_indices)
+    total = -(-count // global_batch) * global_batch
+    labels = np.asarray(class_indices, dtype=np.int64)
+    padded_labels = np.concatenate([labels, np.full(total - count, n_classes, np.int64)])
+    weights = np.ones(n_classes) if class_weights is None else np.asarray(class_weights, float)
+    return PaddedRows(rows, total), padded_labels, np.append(weights, 0.0)

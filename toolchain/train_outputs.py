@@ -51,17 +51,19 @@ class Evaluation:
 
     top1: Dict[str, float]  # val, test; NaN for an empty split
     val_predicted: np.ndarray  # the predicted class of each val image
+    probabilities: Tuple[np.ndarray, ...] = ()  # val's and test's, checked finite before saving
 
 
 def evaluate(model: Any, data: TrainingData) -> Evaluation:
-    top1, predicted = {}, {}
+    top1, predicted, outputs = {}, {}, []
     for split_name in ("val", "test"):
         split = data.splits[split_name]
         probabilities = predict_in_batches(model, split.pixels)
+        outputs.append(probabilities)
         predicted[split_name] = probabilities.argmax(axis=1)
         y = split.class_indices
         top1[split_name] = float(np.mean(predicted[split_name] == y)) if len(y) else float("nan")
-    return Evaluation(top1, predicted["val"])
+    return Evaluation(top1, predicted["val"], tuple(outputs))
 
 
 def write_outputs(
