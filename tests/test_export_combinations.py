@@ -160,18 +160,19 @@ def test_a_failed_int8_export_changes_nothing_and_keeps_its_evidence(hostile_run
 def test_quant_all_keeps_what_passed_sets_aside_what_missed_and_exits_1(hostile_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(hostile_run, run)
-    previous_int8 = (run / "model_int8.tflite").read_bytes()
+    shipped = json.loads((run / "export_report.json").read_text())["shipped"]["int8"]
+    previous_int8 = (run / shipped).read_bytes()
     output = export_and_check(run, "--quant", "all", "--force", "--no-auto-fallback", expect=1)
     assert "INT8 budget missed" in output and "the run ships" in output
     files = model_files(run)
     assert {"model_float16.tflite", "model_dynamic.tflite", "model_float32.tflite"} <= set(files)
     assert "model_int8.tflite.rejected" in files
-    assert (run / "model_int8.tflite").read_bytes() == previous_int8  # what shipped stays
+    assert (run / shipped).read_bytes() == previous_int8  # what shipped stays
     report = json.loads((run / "export_report.json").read_text())
     assert report["modes"]["int8"]["status"] == "missed"
     assert report["modes"]["float16"] == {"status": "passed", "file": "model_float16.tflite"}
-    assert report["shipped"]["int8"] == "model_int8.tflite" and "stays" in report["shipped"]["why"]
-    kept = next(e for e in report["models"] if e["path"] == "model_int8.tflite")
+    assert report["shipped"]["int8"] == shipped and "stays" in report["shipped"]["why"]
+    kept = next(e for e in report["models"] if e["path"] == shipped)
     assert kept["kept_from_previous_export"] and kept["budget"] is not None
     # `edgetl validate RUN` then gates exactly what the run ships (no .rejected file)
     parity = json.loads((run / "parity.json").read_text())
@@ -200,9 +201,9 @@ def test_the_repair_ships_a_mix_or_nothing_changes(hostile_run, tmp_path):
     if code == 1:
         assert derived_state(run) == state
     else:
-        assert "model_int8_mixed.tflite" in model_files(run)
-        assert "model_int8.tflite.rejected" in model_files(run)
-        assert "model_int8.tflite" not in model_files(run)
+        files = model_files(run)
+        assert "model_int8_mixed.tflite" in files and "model_int8.tflite.rejected" in files
+        assert "model_int8.tflite" not in files
 
 
 def test_an_interrupted_export_leaves_the_run_as_it_was(run_copy, monkeypatch):

@@ -219,7 +219,7 @@ class Judge:
     ) -> Judge:
         decision = decision_set(run, config, log, half_of_train)
         probs = predict_in_batches(model, decision.pixels)
-        return cls(decision, probs)
+        return cls(decision, metrics.require_finite(probs, f"{run.model} (Keras)"))
 
     def figures(self, probs: np.ndarray) -> Estimate:
         return estimate(probs, self.keras_probs, self.decision.labels, self.decision.unseen)

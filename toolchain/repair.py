@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edge import atomic
-from edge.errors import GateFailed
+from edge.errors import GateFailed, NotFinite
 from toolchain import fallback
 from toolchain.budget import Budget, Judge
 from toolchain.diagnose import Calibrated, short_name, with_consumers
@@ -109,6 +109,8 @@ def validate_within(job: ExportJob, results: List[ExportResult]) -> Dict[str, An
     )
     try:
         return validate(job.run.path, gates, job.log, out=job.out)
+    except NotFinite:
+        raise  # no figures were written: the model itself is unfit, whatever the budget
     except GateFailed:
         return read_json_object(job.out.parity)
 
