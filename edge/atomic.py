@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -170,5 +171,38 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path
     return Path(path)
 
 
+NULLED_KEY = "non_finite_as_null"
+
+
+def finite_only(obj: Any) -> Tuple[Any, List[str]]:
+    """``obj`` with every NaN or infinite float replaced by None, and where each was
+    (``history.loss[3]``). Pure; dicts, lists and tuples are copied, nothing else."""
+    nulled: List[str] = []
+
+    def walk(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            nulled.append(f"{where or '(top)'} was {value}")
+            return None
+        if isinstance(value, dict):
+            return {
+                key: walk(item, f"{where}.{key}" if where else str(key))
+                for key, item in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [walk(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return value
+
+    return walk(obj, ""), nulled
+
+
 def write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", durable)
+    """Strict JSON only: Python would write ``NaN`` and ``Infinity``, which are not JSON
+    (browsers, ``jq`` and edgetl's own reader refuse the file). A non-finite float is
+    written as null and, in an object, listed under ``non_finite_as_null`` with where it
+    was, so the reader learns why a figure is missing (a diverged loss, a figure over no
+    images) rather than losing the whole report."""
+    clean, nulled = finite_only(obj)
+    if nulled and isinstance(clean, dict):
+        clean[NULLED_KEY] = nulled
+    text = json.dumps(clean, indent=2, sort_keys=False, allow_nan=False)
+    return write_text(path, text + "\n", durable)

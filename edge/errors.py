@@ -48,3 +48,11 @@ class GateFailed(EdgetlError):
     """A quality gate such as ``--max-drop`` was not met (exit 1)."""
 
     exit_code = GATE_FAILED
+
+
+class NotFinite(GateFailed):
+    """A model outputs NaN or infinity (exit 1: the model is not fit to ship).
+
+    Raised before any figure is computed or report written: ``argmax`` of NaN is
+    class 0 on both sides, so such a model would otherwise agree with itself 100%.
+    """

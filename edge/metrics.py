@@ -10,7 +10,29 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from edge.errors import NotFinite
+
 WORST_SHOWN = 12
+
+
+def require_finite(probabilities: np.ndarray, what: str) -> np.ndarray:
+    """``probabilities`` unchanged when every value is finite; ``NotFinite`` otherwise.
+
+    Call it on both sides (Keras's and the TFLite model's) before any figure: every
+    comparison with NaN is false and ``argmax`` of an all-NaN row is 0, so a model that
+    outputs NaN everywhere "agrees" with itself on every image and passes every gate.
+    """
+    values = np.asarray(probabilities)
+    rows = values.reshape(len(values), -1) if values.ndim else values.reshape(1, 1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.size else np.array([], int)
+    if len(bad):
+        name = " ".join(str(what).split())
+        raise NotFinite(
+            f"{name} outputs NaN or infinity for {len(bad)} of {len(rows)} images "
+            f"(first: image #{bad[0] + 1}), so no figure of it means anything and it is not fit "
+            "to ship; train again (a diverged training makes such a model) and export again"
+        )
+    return probabilities
 
 
 def topk_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -19,8 +19,6 @@ reference images that DIR lacks are counted as missing, never guessed at.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -29,10 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge import atomic, metrics
+from edge import atomic, jsonfile, metrics
+from edge import gate as edge_gate
 from edge.classifier import Classifier
 from edge.errors import BadInput
 from edge.image import list_images
+from edge.jsonfile import NotStrictJSON
 from edge.pipeline import classify_files
 
 FORMAT = "edgetl-parity-reference/1"
@@ -103,71 +103,83 @@ def read_reference(path: str | Path) -> Reference:
     where = f"--reference {path}"
     if path.is_dir():
         raise BadInput(f"{where}: is a folder; give the {FILE_NAME} that `edgetl validate` wrote")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise BadInput(
             f"{where}: no such file; copy {FILE_NAME} from the run folder `edgetl validate` wrote"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise BadInput(
-            f"{where}: cannot be read as JSON ({reason}); copy it again from the run folder"
-        ) from None
+        )
+    try:
+        data = jsonfile.read_json(path, "copy it again from the run folder `edgetl validate` wrote")
+    except BadInput as error:
+        raise BadInput(f"--reference {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BadInput(
             f"{where}: not an edgetl parity reference ({FORMAT}); give the {FILE_NAME} "
             "that `edgetl validate` wrote"
         )
-    damaged = f"{where}: damaged ({{}}); write it again with `edgetl validate RUN`"
     try:
-        labels, images = data["labels"], data["images"]
-        if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
-            raise TypeError("labels")
-        keras = np.array([entry["keras"] for entry in images], dtype=np.float64)
-        truth_values = [entry["label"] for entry in images]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in truth_values):
-            raise TypeError("label")
-        truth = np.array(truth_values, dtype=np.int64)
-        digests = [str(entry["sha256"]) for entry in images]
-        names = [str(entry.get("name", "")) for entry in images]
-    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return checked_reference(path, data)
+    except (NotStrictJSON, KeyError, TypeError, ValueError) as error:
+        reason = f"{error}" if isinstance(error, NotStrictJSON) else f"{type(error).__name__}"
         raise BadInput(
-            damaged.format("an image entry lacks sha256, an integer label or probabilities")
+            f"{where}: damaged ({reason}); write it again with `edgetl validate RUN`"
         ) from None
-    if not images or keras.ndim != 2 or keras.shape[1] != len(labels):
-        raise BadInput(
-            damaged.format(
-                f"no images, or probabilities that do not match its {len(labels)} labels"
+
+
+def checked_reference(path: Path, data: Dict[str, Any]) -> Reference:
+    """The reference's parts, each checked; ``NotStrictJSON`` names the first wrong one."""
+    labels, images = data.get("labels"), data.get("images")
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise NotStrictJSON("'labels' is not a list of at least two class names")
+    if not all(isinstance(name, str) for name in labels):
+        raise NotStrictJSON("a label is not a class name")
+    if not isinstance(images, list) or not images:
+        raise NotStrictJSON("'images' is not a list of at least one image")
+    keras, truth, digests, names = [], [], [], []
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict):
+            raise NotStrictJSON(f"image #{i + 1} is not an object")
+        probs = entry.get("keras")
+        if not isinstance(probs, list) or len(probs) != len(labels):
+            raise NotStrictJSON(
+                f"image #{i + 1}'s probabilities do not match its {len(labels)} labels"
             )
-        )
-    if not (np.isfinite(keras).all() and keras.min() >= 0 and keras.max() <= 1):
-        raise BadInput(damaged.format("a probability is not a number from 0 to 1"))
-    if truth.min() < 0 or truth.max() >= len(labels):
-        raise BadInput(damaged.format("a label index past its labels"))
+        keras.append([jsonfile.number(p, 0.0, 1.0) for p in probs])
+        try:
+            truth.append(jsonfile.whole_number(entry.get("label"), 0, len(labels) - 1))
+        except NotStrictJSON as error:
+            raise NotStrictJSON(
+                f"image #{i + 1} has no integer label of its labels: {error}"
+            ) from None
+        digest = entry.get("sha256")
+        if not isinstance(digest, str):
+            raise NotStrictJSON(f"image #{i + 1} has no sha256")
+        digests.append(digest)
+        names.append(str(entry.get("name", "")))
     return Reference(
-        path, labels, read_budget(data.get("budget"), damaged), digests, names, truth, keras
+        path,
+        labels,
+        read_budget(data.get("budget")),
+        digests,
+        names,
+        np.array(truth, dtype=np.int64),
+        np.array(keras, dtype=np.float64),
     )
 
 
-def read_budget(budget: Any, damaged: str) -> Dict[str, Optional[float]]:
+def read_budget(budget: Any) -> Dict[str, Optional[float]]:
     """The gate the export held; a value that is not a finite number in range would pass
-    or fail every model whatever its figures (NaN compares false), so it is refused."""
+    or fail every model whatever its figures (NaN compares false), so it is refused.
+    A missing bound stays None here: ``edge.gate`` fills it with the default."""
     if budget is None:
         return {"max_drop": None, "min_agreement": None}
     if not isinstance(budget, dict):
-        raise BadInput(damaged.format("its budget is not an object"))
+        raise NotStrictJSON("its budget is not an object")
     found: Dict[str, Optional[float]] = {}
     for key, low, high in (("max_drop", 0.0, 100.0), ("min_agreement", 0.0, 1.0)):
-        value = budget.get(key)
-        if value is not None and not (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and low <= value <= high
-        ):
-            raise BadInput(damaged.format(f"budget {key} {value!r} is not a number {low}-{high}"))
-        found[key] = None if value is None else float(value)
+        try:
+            found[key] = jsonfile.number(budget.get(key), low, high, optional=True)
+        except NotStrictJSON as error:
+            raise NotStrictJSON(f"budget {key}: {error}") from None
     return found
 
 
@@ -242,7 +254,7 @@ def device_parity(
             kept.append(row)
     if not kept:
         raise BadInput(f"--source {source}: the runner could read none of the matched images")
-    probs = probs[kept]
+    probs = metrics.require_finite(probs[kept], str(classifier.model_path))
     used = [entries[i] for i in kept]
     keras, truth = reference.keras[used], reference.truth[used]
     keras_top1 = metrics.topk_accuracy(keras, truth, 1)
@@ -250,14 +262,9 @@ def device_parity(
     agreement = metrics.top1_agreement(keras, probs)
     agreeing = int(round(agreement * len(used)))
     difference = np.abs(keras - probs)
-    max_drop = reference.budget["max_drop"] if max_drop is None else max_drop
-    min_agreement = reference.budget["min_agreement"] if min_agreement is None else min_agreement
+    gate = edge_gate.device_gate(reference.budget, max_drop, min_agreement)
     drop = metrics.drop_points(keras_top1, top1)
-    failures = []
-    if max_drop is not None and drop > max_drop:
-        failures.append(f"top-1 drop {drop:.2f} pts > max drop {max_drop}")
-    if min_agreement is not None and agreement < min_agreement:
-        failures.append(f"agreement {agreement:.4f} < min agreement {min_agreement}")
+    failures = edge_gate.failures(drop, agreement, gate)
     runtime = classifier.runtime
     return {
         "model": classifier.model_path,
@@ -285,8 +292,7 @@ def device_parity(
             keras, probs, truth, [str(paths[i]) for i in kept], reference.labels
         ),
         "gate": {
-            "max_drop": max_drop,
-            "min_agreement": min_agreement,
+            **gate,
             "passed": not failures,
             "failures": failures,
         },

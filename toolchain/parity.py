@@ -21,7 +21,6 @@ split, or any labeled folder given with ``--data``):
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -35,6 +34,8 @@ from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
 from edge.reference import reference_json
 from edge.runtime import RUNTIMES
+from toolchain import runjson
+from toolchain.budget import Budget
 from toolchain.calibration import config_seed, representative_images
 from toolchain.diagnose import layer_errors, short_name
 from toolchain.evalset import EvalSet, check_model_paths, load_eval_set
@@ -69,15 +70,21 @@ def check_validate_options(options: ValidateOptions) -> List[Path]:
 
 
 def validate(
-    run_dir: str | Path, options: ValidateOptions = ValidateOptions(), log: Log = stderr_log
+    run_dir: str | Path,
+    options: ValidateOptions = ValidateOptions(),
+    log: Log = stderr_log,
+    out: Optional[RunDir] = None,
 ) -> Dict[str, Any]:
-    """Write ``parity.json``, ``parity.md`` and plots; raise ``GateFailed`` past a gate."""
+    """Write ``parity.json``, ``parity.md`` and plots (into ``out``, the run unless an
+    export stages them elsewhere); raise ``GateFailed`` past a gate."""
     given = check_validate_options(options)
     max_drop, min_agreement = options.max_drop, options.min_agreement
     run = RunDir(run_dir).require_trained()
+    out = out or run
     config = run.read_config()
     labels = list(config["labels"])
     size = int(config["image_size"])
+    budget = device_budget(run, max_drop, min_agreement)  # a damaged report: before any work
     model_paths = given or run.tflite_models()
     if not model_paths:
         raise BadInput(f"{run.path}: no .tflite model; run `edgetl export {run.path}` first")
@@ -92,7 +99,9 @@ def validate(
 
     keras_model = run.load_keras_model()
     keras_start = time.perf_counter()
-    keras_probs = predict_in_batches(keras_model, eval_set.pixels)
+    keras_probs = metrics.require_finite(
+        predict_in_batches(keras_model, eval_set.pixels), f"the Keras model {run.model}"
+    )
     report = base_report(eval_set, labels, keras_probs, time.perf_counter() - keras_start)
     reference = reference_json(
         eval_set.paths,
@@ -100,7 +109,7 @@ def validate(
         keras_probs,
         labels,
         size,
-        device_budget(run, max_drop, min_agreement),
+        budget,
         eval_set.description,
     )
 
@@ -121,7 +130,7 @@ def validate(
 
     # The reference is committed with parity.json: a runtime in another environment
     # measures against its temporary copy, and a refused model leaves nothing behind.
-    with atomic.atomic_path(run.parity_reference) as reference_path:
+    with atomic.atomic_path(out.parity_reference) as reference_path:
         atomic.write_json(reference_path, reference, durable=False)
         for path in model_paths:
             entry = measure_model(path, Path(reference_path))
@@ -136,10 +145,10 @@ def validate(
         }
         if failing or options.diagnose:
             report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
-        write_pictures(run, report, keras_probs, eval_set)
-        atomic.write_text(run.parity_markdown, parity_markdown(report))
-        atomic.write_json(run.parity, report)  # last: parity.json and the reference go together
-    log(f"wrote {run.parity} and parity.md ({report['seconds']:.1f}s)")
+        write_pictures(out, report, keras_probs, eval_set)
+        atomic.write_text(out.parity_markdown, parity_markdown(report))
+        atomic.write_json(out.parity, report)  # last: parity.json and the reference go together
+    log(f"wrote {out.parity} and parity.md ({report['seconds']:.1f}s)")
     if failing:
         raise GateFailed("parity gate failed: " + "; ".join(failing))
     return report
@@ -163,21 +172,24 @@ def diagnosis_or_note(
 
 def device_budget(
     run: RunDir, max_drop: Optional[float], min_agreement: Optional[float]
-) -> Optional[Dict[str, Any]]:
-    """The gate ``edgetl parity`` applies on the device unless told otherwise: this
-    validate's own gates when given, else the budget the export held, else none."""
-    if max_drop is not None or min_agreement is not None:
-        return {"max_drop": max_drop, "min_agreement": min_agreement, "source": "validate"}
-    try:
-        budget = json.loads(run.export_report.read_text()).get("budget") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    if budget.get("max_drop") is None and budget.get("min_agreement") is None:
-        return None
+) -> Dict[str, Any]:
+    """The gate ``edgetl parity`` applies on the device unless told otherwise, always
+    whole. Bound by bound: this validate's flag, else the budget the export held
+    (export_report.json), else the export's default (``Budget.of``). A bound left out
+    would let the device pass a model at any agreement the export refused."""
+    held = runjson.read_export_budget(run.export_report, run.path) or {}
+    chosen: Dict[str, Optional[float]] = {}
+    sources: Dict[str, str] = {}
+    for key, given in (("max_drop", max_drop), ("min_agreement", min_agreement)):
+        for source, value in (("validate", given), ("export", held.get(key)), ("default", None)):
+            if value is not None or source == "default":
+                chosen[key], sources[key] = value, source
+                break
+    budget = Budget.of(chosen["max_drop"], chosen["min_agreement"])
     return {
-        "max_drop": budget.get("max_drop"),
-        "min_agreement": budget.get("min_agreement"),
-        "source": "export",
+        "max_drop": budget.max_drop,
+        "min_agreement": budget.min_agreement,
+        "sources": sources,
     }
 
 
@@ -243,7 +255,7 @@ def model_entry(
 ) -> Dict[str, Any]:
     """Every figure of one model: tensor level, device path, worst disagreements."""
     tflite_start = time.perf_counter()
-    probs = probabilities_of(classifier, eval_set.pixels)
+    probs = metrics.require_finite(probabilities_of(classifier, eval_set.pixels), str(path))
     device = device_path_figures(classifier, path, keras_probs, eval_set)
     return {
         "path": str(path),

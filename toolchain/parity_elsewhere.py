@@ -22,12 +22,21 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edge import atomic
-from edge.errors import ENVIRONMENT, INTERRUPTED, BadInput, EdgetlError, MissingEnvironment
+from edge import atomic, metrics
+from edge.errors import (
+    ENVIRONMENT,
+    GATE_FAILED,
+    INTERRUPTED,
+    BadInput,
+    EdgetlError,
+    MissingEnvironment,
+    NotFinite,
+)
 from edge.image import DEFAULT_RESIZE
 from edge.metrics import disagreements
 from edge.modelfile import read_embedded
 from edge.runtime import _interpreter_class
+from toolchain import runjson
 from toolchain.evalset import EvalSet
 from toolchain.parity_figures import compare
 from toolchain.runtimes import runtime_pythons
@@ -104,7 +113,12 @@ def run_parity(
                 f"{single_line(model)}: {runtime} in {python} failed ({last}); an older edgetl "
                 f"there lacks `edgetl parity`: reinstall it with `{python} -m pip install edgetl`"
             )
-        return json.loads(report.read_text())
+        if completed.returncode == GATE_FAILED and not report.exists():
+            # The device command refused the model before any figure (NaN outputs).
+            last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+            raise NotFinite(f"{runtime} in {python}: {last.removeprefix('edgetl: error: ')}")
+        fix = f"the edgetl in {python} wrote a report this one cannot read: reinstall it"
+        return runjson.read_checked(report, runjson.check_device_report, fix)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -126,7 +140,9 @@ def model_entry_elsewhere(
     kept = np.array([i for i, d in enumerate(digests) if d in found], dtype=np.int64)
     if not len(kept):
         raise BadInput(f"{single_line(path)}: {runtime} in {python} classified none of the images")
-    probs = np.array([found[digests[i]] for i in kept], dtype=np.float64)
+    probs = metrics.require_finite(
+        np.array([found[digests[i]] for i in kept], dtype=np.float64), str(path)
+    )
     keras, truth = keras_probs[kept], eval_set.labels[kept]
     paths = [eval_set.paths[i] for i in kept]
     figures = compare(keras, probs, truth, names)

@@ -79,6 +79,7 @@ def device_path_figures(
             f"none of the {len(eval_set.paths)} images; first: {single_line(first[0])}: {first[1]}; "
             "check that the edge runner reads them: `edgetl classify MODEL IMAGE`"
         )
+    probs = metrics.require_finite(probs, f"{single_line(model_path)} (device path)")
     keras_subset, truth = keras_probs[kept], eval_set.labels[kept]
     top1 = metrics.topk_accuracy(probs, truth, 1)
     return {

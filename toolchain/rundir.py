@@ -17,14 +17,15 @@ file a user keeps in their run folder survives every edgetl command.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from edge.errors import BadInput
+from toolchain import runjson
 from toolchain.options import QUANT_MODES
 from toolchain.quiet import keras as import_keras
+from toolchain.runjson import read_json_object
 
 MARKER = ".edgetl-run"
 CONFIG = "config.json"  # the contract between steps; written last
@@ -162,6 +163,11 @@ class RunDir:
         """The run's exported models, by their exact names (nothing a user added)."""
         return [self.path / name for name in MODEL_NAMES if (self.path / name).is_file()]
 
+    @property
+    def retrain(self) -> str:
+        """The fix for a damaged training file: train this run again."""
+        return f"train again with `edgetl train --out {self.path} --force`"
+
     def is_marked(self) -> bool:
         return self.marker.is_file()
 
@@ -187,16 +193,12 @@ class RunDir:
 
     def committing(self) -> bool:
         """A kill fell between a new run's renames: config and model may not match."""
-        state = self.checkpoints / "state.json"
-        try:
-            values = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else {}
-        except (ValueError, OSError):
-            return False
-        return isinstance(values, dict) and values.get("installing") is not None
+        state = runjson.read_state(self.checkpoints / "state.json", self.path)
+        return state.get("installing") is not None
 
     def read_config(self) -> Dict[str, Any]:
         """config.json, checked for the keys every later step reads."""
-        config = read_json_object(self.config)
+        config = read_json_object(self.config, self.retrain)
         labels = config.get("labels")
         options = config.get("options")
         size = config.get("image_size")
@@ -221,24 +223,7 @@ class RunDir:
     def read_splits(self, path: Optional[Path] = None) -> Dict[str, Any]:
         """splits.json (or the in-progress copy a resumed run reads), checked for shape."""
         path = path or self.splits
-        splits = read_json_object(path)
-        for name in ("train", "val", "test"):
-            entries = splits.get(name)
-            if not isinstance(entries, list) or not all(
-                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entries
-            ):
-                raise BadInput(
-                    f"{path}: '{name}' is not a list of [file, label] pairs; train again "
-                    f"with `edgetl train --out {self.path} --force`"
-                )
-        if not isinstance(splits.get("root"), str):
-            raise BadInput(f"{path}: 'root' (the dataset folder) is missing")
-        labels = splits.get("labels")
-        if labels is not None and not (
-            isinstance(labels, list) and all(isinstance(x, str) for x in labels)
-        ):
-            raise BadInput(f"{path}: 'labels' is not a list of class names")
-        return splits
+        return runjson.read_checked(path, runjson.check_splits, self.retrain)
 
     def labels(self) -> List[str]:
         return list(self.read_config()["labels"])
@@ -255,10 +240,7 @@ class RunDir:
         splits = self.read_splits()
         root = self.data_root(splits)
         entries = splits[name]
-        try:
-            paths, indices = [root / rel for rel, _ in entries], [int(lab) for _, lab in entries]
-        except (TypeError, ValueError) as error:
-            raise BadInput(f"{self.splits}: a label of split '{name}' is not a number") from error
+        paths, indices = [root / rel for rel, _ in entries], [lab for _, lab in entries]
         bad = next((i for i in indices if n_classes is not None and not 0 <= i < n_classes), None)
         if bad is not None:
             raise BadInput(
@@ -292,25 +274,3 @@ class RunDir:
                 f"damaged or not a Keras model: copy it again or retrain with "
                 f"`edgetl train --out {self.path} --force`"
             ) from None
-
-
-def read_json_object(path: Path) -> Dict[str, Any]:
-    """A JSON file that must hold an object; every way it can fail is one line."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise BadInput(f"{path}: missing") from error
-    except IsADirectoryError as error:
-        raise BadInput(f"{path}: is a folder, not a JSON file") from error
-    except UnicodeDecodeError as error:
-        raise BadInput(f"{path}: not UTF-8 text, so not a file edgetl wrote") from error
-    except json.JSONDecodeError as error:
-        raise BadInput(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
-    except RecursionError as error:
-        raise BadInput(f"{path}: nested too deeply to be a file edgetl wrote") from error
-    if not isinstance(value, dict):
-        raise BadInput(
-            f"{path}: holds a JSON {type(value).__name__}, not an object; "
-            "it was not written by edgetl"
-        )
-    return value

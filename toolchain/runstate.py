@@ -18,7 +18,6 @@ The promise: edgetl never loses what a user had.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import replace
@@ -27,7 +26,7 @@ from typing import Any, Dict, List, Optional
 
 from edge import atomic
 from edge.errors import BadInput
-from toolchain import __version__
+from toolchain import __version__, runjson
 from toolchain.options import TrainOptions
 from toolchain.rundir import (
     CONFIG,
@@ -57,14 +56,8 @@ def working_logs(run: RunDir) -> Path:
 
 
 def read_state(run: RunDir) -> Dict[str, Any]:
-    path = run.checkpoints / STATE
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        return {}
-    return state if isinstance(state, dict) else {}
+    """checkpoints/state.json, checked ({} before training wrote one)."""
+    return runjson.read_state(run.checkpoints / STATE, run.path)
 
 
 def write_state(run: RunDir, **values: Any) -> None:
@@ -160,10 +153,10 @@ def resumed_options(run: RunDir) -> TrainOptions:
     """The interrupted run's own options (a moved run keeps its new place), checked
     again: an edited file is named here, not as a crash later."""
     saved = run.saved_options
+    values = runjson.read_json_object(
+        saved, "--resume cannot go on from it: start over with --force"
+    )
     try:
-        values = json.loads(saved.read_text(encoding="utf-8"))
-        if not isinstance(values, dict):
-            raise ValueError("not an object")
         return checked_options(
             replace(TrainOptions.from_dict(values), resume=True, out=str(run.path))
         )
