@@ -7,54 +7,52 @@ in the forward pass, against the float model's own probabilities (distillation),
 so the INT8 model learns to make the float model's decisions.
 
 The fine-tuning runs in ``qat_worker.py``, in a Python of its own (``.venv-qat``
-or ``EDGETL_QAT_PYTHON``; the worker's docstring says why). This side writes the
-work folder (weights by layer name, training pixels and the float model's
-probabilities on them, calibration pixels), streams the worker's progress, and
-returns the flatbuffer. Whether QAT's model or PTQ's ships is decided by the
-export on the decision images (``budget``), never assumed.
+or ``EDGETL_QAT_PYTHON``; the worker's docstring says why). Whether QAT's model
+or PTQ's ships is decided by the export on the decision images (``budget``),
+never assumed.
+
+How the worker is supervised (no leftovers, no hang, no silent crash) is
+``qat_supervisor``'s docstring.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edge import atomic
 from edge.errors import MissingEnvironment
-from edge.image import load_many
 from toolchain import fallback
 from toolchain.budget import Budget, Judge, evenly
-from toolchain.pixel_file import predict_in_batches
+from toolchain.pixel_file import Rows, batches, check_free_space, decode_to_file, predict_in_batches
 from toolchain.progress import Log
+from toolchain.qat_supervisor import (
+    EXIT_FAILED,
+    QAT_VENV,
+    WorkerCrashed,
+    install_line,
+    run_worker,
+    stall_seconds,
+)
 from toolchain.rundir import RunDir
 
-QAT_VENV = ".venv-qat"
-QAT_PACKAGES = "'edgetl[qat-cpu]' (or [qat] on a GPU workstation)"
-TRAIN_IMAGES = 2000  # most training images one QAT epoch sees
+# Most training images QAT fine-tunes on. QAT only nudges a trained model toward
+# its own INT8 rounding, so a few thousand images suffice, and the count bounds
+# the decoded pixels on disk (2,000 at 224 px: 300 MB) and one epoch's time. The
+# worker reads them back a batch at a time, so memory does not grow with it.
+TRAIN_IMAGES = 2000
 LEARNING_RATE = 1e-5
-WORKER = Path(__file__).with_name("qat_worker.py")
-
-
-EXIT_SETUP = 3  # the worker's code for a missing package (qat_worker.EXIT_SETUP)
-
-
-def install_line() -> str:
-    return (
-        f"python3 -m venv {QAT_VENV} && {QAT_VENV}/bin/pip install {QAT_PACKAGES}, "
-        "or set EDGETL_QAT_PYTHON"
-    )
 
 
 def qat_python() -> str:
     """The interpreter that runs the worker: ``EDGETL_QAT_PYTHON``, else ``.venv-qat``
-    in the folder the user works in; exit 3 with the install line when neither exists."""
+    in the folder the user works in; exit 3 with the install line when neither exists.
+    The stall limit is checked here too, before any work."""
+    stall_seconds()
     given = os.environ.get("EDGETL_QAT_PYTHON")
     candidate = Path(given) if given else Path.cwd() / QAT_VENV / "bin" / "python"
     if candidate.is_file() and os.access(candidate, os.X_OK):
@@ -78,10 +76,20 @@ def layer_weights(model: Any) -> Dict[str, np.ndarray]:
     return out
 
 
+def spill(rows: Rows, folder: Path, dtype: Any) -> IO[bytes]:
+    """``rows`` as raw bytes in an unlinked temporary file in ``folder``, a batch at a
+    time: the worker maps it by descriptor, and no kill leaves it behind."""
+    handle = tempfile.TemporaryFile(dir=folder, prefix=".edgetl-qat-")  # noqa: SIM115 (the caller closes it)
+    for batch in batches(rows, 256):
+        handle.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
+    handle.flush()
+    return handle
+
+
 def fine_tune(
     run: RunDir,
     model: Any,
-    calibration: np.ndarray,
+    calibration: Rows,
     config: Dict[str, Any],
     io: str,
     epochs: int,
@@ -91,7 +99,7 @@ def fine_tune(
 ) -> Tuple[Optional[bytes], Dict[str, Any]]:
     """QAT in the worker process on the training images not in ``exclude`` (the
     decision images): ``(flatbuffer, report)``, or ``(None, report)`` with the reason
-    when the worker could not produce a usable model."""
+    when the worker judged its own model unusable. A crash or a stall raises."""
     python = python or qat_python()
     options = config.get("options", {})
     size = int(config["image_size"])
@@ -99,14 +107,24 @@ def fine_tune(
     excluded = set(exclude)
     paths = [p for p in paths if p not in excluded]
     paths, _ = evenly(paths, [0] * len(paths), TRAIN_IMAGES)
-    pixels, kept, _ = load_many(paths, size)
-    if not kept:
-        return None, {"error": "no training image could be read"}
-    teacher = predict_in_batches(model, pixels)
-    work = run.path / ".qat-work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    pixels, kept, _ = decode_to_file(paths, size, run.path, "--qat")
+    handles: List[IO[bytes]] = []
     try:
+        if not kept:
+            return None, {"error": "no training image could be read"}
+        teacher = predict_in_batches(model, pixels)
+        check_free_space(run.path, (len(pixels) + len(calibration)) * size * size * 3, "--qat")
+        weights = tempfile.TemporaryFile(dir=run.path, prefix=".edgetl-qat-")  # noqa: SIM115
+        handles.append(weights)
+        np.savez(weights, **layer_weights(model))
+        weights.flush()
+        handles += [
+            spill(pixels, run.path, np.uint8),
+            spill(teacher, run.path, np.float32),
+            spill(calibration, run.path, np.uint8),
+        ]
+        output = tempfile.TemporaryFile(dir=run.path, prefix=".edgetl-qat-")  # noqa: SIM115
+        handles.append(output)
         spec = {
             "image_size": size,
             "alpha": float(options.get("alpha", 1.0)),
@@ -117,59 +135,36 @@ def fine_tune(
             "learning_rate": LEARNING_RATE,
             "seed": int(options.get("seed", 0)),
             "io": io,
+            "train_images": len(pixels),
+            "calibration_images": len(calibration),
+            "fds": dict(
+                zip(
+                    ("weights", "train", "teacher", "calibration", "model"),
+                    [handle.fileno() for handle in handles],
+                )
+            ),
+            "scratch": str(run.path / ".qat-work"),
         }
-        (work / "spec.json").write_text(json.dumps(spec))
-        np.savez(work / "weights.npz", **layer_weights(model))
-        np.save(work / "train.npy", pixels)
-        np.save(work / "teacher.npy", teacher.astype(np.float32))
-        np.save(work / "calibration.npy", calibration)
         log(
             f"qat: {epochs} epoch(s) of quantization-aware distillation on {len(kept)} training images"
         )
-        code = run_worker(python, work, log)
-        report: Dict[str, Any] = {"exit_code": code, "python": python, "train_images": len(kept)}
-        if (work / "qat.json").is_file():
-            report.update(json.loads((work / "qat.json").read_text()))
-        if code != 0 or not (work / "model.tflite").is_file():
-            report["error"] = f"the QAT worker exited {code}; see the qat: lines above"
+        report = run_worker(python, spec, log)
+        report.update({"python": python, "train_images": len(kept)})
+        if report["exit_code"] == EXIT_FAILED:
+            report["error"] = f"the QAT worker judged its model unusable: {report.get('said', '')}"
             return None, report
-        return (work / "model.tflite").read_bytes(), report
+        output.seek(0)
+        flatbuffer = output.read()
+        if not flatbuffer:
+            raise WorkerCrashed(
+                f"--qat: the QAT worker ({python}) exited 0 without writing a model; this is a "
+                "bug in edgetl: please report it with the output of `edgetl --debug …`"
+            )
+        return flatbuffer, report
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def run_worker(python: str, work: Path, log: Log) -> int:
-    """The worker in an isolated interpreter (``-I``: no user site, no script folder on
-    the path), its ``qat:`` lines passed through as progress."""
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        process = subprocess.Popen(
-            [python, "-I", str(WORKER), str(work)],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=env,
-        )
-    except OSError as error:
-        raise MissingEnvironment(
-            f"--qat: {python} does not start ({error.strerror or error}); {install_line()}"
-        ) from None
-    tail = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        line = line.rstrip()
-        if line.startswith("qat: "):
-            log(line)
-        elif line:
-            tail = (tail + [line])[-5:]
-    code = process.wait()
-    if code != 0 and tail:
-        log("qat: worker output: " + " | ".join(tail))
-    if code == EXIT_SETUP:
-        raise MissingEnvironment(f"--qat: {python} lacks a package QAT needs; {install_line()}")
-    sys.stderr.flush()
-    return code
+        pixels.close()
+        for handle in handles:
+            handle.close()
 
 
 def qat_or_ptq(

@@ -6,11 +6,22 @@ TensorFlow is imported), and it pins ``absl-py`` 1.x where MediaPipe (which
 writes edgetl's phone metadata) needs 2.x. So this module imports nothing of
 edgetl: it reads a work folder the parent wrote and writes a flatbuffer back.
 
-Work folder in: ``spec.json`` (image size, alpha, classes, dropout, epochs, io,
-learning rate, seed), ``weights.npz`` (every layer's weights by layer name, from
-the Keras 3 model), ``train.npy`` (uint8 training pixels), ``teacher.npy`` (the
-float model's probabilities on them), ``calibration.npy`` (uint8 calibration
-pixels). Out: ``model.tflite`` and ``qat.json``.
+In: the spec as JSON in ``argv[1]`` (image size, alpha, classes, dropout,
+epochs, io, learning rate, seed, image counts, a scratch folder) and, by file
+descriptor (``spec["fds"]``), unlinked files the parent wrote: ``weights`` (an
+npz of every layer's weights by layer name, from the Keras 3 model), ``train``
+(raw uint8 training pixels), ``teacher`` (raw float32: the float model's
+probabilities on them), ``calibration`` (raw uint8 calibration pixels). Out: the
+flatbuffer into the ``model`` descriptor, the report as one ``qat-report:``
+line on stderr.
+
+Supervision (``toolchain.qat_supervisor`` says why): a thread watches stdin and
+exits the process when it closes (the parent died), removing the scratch
+folder; ``qat-alive`` lines on stderr every few seconds of work tell the parent
+it is not hung; failures end in one ``qat-error:`` line and an ``EXIT_*`` code.
+Memory: the pixel files are memory-mapped and read a batch at a time (float32
+copies of whole sets were four times their size), so it does not grow with the
+image count.
 
 Traps this handles, each measured on flowers128 (alpha 0.35, 128 px):
 - tfmot cannot quantize a nested model: MobileNetV2 is rebuilt flat
@@ -30,11 +41,15 @@ Traps this handles, each measured on flowers128 (alpha 0.35, 128 px):
 
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
+import shutil
 import sys
+import threading
 import time
-from pathlib import Path
+import traceback
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: tf.keras is tf-keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,10 +58,61 @@ import numpy as np  # noqa: E402
 
 EXIT_SETUP = 3  # the venv lacks a package: the parent says how to install it
 EXIT_FAILED = 5  # QAT ran but cannot be used (weights did not copy): the parent keeps PTQ
+EXIT_ENVIRONMENT = 6  # out of memory or disk: the parent exits 3
+EXIT_BUG = 7  # an exception: the parent exits 4 with its last line
+EXIT_ORPHANED = 9  # the parent died: nobody reads this code
+HEARTBEAT_SECONDS = 5.0
+_last_beat = [0.0]
 
 
 def say(message: str) -> None:
     print(f"qat: {message}", file=sys.stderr, flush=True)
+
+
+def alive() -> None:
+    """Tell the parent work goes on, at most every few seconds (called from every loop)."""
+    now = time.monotonic()
+    if now - _last_beat[0] >= HEARTBEAT_SECONDS:
+        _last_beat[0] = now
+        print("qat-alive", file=sys.stderr, flush=True)
+
+
+def watch_parent(scratch: str) -> None:
+    """Exit when stdin closes: the parent died (``kill -9`` included) or gave up.
+
+    A thread, so it runs while TensorFlow computes (its ops release the GIL);
+    the scratch folder (TensorFlow's temporary SavedModels) goes with it.
+    """
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(1):
+            pass
+        shutil.rmtree(scratch, ignore_errors=True)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def mapped_rows(fd: int, count: int, row_shape, dtype) -> np.ndarray:
+    """Rows of an unlinked file the parent passed by descriptor, memory-mapped
+    read-only: pages are read when touched and the kernel can always drop them."""
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    if count == 0:
+        return np.zeros((0, *row_shape), dtype)
+    mapped = mmap.mmap(fd, count * row_bytes, access=mmap.ACCESS_READ)
+    return np.frombuffer(mapped, dtype).reshape(count, *row_shape)
+
+
+def read_weights(fd: int):
+    handle = os.fdopen(os.dup(fd), "rb")
+    handle.seek(0)
+    return np.load(handle)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view, offset = memoryview(data), 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
 
 
 def build_float(tf, spec):
@@ -152,6 +218,7 @@ def warm_up_ranges(quant_ops, model, images: np.ndarray, batch: int) -> None:
         for _ in range(2):
             for start in range(0, len(images), batch):
                 model(images[start : start + batch].astype(np.float32), training=True)
+                alive()
     finally:
         quant_ops.MovingAvgQuantize = original
 
@@ -162,6 +229,7 @@ def convert(tf, model, calibration: np.ndarray, io: str) -> bytes:
 
     def images():
         for image in calibration:
+            alive()
             yield [image[None].astype(np.float32)]
 
     converter.representative_dataset = images
@@ -172,30 +240,50 @@ def convert(tf, model, calibration: np.ndarray, io: str) -> bytes:
     return converter.convert()
 
 
-def main(work: Path) -> int:
+def train_epoch(model, pixels: np.ndarray, teacher: np.ndarray, batch: int, rng) -> float:
+    """One shuffled pass, a batch read from the mapped pixels at a time; the mean
+    distillation loss over the images."""
+    order = rng.permutation(len(pixels))
+    total = 0.0
+    for start in range(0, len(order), batch):
+        chosen = np.sort(order[start : start + batch])  # sorted: the mapped file reads forward
+        loss = model.train_on_batch(pixels[chosen].astype(np.float32), teacher[chosen])
+        total += float(np.asarray(loss).reshape(-1)[0]) * len(chosen)
+        alive()
+    return total / max(len(order), 1)
+
+
+def main(spec) -> int:
+    watch_parent(spec["scratch"])
+    alive()
     try:
         import tensorflow as tf
         import tensorflow_model_optimization as tfmot
         from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
     except ImportError as error:
-        say(f"missing package: {error.name}")
+        print(f"qat-error: missing package: {error.name}", file=sys.stderr, flush=True)
         return EXIT_SETUP
+    alive()
     start = time.perf_counter()
-    spec = json.loads((work / "spec.json").read_text())
     tf.keras.utils.set_random_seed(int(spec["seed"]))
-    pixels = np.load(work / "train.npy")
-    teacher = np.load(work / "teacher.npy")
-    calibration = np.load(work / "calibration.npy")
+    rng = np.random.default_rng(int(spec["seed"]))
+    size, fds = int(spec["image_size"]), spec["fds"]
+    image = (size, size, 3)
+    pixels = mapped_rows(fds["train"], int(spec["train_images"]), image, np.uint8)
+    teacher = np.array(
+        mapped_rows(fds["teacher"], len(pixels), (int(spec["num_classes"]),), np.float32)
+    )
+    calibration = mapped_rows(fds["calibration"], int(spec["calibration_images"]), image, np.uint8)
     model = build_float(tf, spec)
     try:
-        copied = copy_weights(model, np.load(work / "weights.npz"))
+        copied = copy_weights(model, read_weights(fds["weights"]))
     except (ValueError, KeyError) as error:
-        say(f"the Keras model's weights do not fit the rebuilt graph: {error}")
+        print(f"qat-error: the weights do not fit the rebuilt graph: {error}", file=sys.stderr)
         return EXIT_FAILED
     probe = model.predict(pixels[:64].astype(np.float32), verbose=0)
     gap = float(np.abs(probe - teacher[:64]).max())
     if gap > 1e-3:
-        say(f"the rebuilt float model differs from Keras by {gap:.2g} in probability")
+        print(f"qat-error: the rebuilt model differs from Keras by {gap:.2g}", file=sys.stderr)
         return EXIT_FAILED
     say(f"rebuilt MobileNetV2 flat, {copied} layers copied (max probability gap {gap:.1g})")
     qat = quantize(tf, tfmot, model)
@@ -209,17 +297,14 @@ def main(work: Path) -> int:
     history = []
     for epoch in range(int(spec["epochs"])):
         began = time.perf_counter()
-        fit = qat.fit(
-            pixels.astype(np.float32), teacher, batch_size=batch, epochs=1, verbose=0, shuffle=True
-        )
-        loss = float(fit.history["loss"][-1])
+        loss = train_epoch(qat, pixels, teacher, batch, rng)
         history.append({"epoch": epoch + 1, "distillation_loss": round(loss, 5)})
         say(
             f"epoch {epoch + 1}/{spec['epochs']}: distillation loss {loss:.4f} "
             f"({time.perf_counter() - began:.0f}s)"
         )
     flatbuffer = convert(tf, qat, calibration, spec["io"])
-    (work / "model.tflite").write_bytes(flatbuffer)
+    write_all(fds["model"], flatbuffer)
     report = {
         "layers_copied": copied,
         "rebuild_max_probability_gap": gap,
@@ -228,10 +313,31 @@ def main(work: Path) -> int:
         "tensorflow": tf.__version__,
         "tfmot": getattr(tfmot, "__version__", "?"),
     }
-    (work / "qat.json").write_text(json.dumps(report, indent=2))
+    print(f"qat-report: {json.dumps(report)}", file=sys.stderr, flush=True)
     say(f"converted ({len(flatbuffer) / 1024:.0f} KiB) in {report['seconds']:.0f}s")
     return 0
 
 
+def run(argv) -> int:
+    """``main``, with every failure turned into one ``qat-error:`` line and a code the
+    parent maps: the environment's (memory, disk) or a bug."""
+    try:
+        return main(json.loads(argv[1]))
+    except MemoryError:
+        print("qat-error: out of memory", file=sys.stderr, flush=True)
+        return EXIT_ENVIRONMENT
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+            print(f"qat-error: {error.strerror or error}", file=sys.stderr, flush=True)
+            return EXIT_ENVIRONMENT
+        print(f"qat-error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return EXIT_BUG
+    except Exception as error:  # the parent turns it into exit 4 with this line
+        traceback.print_exc()  # for --debug readers; the last line is what the parent quotes
+        reason = " ".join(str(error).split())[:300]
+        print(f"qat-error: {type(error).__name__}: {reason}", file=sys.stderr, flush=True)
+        return EXIT_BUG
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(run(sys.argv))

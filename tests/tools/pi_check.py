@@ -28,8 +28,10 @@ speed.
 Writes ``OUT/report.json`` and ``OUT/report.md``. Exit 0 when every target ran
 and ai-edge-litert on arm64 computed what x86 computes (the claim the README
 makes: the same top-1 on every image and scores at most one output step, 1/256,
-apart); 1 when it did not; 3 when root or
-Debian's tools are missing; 4 when a step failed (its error is printed).
+apart); 1 when it did not; 2 when the build folder is unsafe for root (a
+symbolic link on its path or in it, or a folder someone else owns or can write:
+``pi_check_safety``); 3 when root or Debian's tools are missing; 4 when a step
+failed (its error is printed).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import machine  # noqa: E402
 from bench_training import WEIGHTS_FILE  # noqa: E402
+from pi_check_safety import UnsafeFolder, safe_build_folder  # noqa: E402
 
 from edge import atomic  # noqa: E402
 
@@ -673,7 +676,14 @@ def pi_check(
 ) -> None:
     """Build the emulated Pis, install edgetl as a Pi user does, and compare with x86."""
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        print("pi-check: error: make pi-check needs root; run it as root", file=sys.stderr)
+        raise typer.Exit(3)
+    try:  # before anything there is removed or written: root must not follow a link out
+        out = safe_build_folder(out)
+    except UnsafeFolder as error:
+        print(f"pi-check: error: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
     lock = open(out / ".lock", "w")  # noqa: SIM115 (held until exit: one check or clean at a time)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
