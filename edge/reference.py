@@ -19,6 +19,7 @@ reference images that DIR lacks are counted as missing, never guessed at.
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import sys
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def read_budget(budget: Any) -> Dict[str, Optional[float]]:
     if not isinstance(budget, dict):
         raise NotStrictJSON("its budget is not an object")
     found: Dict[str, Optional[float]] = {}
-    for key, low, high in (("max_drop", 0.0, 100.0), ("min_agreement", 0.0, 1.0)):
+    for key, low, high in (("max_drop", 0.0, math.inf), ("min_agreement", 0.0, 1.0)):
         try:
             found[key] = jsonfile.number(budget.get(key), low, high, optional=True)
         except NotStrictJSON as error:

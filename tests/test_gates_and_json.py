@@ -119,6 +119,16 @@ def test_after_an_export_without_validation_the_reference_carries_the_default(ru
     assert set(budget["sources"].values()) == {"default"}
 
 
+def test_validate_with_both_bounds_does_not_read_the_export_report(run_copy):
+    """Export's own validate gives both bounds: a damaged earlier report (which export
+    replaces) must not stop it."""
+    (run_copy / "export_report.json").write_text("[" * 1000)
+    result = cli("validate", run_copy, "--max-drop", "100", "--min-agreement", "0")
+    assert result.exit_code == 0, result.stderr
+    budget = reference_of(run_copy)["budget"]
+    assert (budget["max_drop"], budget["min_agreement"]) == (100.0, 0.0)
+
+
 @pytest.mark.parametrize(
     "budget, flags, code",
     [

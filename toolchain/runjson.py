@@ -9,6 +9,7 @@ KeyError, an OverflowError from ``int(Infinity)`` or a RecursionError later
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -96,7 +97,7 @@ def check_budget(budget: Any) -> Dict[str, Optional[float]]:
     if not isinstance(budget, dict):
         raise NotStrictJSON("'budget' is not an object")
     found: Dict[str, Optional[float]] = {}
-    for key, high in (("max_drop", 100.0), ("min_agreement", 1.0)):
+    for key, high in (("max_drop", math.inf), ("min_agreement", 1.0)):
         try:
             found[key] = jsonfile.number(budget.get(key), 0.0, high, optional=True)
         except NotStrictJSON as error:
