@@ -7,7 +7,7 @@ Both runs give the workers uneven shares on purpose (a split that does not divid
 the global batch, so one worker has a step more than another before padding): the
 crash real data showed ("Collective instance ... expected data_type 9 but got
 data_type 1"). Loopback only, each process bounded by a timeout and killed in
-``finally``; a worker that never joins stops the chief in bounded time.
+``finally``.
 """
 
 from __future__ import annotations
@@ -140,27 +140,6 @@ def test_three_workers_with_uneven_validation_steps_train_and_export(tiny_run, t
     assert_close_to_one_worker(results, tiny_run)
     exported = run_cli("export", str(tmp_path / "run"), "--quant", "float16")
     assert exported.returncode == 0, exported.stderr[-2000:]
-
-
-def test_a_worker_that_never_joins_stops_the_chief_in_bounded_time(tmp_path):
-    ports = free_ports(2)
-    chief = subprocess.Popen(
-        [sys.executable, "-m", "toolchain.cli", "train", "--out", str(tmp_path / "run"),
-         "--strategy", "multiworker", *SMALL],
-        env={**os.environ, "TF_CONFIG": tf_config(ports, 0), "EDGETL_WORKER_TIMEOUT": "3"},
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        _, stderr = chief.communicate(timeout=180)  # TensorFlow's start and 3 s of waiting
-    finally:
-        if chief.poll() is None:
-            chief.kill()
-            chief.communicate()
-    assert chief.returncode == 3, stderr[-2000:]
-    errors = [line for line in stderr.splitlines() if line.startswith("edgetl: error:")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
-    assert f"worker 1 (127.0.0.1:{ports[1]})" in errors[0] and "did not join" in errors[0]
-    assert "worker 0" not in errors[0]  # the chief is there: only the missing one is named
 
 
 SMALL = [

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.devices import cluster_tasks, tf_config_problem, worker_role, worker_timeout
+from toolchain.devices import cluster_tasks, tf_config_problem, worker_role
 
 WORKERS = ["127.0.0.1:2001", "127.0.0.1:2002"]
 
@@ -67,17 +67,6 @@ def test_valid_clusters_and_where_each_task_counts():
     ]  # fmt: skip
     for text in ("", None, "{not json", "[1]"):
         assert tf_config_problem(text)
-
-
-def test_worker_timeout_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv("EDGETL_WORKER_TIMEOUT", raising=False)
-    assert worker_timeout() == 300
-    monkeypatch.setenv("EDGETL_WORKER_TIMEOUT", "2.5")
-    assert worker_timeout() == 2.5
-    for bad in ("0", "-1", "nan", "inf", "soon"):
-        monkeypatch.setenv("EDGETL_WORKER_TIMEOUT", bad)
-        with pytest.raises(Exception, match="EDGETL_WORKER_TIMEOUT"):
-            worker_timeout()
 
 
 def test_a_chief_the_cluster_does_not_list_is_refused_before_decoding(tmp_path):

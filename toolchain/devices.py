@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import socket
-import sys
-import threading
-from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
-from edge.errors import ENVIRONMENT, BadInput, MissingEnvironment
+from edge.errors import BadInput, MissingEnvironment
 from toolchain.options import STRATEGIES
 
 TF_CONFIG_EXAMPLE = (
@@ -27,8 +23,6 @@ TF_CONFIG_EXAMPLE = (
     '"task": {"type": "worker", "index": 0}}'
 )
 TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
-WORKER_TIMEOUT_ENV = "EDGETL_WORKER_TIMEOUT"
-DEFAULT_WORKER_TIMEOUT = 300.0  # seconds: other machines may still be decoding their data
 
 
 def address_problem(address: object) -> Optional[str]:
@@ -147,77 +141,6 @@ def worker_role(strategy: str, text: Optional[str] = None) -> Optional[WorkerRol
     return WorkerRole(len(names), index, index == 0)
 
 
-def worker_timeout() -> float:
-    """Seconds to wait for every worker to join, from ``EDGETL_WORKER_TIMEOUT``."""
-    text = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_WORKER_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise BadInput(
-            f"{WORKER_TIMEOUT_ENV}={text}: give the seconds to wait for the other workers, "
-            f"e.g. {DEFAULT_WORKER_TIMEOUT:.0f}"
-        )
-    return seconds
-
-
-def listening(address: str, timeout: float = 1.0) -> bool:
-    """Whether something accepts TCP connections at ``host:port``."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def missing_workers(text: str) -> List[str]:
-    """The tasks of ``TF_CONFIG`` other than this one that are not listening (all of the
-    others when every address answers: then they are up but not joining this cluster)."""
-    task = json.loads(text)["task"]
-    me = f"{task['type']} {task['index']}"
-    others = [(name, address) for name, address in cluster_tasks(text) if name != me]
-    silent = [(name, address) for name, address in others if not listening(address)]
-    return [f"{name} ({address})" for name, address in silent or others]
-
-
-@contextlib.contextmanager
-def join_deadline(seconds: float, text: str) -> Iterator[None]:
-    """Stop this process in one line (exit 3) when the workers have not all joined
-    within ``seconds``.
-
-    MultiWorkerMirroredStrategy's constructor waits inside TensorFlow's C++ for every
-    task of the cluster to register, forever, and ignores SIGTERM while it waits: a
-    worker that never starts (a typo in its address, a machine that is down) would hang
-    the chief with no word. Python cannot raise into a thread blocked in C++, so a
-    watchdog thread prints the error and ends the process with ``os._exit``, as a kill
-    would: the run folder stays as it was, ready for ``--resume``.
-    """
-    joined = threading.Event()
-
-    def watch() -> None:
-        if joined.wait(seconds):
-            return
-        missing = ", ".join(missing_workers(text))
-        print(
-            f"edgetl: error: {missing} did not join the training cluster within {seconds:g}s; "
-            f"start it with the same command (or raise {WORKER_TIMEOUT_ENV}), then run "
-            "every worker again with --resume",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(ENVIRONMENT)
-
-    threading.Thread(target=watch, name="edgetl-join-deadline", daemon=True).start()
-    try:
-        yield
-    finally:
-        joined.set()
-
-
 def describe_devices(tf: Any) -> Tuple[List[str], str]:
     gpus = tf.config.list_physical_devices("GPU")
     names = [gpu.name for gpu in gpus]
@@ -237,8 +160,7 @@ def choose_strategy(tf: Any, name: str) -> Tuple[Any, str]:
         problem = tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
-        with join_deadline(worker_timeout(), os.environ["TF_CONFIG"]):
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
         mean_scalar_logs_across_workers(tf)
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
         # Without GPUs, mirror over the logical CPU devices when there are several

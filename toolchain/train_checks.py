@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.errors import BadInput
 from toolchain.datasets import check_data_spec
-from toolchain.devices import tf_config_problem, worker_role, worker_timeout
+from toolchain.devices import tf_config_problem, worker_role
 from toolchain.model import KERAS_ALPHAS
 from toolchain.options import CLASS_WEIGHT_MODES, STRATEGIES, TrainOptions
 
@@ -132,7 +132,6 @@ def check_options(options: TrainOptions) -> None:
         problem = tf_config_problem(os.environ.get("TF_CONFIG"))
         if problem:
             raise BadInput(f"--strategy multiworker: {problem}")
-        worker_timeout()  # a bad EDGETL_WORKER_TIMEOUT is refused before any work
         workers = worker_role(o.strategy).workers  # type: ignore[union-attr]
         if o.batch_size % workers:
             raise BadInput(
