@@ -35,16 +35,27 @@ TINY = dict(
 )
 
 
+def _fixture_export():
+    """Full INT8, gated but never repaired, so the tests that read ``model_int8.tflite``
+    find it whatever the machine: the tiny run's test split is 40 images, so one image
+    that INT8 flips moves top-1 by 2.5 points, past the default 1-point budget, and the
+    default export would then ship a mix (it did after a fresh install of the same
+    pinned packages). Five points and 0.9 agreement allow two flipped images."""
+    from toolchain.options import ExportOptions
+
+    return ExportOptions("int8", 100, auto_fallback=False, max_drop=5.0, min_agreement=0.9)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A trained tiny run directory with ``model_int8.tflite`` exported."""
     from toolchain.export import export
-    from toolchain.options import ExportOptions, TrainOptions
+    from toolchain.options import TrainOptions
     from toolchain.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     train(TrainOptions(out=str(run_dir), **TINY), log=lambda message: None)
-    export(run_dir, ExportOptions.for_int8(calibration_samples=100), log=lambda message: None)
+    export(run_dir, _fixture_export(), log=lambda message: None)
     return run_dir
 
 

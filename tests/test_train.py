@@ -168,7 +168,9 @@ def test_training_over_a_run_needs_force(run_copy):
     refused = run_cli("train", *SMALL, "--epochs", "1", "--out", str(run_copy))
     assert_one_line_error(refused, 2, "already holds a run", "--force")
     assert (run_copy / "model.keras").read_bytes() == before  # nothing was touched
-    assert (run_copy / "model_int8.tflite").is_file()
+    assert list(run_copy.glob("model_int8*.tflite"))
+    (run_copy / "rejected").mkdir()  # what a failed export leaves (export_transaction)
+    (run_copy / "rejected" / "model_int8.tflite.rejected").write_bytes(b"old evidence")
 
     replaced = run_cli(
         "train",
@@ -185,6 +187,7 @@ def test_training_over_a_run_needs_force(run_copy):
     assert (run_copy / "model.keras").read_bytes() != before
     # the old export no longer matches the new model, so it is gone with it
     assert not list(run_copy.glob("model_*.tflite")) and not (run_copy / "parity.json").exists()
+    assert not (run_copy / "rejected").exists()
 
 
 def test_same_seed_same_model(tmp_path):

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from edge import atomic
+from toolchain.rundir import EXPORT_REJECTED as REJECTED
+from toolchain.rundir import EXPORT_STAGING as STAGING
 from toolchain.rundir import RunDir
 
-STAGING = ".export-staging"
-REJECTED = "rejected"
 COMMIT = "commit.json"
 
 

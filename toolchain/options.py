@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from edge.errors import BadInput
+from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from edge.image import RESIZE_FILTERS
 from edge.runtime import RUNTIMES
 
@@ -26,9 +27,8 @@ IO_TYPES = ("uint8", "int8", "float32")
 # accelerator: every op INT8, as Edge TPU / NPU delegates need.
 TARGETS = ("cpu", "accelerator")
 # The accuracy budget `edgetl export` holds a model to when not told another
-# (toolchain/budget.py says why).
-DEFAULT_MAX_DROP = 1.0
-DEFAULT_MIN_AGREEMENT = 0.95
+# (toolchain/budget.py says why); declared in edge/gate.py, which the device's
+# `edgetl parity` falls back to without the toolchain.
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
 

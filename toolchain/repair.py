@@ -24,7 +24,7 @@ import numpy as np
 
 from edge import atomic
 from edge.errors import GateFailed, NotFinite
-from toolchain import fallback
+from toolchain import fallback, runjson
 from toolchain.budget import Budget, Judge
 from toolchain.diagnose import Calibrated, short_name, with_consumers
 from toolchain.export_job import ExportJob
@@ -39,7 +39,7 @@ from toolchain.options import ValidateOptions
 from toolchain.parity import validate
 from toolchain.parity_figures import gate_failures
 from toolchain.progress import Log
-from toolchain.rundir import RunDir, read_json_object
+from toolchain.rundir import RunDir
 
 
 def missed(
@@ -112,7 +112,7 @@ def validate_within(job: ExportJob, results: List[ExportResult]) -> Dict[str, An
     except NotFinite:
         raise  # no figures were written: the model itself is unfit, whatever the budget
     except GateFailed:
-        return read_json_object(job.out.parity)
+        return runjson.read_parity(job.out.parity, job.run.path)
 
 
 def entry_of(parity: Dict[str, Any], path: Path) -> Dict[str, Any]:

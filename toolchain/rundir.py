@@ -58,6 +58,11 @@ DERIVED_FILES = (
     "parity_reference.json",
     *PARITY_PICTURES.values(),
 )
+# Export's folders (toolchain/export_transaction.py): the one it stages in, and the
+# files of the last export that shipped nothing. Derived too: removed whole with them.
+EXPORT_STAGING = ".export-staging"
+EXPORT_REJECTED = "rejected"
+DERIVED_FOLDERS = (EXPORT_STAGING, EXPORT_REJECTED)
 # Training's own working state: folders edgetl creates inside a run and owns whole.
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"

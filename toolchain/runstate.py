@@ -31,6 +31,7 @@ from toolchain.options import TrainOptions
 from toolchain.rundir import (
     CONFIG,
     DERIVED_FILES,
+    DERIVED_FOLDERS,
     LOG_FILES,
     SETUP_FILES,
     TENSORBOARD,
@@ -189,6 +190,13 @@ def commit(run: RunDir, log) -> List[str]:
         if path.is_file():
             path.unlink()
             removed.append(name)
+    for name in DERIVED_FOLDERS:  # edgetl's own, by exact name; a link is not followed
+        path = run.path / name
+        if path.is_symlink():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+            removed.append(f"{name}/")
     if removed:
         log(f"removed {len(removed)} file(s) derived from the old model: {', '.join(removed)}")
     _install_logs(run, logs or [])

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
-from toolchain.rundir import MODEL_NAMES, PARITY_PICTURES
+from toolchain.rundir import EXPORT_REJECTED, MODEL_NAMES, PARITY_PICTURES
 
 REJECTED_SUFFIX = ".rejected"
 PARITY_FILES = ("parity.json", "parity.md", "parity_reference.json")  # validate's, as a set
@@ -71,8 +71,8 @@ def plan(
         remove += [n for n in (rejected if mode in missed else names + rejected) if n not in staged]
     if validated:  # the new parity report replaces the old one and its pictures
         remove += [n for n in (*PARITY_FILES, *PARITY_PICTURES.values()) if n not in staged]
-    remove.append("rejected")  # an earlier failed export's evidence is stale now
-    remove = [n for n in dict.fromkeys(remove) if n in run_files or n == "rejected"]
+    remove.append(EXPORT_REJECTED)  # an earlier failed export's evidence is stale now
+    remove = [n for n in dict.fromkeys(remove) if n in run_files]
     final = (model_files(run_files) - set(remove)) | model_files(staged)
     report = _report(final, staged, modes, missed, new_report, old_report or {}, validated)
     install = sorted(staged - {"commit.json"})
@@ -96,9 +96,11 @@ def _report(
             entries.append(
                 {**entry, "status": status if validated else NOT_VALIDATED, "budget": budget}
             )
-    old_entries = {e.get("path"): e for e in old.get("models", []) if isinstance(e, dict)}
+    listed = old.get("models") if isinstance(old.get("models"), list) else []
+    old_entries = {e.get("path"): e for e in listed if isinstance(e, dict)}
+    old_budget = old.get("budget") if isinstance(old.get("budget"), dict) else None
     for name in sorted(final - staged):
-        entries.append(_carried(name, old_entries.get(name), old.get("budget")))
+        entries.append(_carried(name, old_entries.get(name), old_budget))
     report = {**new, "models": entries}
     report["modes"] = {
         mode: _mode_outcome(mode, final, staged, missed, validated) for mode in modes
