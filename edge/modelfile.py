@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edge import jsonfile
+from edge.atomic import finite_only
 from edge.errors import BadInput
 from edge.image import RESIZE_FILTERS, describe_error, one_line
 
@@ -151,7 +153,10 @@ def embed_metadata(tflite_bytes: bytes, metadata: Dict[str, Any], labels: List[s
         names = set(archive.namelist())
         if LABELS_NAME not in names:  # a second labels.txt would silently replace the first
             archive.writestr(LABELS_NAME, "\n".join(labels) + "\n")
-        archive.writestr(METADATA_NAME, json.dumps(metadata, indent=2, sort_keys=True))
+        strict, _ = finite_only(metadata)  # a non-finite figure is written as null
+        archive.writestr(
+            METADATA_NAME, json.dumps(strict, indent=2, sort_keys=True, allow_nan=False)
+        )
     return buffer.getvalue()
 
 
@@ -180,7 +185,7 @@ def _member_text(archive: zipfile.ZipFile, name: str, path: str | os.PathLike) -
 def parse_card(text: str, path: str | os.PathLike) -> Dict[str, Any]:
     """``edgetl.json`` parsed and checked; BadInput naming ``path`` otherwise."""
     try:
-        card = json.loads(text)
+        card = jsonfile.parse(text)  # bounded depth, no NaN/Infinity
         problem = check_card(card)
     except RecursionError:
         problem = "nested too deeply"

@@ -154,7 +154,8 @@ class PredictionWriter:
                 record["label"] = result.label
             if result.error:
                 record["error"] = result.error
-            self._append(json.dumps(record) + "\n")  # ASCII: json escapes every control
+            strict = json.dumps(atomic.finite_only(record)[0], allow_nan=False)
+            self._append(strict + "\n")  # ASCII: json escapes every control
         self.rows += 1
 
     def close(self, supersede: bool = True) -> None:

@@ -193,3 +193,27 @@ def test_a_killed_worker_stops_the_chief_in_one_line_and_resume_continues_both(t
         assert "fine_tune epoch 3/3" in text
     assert (out / "model.keras").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "worker0.log", "worker1.log"]
+
+
+def test_a_worker_that_never_joins_ends_the_chief_in_bounded_time_with_exit_3(tmp_path):
+    """Only worker 0 of a two-worker cluster is started: TensorFlow would wait for
+    worker 1 for ever; EDGETL_WORKER_TIMEOUT bounds it (toolchain/cluster_watch.py)."""
+    ports = free_ports(2)
+    chief = subprocess.Popen(
+        [sys.executable, "-m", "toolchain.cli", "train", "--out", str(tmp_path / "run"),
+         "--strategy", "multiworker", *TRAIN],
+        env={**os.environ, "TF_CONFIG": tf_config(ports, 0), "EDGETL_WORKER_TIMEOUT": "20"},
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, stderr = chief.communicate(timeout=WORKER_SECONDS)
+    finally:
+        if chief.poll() is None:
+            chief.kill()
+            chief.wait()
+    assert chief.returncode == 3, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("edgetl: error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert f"worker 1 (127.0.0.1:{ports[1]}) did not join" in errors[0], errors[0]
+    assert "EDGETL_WORKER_TIMEOUT" in errors[0]
+    assert not (tmp_path / "run" / "model.keras").exists()

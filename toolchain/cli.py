@@ -184,11 +184,18 @@ def say(message: str) -> None:
 @takes_options(TrainOptions)
 def train(options: TrainOptions) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
+    from toolchain import cluster_watch
     from toolchain.devices import worker_role
     from toolchain.train import train as run_training
 
     role = worker_role(options.strategy)
-    with runlock.held_for_training(Path(options.out), chief=role is None or role.chief):
+    if role is not None and not cluster_watch.watched():  # bounded wait for the cluster
+        with runlock.held_for_training(Path(options.out), chief=role.chief):
+            code = cluster_watch.run_watched(sys.argv[1:], os.environ["TF_CONFIG"], role.index)
+        raise typer.Exit(code)
+    cluster_watch.die_with_parent()
+    chief = role is None or (role.chief and not cluster_watch.watched())  # the watcher holds it
+    with runlock.held_for_training(Path(options.out), chief=chief):
         summary = run_training(options).summary()
     say(summary)
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from edge.errors import BadInput
-from toolchain import runstate
+from toolchain import cluster_watch, runstate
 from toolchain.augment import augmentation
 from toolchain.devices import (
     choose_strategy,
@@ -82,6 +82,7 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
     keras.utils.set_random_seed(options.seed)
     _, devices = describe_devices(tf)
     strategy, strategy_text = choose_strategy(tf, options.strategy)
+    cluster_watch.announce_joined()  # a multi-worker strategy exists once all joined
     log(f"devices: {devices}; {strategy_text}")
     replicas = getattr(strategy, "num_replicas_in_sync", 1)
     if options.batch_size % replicas:

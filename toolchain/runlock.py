@@ -60,19 +60,20 @@ def held_for_training(path: Path, chief: bool) -> Iterator[None]:
     if not chief:
         yield
         return
-    made = not path.exists() and not path.is_symlink()
-    if made:
-        try:
-            path.mkdir(parents=True)
-        except OSError:
-            made = False  # the command says why it cannot write there
+    made = [p for p in (path, *path.parents) if not p.exists() and not p.is_symlink()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        made = []  # the command says why it cannot write there
     try:
         with held(path):
             yield
     finally:
-        if made:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only while empty
+        for folder in made:  # innermost first, each only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def holder(path: Path) -> str:
