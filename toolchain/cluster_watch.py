@@ -26,7 +26,9 @@ from typing import List, Optional, Sequence
 from edge.errors import BadInput, MissingEnvironment
 from toolchain.devices import cluster_tasks
 
-JOINED_FD = "EDGETL_JOINED_FD"  # set in the watched child: where it says "joined"
+JOINED_FD = "EDGETL_JOINED_FD"  # set in the watched child: where it says how far it got
+WATCHED = "EDGETL_WATCHED"  # set in the watched child, for all its life
+CONNECTING, JOINED = "connecting", "joined"
 TIMEOUT_ENV = "EDGETL_WORKER_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0  # seconds: machines of a cluster are rarely started in step
 
@@ -49,17 +51,21 @@ def join_timeout() -> float:
 
 def watched() -> bool:
     """True in the child this module started (it must not start another)."""
-    return JOINED_FD in os.environ
+    return JOINED_FD in os.environ or os.environ.get(WATCHED) == "1"
 
 
-def announce_joined() -> None:
-    """Tell the watching parent that the cluster formed (a no-op when not watched)."""
-    descriptor = os.environ.pop(JOINED_FD, None)
+def announce(stage: str) -> None:
+    """Tell the watching parent ``connecting`` (the data is ready, the strategy is
+    being made: the join timer starts) or ``joined`` (the cluster formed); a no-op
+    when not watched."""
+    descriptor = os.environ.get(JOINED_FD)
     if descriptor is None:
         return
     with contextlib.suppress(OSError, ValueError):
-        os.write(int(descriptor), b"joined\n")
-        os.close(int(descriptor))
+        os.write(int(descriptor), f"{stage}\n".encode())
+        if stage == JOINED:
+            os.close(int(descriptor))
+            os.environ.pop(JOINED_FD, None)
 
 
 def not_listening(tf_config: str, own_index: int) -> List[str]:
@@ -91,25 +97,41 @@ def die_with_parent() -> None:
             os._exit(3)
 
 
-def run_watched(arguments: Sequence[str], tf_config: str, own_index: int) -> int:
-    """Run ``edgetl ARGUMENTS`` in a child and return its exit code; exit 3
-    (``MissingEnvironment``) when the cluster does not form in time."""
+def _next_stage(read_end: int, timeout: Optional[float]) -> Optional[str]:
+    """The child's next word, ``""`` when it exited, None when ``timeout`` ran out."""
     import select
 
+    ready, _, _ = select.select([read_end], [], [], timeout)
+    if not ready:
+        return None
+    word = b""
+    while not word.endswith(b"\n"):
+        chunk = os.read(read_end, 1)
+        if not chunk:
+            return ""
+        word += chunk
+    return word.decode().strip()
+
+
+def run_watched(arguments: Sequence[str], tf_config: str, own_index: int) -> int:
+    """Run ``edgetl ARGUMENTS`` in a child and return its exit code; exit 3
+    (``MissingEnvironment``) when the cluster does not form within the timeout,
+    counted from when the child starts to connect (decoding a large dataset first
+    must not count). Ctrl-C before that ends the child (exit 130)."""
     timeout = join_timeout()
     read_end, write_end = os.pipe()
     child = subprocess.Popen(
         [sys.executable, "-m", "toolchain.cli", *arguments],
-        env={**os.environ, JOINED_FD: str(write_end)},
+        env={**os.environ, JOINED_FD: str(write_end), WATCHED: "1"},
         pass_fds=(write_end,),
     )
     os.close(write_end)
-    # Ctrl-C reaches the child from the terminal; it ends with 130 and we pass that on.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.getsignal(signal.SIGINT)
     try:
-        ready, _, _ = select.select([read_end], [], [], timeout)
-        said: Optional[bytes] = os.read(read_end, 64) if ready else None
-        if said is None:
+        stage = _next_stage(read_end, None)
+        if stage == CONNECTING:
+            stage = _next_stage(read_end, timeout)
+        if stage is None:
             silent = not_listening(tf_config, own_index)
             child.kill()
             child.wait()
@@ -119,12 +141,17 @@ def run_watched(arguments: Sequence[str], tf_config: str, own_index: int) -> int
                 f"every worker with the same TF_CONFIG cluster, or set {TIMEOUT_ENV} to wait "
                 "longer (nothing was trained)"
             )
+        # Training: Ctrl-C reaches the child from the terminal; it ends with 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         code = child.wait()
     finally:
         os.close(read_end)
         signal.signal(signal.SIGINT, previous)
         if child.poll() is None:
             child.kill()
+            child.wait()
+    if code == -signal.SIGINT:
+        return 130
     if code < 0:
         raise MissingEnvironment(
             f"the training process was killed by signal {-code} (out of memory, or stopped "

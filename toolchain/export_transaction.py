@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from edge import atomic
+from edge.errors import BadInput
 from toolchain.rundir import EXPORT_REJECTED as REJECTED
 from toolchain.rundir import EXPORT_STAGING as STAGING
 from toolchain.rundir import RunDir
@@ -54,6 +55,7 @@ def begin(run: RunDir) -> RunDir:
 def recover(run: RunDir) -> bool:
     """Finish a commit a kill interrupted, or drop a staging folder that never reached
     its commit point; True when a commit was finished."""
+    _finish_reject(run)
     out = staging(run)
     if not out.path.exists():
         return False
@@ -63,7 +65,13 @@ def recover(run: RunDir) -> bool:
         except (OSError, ValueError):
             plan = None
         if _is_plan(plan):
-            _apply(run, plan)
+            try:
+                _apply(run, plan)
+            except OSError as error:
+                raise BadInput(
+                    f"{out.path}: an interrupted export cannot finish its commit ({error}); "
+                    f"fix that path, or remove {out.path} and export again"
+                ) from None
             return True
     shutil.rmtree(out.path, ignore_errors=True)
     return False
@@ -107,15 +115,36 @@ def _apply(run: RunDir, plan: Dict[str, List[str]]) -> None:
 
 
 def reject(run: RunDir) -> Path:
-    """Keep this export's files as evidence in ``RUN/rejected/``; the run is unchanged."""
+    """Keep this export's files as evidence in ``RUN/rejected/``; the run is unchanged.
+    The older evidence is moved aside first and dropped last, so a kill in between
+    leaves one of the two (``_finish_reject`` tidies up)."""
     (staging(run).path / COMMIT).unlink(missing_ok=True)
-    target = rejected(run)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    elif target.exists() or target.is_symlink():
-        target.unlink()
+    target, older = rejected(run), _older_evidence(run)
+    _remove(older)
+    if target.exists() or target.is_symlink():
+        os.replace(target, older)
     os.replace(staging(run).path, target)
+    _remove(older)
     return target
+
+
+def _older_evidence(run: RunDir) -> Path:
+    return run.path / f".{REJECTED}.older"
+
+
+def _finish_reject(run: RunDir) -> None:
+    """After a kill inside ``reject``: the older evidence back if the new never came."""
+    older = _older_evidence(run)
+    if older.exists() and not rejected(run).exists():
+        os.replace(older, rejected(run))
+    _remove(older)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def abandon(run: RunDir) -> None:

@@ -144,7 +144,7 @@ def report_entry(r: ExportResult, run: RunDir, log: Log) -> Dict[str, Any]:
         "path": r.path.name,
         "size_bytes": r.size_bytes,
         "size_ratio_to_float32": round(r.size_bytes / float32.stat().st_size, 3)
-        if float32.is_file()
+        if float32.is_file() and float32.stat().st_size > 0
         else None,
         "seconds": round(r.seconds, 2),
         "tensors": r.tensors,

@@ -81,8 +81,9 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
     tf, keras = tensorflow(), import_keras()
     keras.utils.set_random_seed(options.seed)
     _, devices = describe_devices(tf)
+    cluster_watch.announce(cluster_watch.CONNECTING)
     strategy, strategy_text = choose_strategy(tf, options.strategy)
-    cluster_watch.announce_joined()  # a multi-worker strategy exists once all joined
+    cluster_watch.announce(cluster_watch.JOINED)  # a multi-worker strategy: all joined
     log(f"devices: {devices}; {strategy_text}")
     replicas = getattr(strategy, "num_replicas_in_sync", 1)
     if options.batch_size % replicas:

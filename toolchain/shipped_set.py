@@ -69,8 +69,9 @@ def plan(
         names = slot(mode)
         rejected = [set_aside_name(n) for n in names]
         remove += [n for n in (rejected if mode in missed else names + rejected) if n not in staged]
-    if validated:  # the new parity report replaces the old one and its pictures
-        remove += [n for n in (*PARITY_FILES, *PARITY_PICTURES.values()) if n not in staged]
+    # Validated: the new parity report replaces the old one and its pictures. Not
+    # validated: the old one describes files this export replaced, so it goes too.
+    remove += [n for n in (*PARITY_FILES, *PARITY_PICTURES.values()) if n not in staged]
     remove.append(EXPORT_REJECTED)  # an earlier failed export's evidence is stale now
     remove = [n for n in dict.fromkeys(remove) if n in run_files]
     final = (model_files(run_files) - set(remove)) | model_files(staged)
@@ -97,10 +98,14 @@ def _report(
                 {**entry, "status": status if validated else NOT_VALIDATED, "budget": budget}
             )
     listed = old.get("models") if isinstance(old.get("models"), list) else []
-    old_entries = {e.get("path"): e for e in listed if isinstance(e, dict)}
+    old_entries = {
+        e["path"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("path"), str)
+    }
     old_budget = old.get("budget") if isinstance(old.get("budget"), dict) else None
+    previous = old.get("shipped") if isinstance(old.get("shipped"), dict) else {}
     for name in sorted(final - staged):
-        entries.append(_carried(name, old_entries.get(name), old_budget))
+        shipped_before = previous.get("int8") == name
+        entries.append(_carried(name, old_entries.get(name), old_budget, shipped_before))
     report = {**new, "models": entries}
     report["modes"] = {
         mode: _mode_outcome(mode, final, staged, missed, validated) for mode in modes
@@ -109,15 +114,19 @@ def _report(
     return report
 
 
-def _carried(name: str, entry: Optional[Dict[str, Any]], old_budget: Any) -> Dict[str, Any]:
-    """A file an earlier export left and this one keeps: its own entry and budget."""
+def _carried(
+    name: str, entry: Optional[Dict[str, Any]], old_budget: Any, shipped_before: bool
+) -> Dict[str, Any]:
+    """A file an earlier export left and this one keeps: its own entry and budget.
+    Only what that report says passed (or shipped, for a report without statuses)
+    stays ``passed``: an older edgetl left files that missed under shippable names."""
     entry = dict(entry) if entry else {"path": name, "note": "no entry in the previous report"}
     entry.setdefault("budget", old_budget)
-    if "status" not in entry:
-        if name.endswith(REJECTED_SUFFIX):
-            entry["status"] = REJECTED
-        else:
-            entry["status"] = PASSED if entry.get("budget") else NOT_VALIDATED
+    if name.endswith(REJECTED_SUFFIX):
+        entry["status"] = REJECTED
+    elif entry.get("status") != PASSED:
+        vouched = "status" not in entry and shipped_before and entry.get("budget")
+        entry["status"] = PASSED if vouched else NOT_VALIDATED
     entry["kept_from_previous_export"] = True
     return entry
 
@@ -146,7 +155,12 @@ def _shipped(
         previous = old.get("shipped")
         if isinstance(previous, dict) and previous.get("int8") == kept:
             return previous
-        return {"int8": kept, "why": "kept from an earlier export"} if kept else None
+        if kept is None:
+            return None
+        return {
+            "int8": kept,
+            "why": "left by an earlier export that did not record it as shipped: not validated; run `edgetl validate`",
+        }
     if "int8" not in missed:
         return new.get("shipped")
     if kept is None:
