@@ -81,15 +81,21 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     # saying by how much and what to try, and the report says nothing ships.
     failed = run_cli("export", str(run_copy), "--target", "accelerator", "--force")
     assert_one_line_error(failed, 1, "INT8 budget missed", "model_int8.tflite", "--target cpu")
-    report = json.loads((run_copy / "export_report.json").read_text())
+    # Nothing in the run changed; the failed export's files and reports are in rejected/.
+    rejected = run_copy / "rejected"
+    report = json.loads((rejected / "export_report.json").read_text())
     assert report["shipped"]["int8"] is None and report["budget"]["source"] == "default"
     assert (report["budget"]["max_drop"], report["budget"]["min_agreement"]) == (1.0, 0.95)
-    parity = json.loads((run_copy / "parity.json").read_text())
+    parity = json.loads((rejected / "parity.json").read_text())
     assert parity["gate"]["passed"] is False and parity["models"][0]["top1_drop_pts"] > 1
     worst = [layer["layer"] for layer in parity["diagnosis"]["layers"][:2]]
     assert "block_16_project_BN" in worst, worst
-    assert "block_16_project_BN" in (run_copy / "parity.md").read_text()
-    agreement = run_cli("validate", str(run_copy), "--min-agreement", "0.9")
+    assert "block_16_project_BN" in (rejected / "parity.md").read_text()
+    # the run's own model_int8.tflite predates the damage: validate the rejected one
+    agreement = run_cli(
+        "validate", str(run_copy), "--model", str(rejected / "model_int8.tflite.rejected"),
+        "--min-agreement", "0.9",
+    )  # fmt: skip
     assert_one_line_error(agreement, 1, "--min-agreement")
     # Every op of what was written is INT8: nothing an accelerator hands back to the CPU.
     assert report["models"][0]["float_ops"] == {} and report["target"] == "accelerator"
@@ -118,7 +124,7 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     entry = next(m for m in report["models"] if m["path"] == "model_int8_mixed.tflite")
     assert sum(entry["float_ops"].values()) >= 1  # the repair's float layers show as such
     # the full-INT8 file that failed is set aside, so validating the run gates what ships
-    assert not (run_copy / "model_int8.tflite").exists()
+    assert not (run_copy / "model_int8.tflite").exists() and not rejected.exists()
     assert (run_copy / "model_int8.tflite.rejected").is_file()
     gated = run_cli("validate", str(run_copy), "--max-drop", "1", "--min-agreement", "0.95")
     assert gated.returncode == 0, gated.stderr
