@@ -340,4 +340,10 @@ def run(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv))
+    # Skip the interpreter's teardown: with TensorFlow's threads and the watcher thread
+    # still alive it can abort (SIGABRT) after the model was written, and the parent
+    # rightly reads a signal as a crash. Everything the parent needs is written by now.
+    exit_code = run(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
