@@ -41,7 +41,7 @@ def _fixture_export():
     that INT8 flips moves top-1 by 2.5 points, past the default 1-point budget, and the
     default export would then ship a mix (it did after a fresh install of the same
     pinned packages). Five points and 0.9 agreement allow two flipped images."""
-    from toolchain.options import ExportOptions
+    from toolchain.core.options import ExportOptions
 
     return ExportOptions("int8", 100, auto_fallback=False, max_drop=5.0, min_agreement=0.9)
 
@@ -49,9 +49,9 @@ def _fixture_export():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A trained tiny run directory with ``model_int8.tflite`` exported."""
-    from toolchain.export import export
-    from toolchain.options import TrainOptions
-    from toolchain.train import train
+    from toolchain.core.options import TrainOptions
+    from toolchain.export.command import export
+    from toolchain.train.command import train
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     train(TrainOptions(out=str(run_dir), **TINY), log=lambda message: None)

@@ -8,9 +8,13 @@ from this test). The rules, and why:
   TensorFlow and must run on a Pi with ``pip install 'edgetl[edge]'``.
 - No cycles inside ``toolchain`` or ``edge``: a newcomer follows one command's
   data down the layers without climbing back up.
+- Folders are layers, and imports only go down them (``LAYERS``): the command line
+  (``toolchain/*.py``) → ``train/`` or ``export/`` → ``validate/`` → ``quantize/`` →
+  ``core/`` → ``edge/``. ``train`` and ``export`` never import each other: a run
+  folder is their only interface. The package root holds only ``__version__``.
 - No module over ``MAX_LINES`` lines: one idea per file.
 - First-party imports at module level (heavy third-party ones such as
-  TensorFlow stay lazy through ``toolchain.quiet``), so the graph above is the
+  TensorFlow stay lazy through ``toolchain.core.quiet``), so the graph above is the
   real one. The CLI is the one exception: it imports a command's module when
   that command runs, so ``edgetl classify`` starts without the workstation side.
 """
@@ -25,6 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("edge", "toolchain")
 MAX_LINES = 400
 LAZY_FIRST_PARTY_ALLOWED = {"toolchain.cli"}
+# Top to bottom; a folder may import its own modules and any folder on a lower line.
+LAYERS = (
+    ("toolchain",),
+    ("toolchain.train", "toolchain.export"),
+    ("toolchain.validate",),
+    ("toolchain.quantize",),
+    ("toolchain.core",),
+    ("edge",),
+)
+VERSION_ONLY = "toolchain"  # `from toolchain import __version__` is allowed everywhere
 
 
 def module_files() -> Dict[str, Path]:
@@ -122,17 +136,17 @@ def test_the_checker_sees_what_it_must(tmp_path):
     source.write_text(
         "from edge import errors\n"
         "def later():\n"
-        "    from toolchain import export\n"
-        "    import toolchain.parity as p\n"
+        "    from toolchain.export import command\n"
+        "    import toolchain.validate.command as p\n"
     )
-    modules = {"edge.errors", "toolchain", "toolchain.export", "toolchain.parity"}
+    modules = {"edge.errors", "toolchain", "toolchain.export.command", "toolchain.validate.command"}
     assert imports_of("edge.sample", source, modules) == [
         ("edge.errors", 1, True),
-        ("toolchain.export", 3, False),
-        ("toolchain.parity", 4, False),
+        ("toolchain.export.command", 3, False),
+        ("toolchain.validate.command", 4, False),
     ]
     graph, _ = import_graph()
-    assert "toolchain.rundir" in graph["toolchain.export"]  # the real tree is read
+    assert "toolchain.core.rundir" in graph["toolchain.export.command"]  # the real tree is read
 
 
 def test_no_import_cycles():
@@ -164,3 +178,38 @@ def test_no_module_over_the_line_limit():
         if len(path.read_text(encoding="utf-8").splitlines()) > MAX_LINES
     }
     assert too_long == {}
+
+
+def folder_of(module: str) -> str:
+    """The layer folder a module sits in: ``toolchain.export.qat.worker`` → ``toolchain.export``."""
+    parts = module.split(".")
+    for depth in (2, 1):
+        candidate = ".".join(parts[:depth])
+        if any(candidate in layer for layer in LAYERS):
+            return candidate
+    raise AssertionError(f"{module} sits in no folder of LAYERS: add its folder there")
+
+
+def layer_of(module: str) -> int:
+    folder = folder_of(module)
+    return next(i for i, layer in enumerate(LAYERS) if folder in layer)
+
+
+def test_imports_go_down_the_folders():
+    graph, _ = import_graph()
+    upward = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if target != VERSION_ONLY
+        and folder_of(target) != folder_of(name)
+        and layer_of(target) <= layer_of(name)
+    )
+    assert upward == []
+
+
+def test_the_layer_rule_can_fail():
+    assert folder_of("toolchain.export.qat.worker") == "toolchain.export"
+    assert folder_of("toolchain.cli") == "toolchain"
+    assert layer_of("toolchain.train.phases") == layer_of("toolchain.export.command")
+    assert layer_of("toolchain.core.rundir") > layer_of("toolchain.validate.decision")

@@ -12,14 +12,14 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from toolchain.calibration import (
+from toolchain.core.pixel_file import RowFile
+from toolchain.quantize.calibration import (
     anchor_input_range,
     calibration_set,
     pixel_stats,
     representative_images,
     representative_rows,
 )
-from toolchain.pixel_file import RowFile
 
 
 class StubRun:

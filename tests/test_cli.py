@@ -142,9 +142,9 @@ def test_every_option_field_is_in_help_with_its_default_range_and_choices(comman
     from typer.main import get_command
     from typer.testing import CliRunner
 
-    from toolchain import options
     from toolchain.cli import app
     from toolchain.cli_options import cli_fields, option_name
+    from toolchain.core import options
 
     cls = getattr(options, options_class)
     help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}).stdout
@@ -182,7 +182,7 @@ def test_options_reach_the_command_as_the_dataclass(monkeypatch):
     from typer.testing import CliRunner
 
     from toolchain.cli import app
-    from toolchain.options import ValidateOptions
+    from toolchain.core.options import ValidateOptions
 
     seen = {}
 
@@ -192,7 +192,7 @@ def test_options_reach_the_command_as_the_dataclass(monkeypatch):
 
     # A stand-in parity module: no TensorFlow to start, only the call is checked.
     monkeypatch.setitem(
-        sys.modules, "toolchain.parity", types.SimpleNamespace(validate=fake_validate)
+        sys.modules, "toolchain.validate.command", types.SimpleNamespace(validate=fake_validate)
     )
     runner = CliRunner()
     assert runner.invoke(app, ["validate", "run"]).exit_code == 0

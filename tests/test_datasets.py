@@ -1,4 +1,4 @@
-"""toolchain.datasets and synthetic: deterministic splits, clear errors on bad folders."""
+"""toolchain.train.datasets and synthetic: deterministic splits, clear errors on bad folders."""
 
 import hashlib
 
@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from edge.errors import BadInput
-from toolchain import synthetic
-from toolchain.datasets import scan_class_folders, split_items
+from toolchain.train import synthetic
+from toolchain.train.datasets import scan_class_folders, split_items
 
 
 def _digest(paths):

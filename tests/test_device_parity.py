@@ -31,8 +31,8 @@ def device_cli(*args: str):
 def validated(tmp_path_factory, tiny_run):
     """A validated copy of the tiny run and its test images copied as a device would get
     them: renamed, flattened into one folder, with a stranger among them."""
-    from toolchain.parity import validate
-    from toolchain.rundir import RunDir
+    from toolchain.core.rundir import RunDir
+    from toolchain.validate.command import validate
 
     base = tmp_path_factory.mktemp("device")
     run = base / "run"

@@ -1,4 +1,4 @@
-"""Devices and strategies (toolchain/devices.py): who the chief of a multi-worker run
+"""Devices and strategies (toolchain/train/devices.py): who the chief of a multi-worker run
 is, and MirroredStrategy really training over several (logical CPU) devices."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-from toolchain.devices import WorkerRole, worker_role
+from toolchain.train.devices import WorkerRole, worker_role
 
 
 def config(task_type: str, index: int, chief: bool = False) -> str:
@@ -35,8 +35,8 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from toolchain.options import TrainOptions
-from toolchain.train import train
+from toolchain.core.options import TrainOptions
+from toolchain.train.command import train
 result = train(TrainOptions(
     out=sys.argv[1], data="synthetic", synthetic_per_class=16, image_size=32, alpha=0.35,
     weights="none", epochs=2, fine_tune_epochs=1, strategy="mirrored", seed=3, patience=0,
@@ -67,8 +67,9 @@ def test_mirrored_trains_over_two_logical_cpu_devices(tmp_path):
 
 MIXED_PRECISION_SCRIPT = """
 import sys
-from toolchain import phases, train as train_module
-from toolchain.options import TrainOptions
+from toolchain.train import phases
+from toolchain.train import command as train_module
+from toolchain.core.options import TrainOptions
 
 # edgetl refuses --mixed-precision without a GPU (float16 on a CPU is emulated and
 # slow); TensorFlow still runs it, so the test lifts the refusal to run the path.

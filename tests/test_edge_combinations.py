@@ -280,7 +280,7 @@ def _spoil(paths: List[Path]) -> Dict[str, str]:
 
 
 def test_load_many_and_decode_to_file_skip_and_list_files_spoiled_after_listing(tmp_path):
-    from toolchain.pixel_file import decode_to_file
+    from toolchain.core.pixel_file import decode_to_file
 
     paths = sorted(_photos(tmp_path / "photos", 7).iterdir())
     spoiled = _spoil(paths)

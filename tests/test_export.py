@@ -13,7 +13,7 @@ import pytest
 from edge import atomic
 from edge.classifier import Classifier
 from tests.conftest import REPO, assert_one_line_error, run_cli
-from toolchain.calibration import stratified_sample
+from toolchain.quantize.calibration import stratified_sample
 
 
 def test_calibration_is_stratified_by_class():

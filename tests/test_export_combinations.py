@@ -26,8 +26,9 @@ import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
-from toolchain import export_transaction, runlock
+from toolchain import runlock
 from toolchain.cli import app
+from toolchain.export import transaction
 
 SHIPPABLE_INT8 = ("model_int8.tflite", "model_int8_mixed.tflite")
 
@@ -58,7 +59,7 @@ def shippable(files: Dict[str, str]) -> Dict[str, str]:
 
 def check_run(run: Path, before: Dict[str, str], code: int, modes_missed_all: bool = False):
     """The invariant after any export command (see the module docstring)."""
-    assert not (run / export_transaction.STAGING).exists(), "staging folder left behind"
+    assert not (run / transaction.STAGING).exists(), "staging folder left behind"
     report = json.loads((run / "export_report.json").read_text())
     on_disk = model_files(run)
     named = [entry["path"] for entry in report["models"]]
@@ -186,8 +187,8 @@ def test_quant_all_keeps_what_passed_sets_aside_what_missed_and_exits_1(hostile_
 def test_the_repair_ships_a_mix_or_nothing_changes(hostile_run, tmp_path):
     """--target cpu with the automatic fallback, in-process so the layer cap is small."""
     from edge.errors import GateFailed
-    from toolchain.export import export
-    from toolchain.options import ExportOptions
+    from toolchain.core.options import ExportOptions
+    from toolchain.export.command import export
 
     run = tmp_path / "run"
     shutil.copytree(hostile_run, run)
@@ -208,7 +209,7 @@ def test_the_repair_ships_a_mix_or_nothing_changes(hostile_run, tmp_path):
 
 
 def test_an_interrupted_export_leaves_the_run_as_it_was(run_copy, monkeypatch):
-    import toolchain.repair as repair
+    import toolchain.export.repair as repair
 
     state = derived_state(run_copy)
 
@@ -219,23 +220,23 @@ def test_an_interrupted_export_leaves_the_run_as_it_was(run_copy, monkeypatch):
     code, output = edgetl("export", str(run_copy), "--quant", "all", "--force")
     assert code == 130, output
     assert derived_state(run_copy) == state
-    assert not (run_copy / export_transaction.STAGING).exists()
+    assert not (run_copy / transaction.STAGING).exists()
 
 
 def test_a_commit_cut_by_a_kill_is_finished_by_the_next_command(run_copy):
     """After the commit point a kill leaves a half-moved set; whatever runs next on the
     run finishes it, so no command ever sees two exports' files mixed."""
-    from toolchain.rundir import RunDir
+    from toolchain.core.rundir import RunDir
 
     run = RunDir(run_copy)
-    out = export_transaction.begin(run)
+    out = transaction.begin(run)
     (out.path / "model_float16.tflite").write_bytes(b"new float16")
     (out.path / "export_report.json").write_text('{"models": []}')
     plan = {
         "install": ["model_float16.tflite", "export_report.json"],
         "remove": ["model_int8.tflite"],
     }
-    (out.path / export_transaction.COMMIT).write_text(json.dumps(plan))
+    (out.path / transaction.COMMIT).write_text(json.dumps(plan))
     (run_copy / "model_int8.tflite").unlink()  # the kill fell after the first step
     with runlock.held(run_copy):  # what `edgetl validate/export/train` do first
         pass
@@ -243,7 +244,7 @@ def test_a_commit_cut_by_a_kill_is_finished_by_the_next_command(run_copy):
     assert json.loads((run_copy / "export_report.json").read_text()) == {"models": []}
     assert not out.path.exists()
     # a staging folder that never reached its commit point is simply dropped
-    out = export_transaction.begin(run)
+    out = transaction.begin(run)
     (out.path / "model_dynamic.tflite").write_bytes(b"never judged")
     with runlock.held(run_copy):
         pass

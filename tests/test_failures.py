@@ -1,13 +1,13 @@
-"""How an exception becomes one line and an exit code (toolchain/failures.py)."""
+"""How an exception becomes one line and an exit code (toolchain/core/failures.py)."""
 
 from __future__ import annotations
 
 from edge.errors import ENVIRONMENT, INTERNAL
-from toolchain.failures import REASON_CHARS, describe_failure
+from toolchain.core.failures import REASON_CHARS, describe_failure
 
 
 def test_a_lost_worker_is_the_environment_and_says_how_to_resume(monkeypatch):
-    from toolchain.quiet import tensorflow
+    from toolchain.core.quiet import tensorflow
 
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}}')
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolchain.budget import Budget, estimate
-from toolchain.fallback import ranking_subset, repair
+from toolchain.core.budget import Budget
+from toolchain.quantize.fallback import ranking_subset, repair
+from toolchain.validate.decision import estimate
 
 LABELS = np.array([0, 1, 0, 1, 0, 1, 0, 1])
 KERAS = np.eye(2, dtype=np.float32)[LABELS] * 0.9 + 0.05  # Keras is right on every image

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.tensors import operators
-from toolchain.fast_input import delegate_uint8_input
+from toolchain.quantize.fast_input import delegate_uint8_input
 
 
 def _ops(flatbuffer: bytes):
@@ -37,7 +37,7 @@ def _outputs(flatbuffer: bytes, images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def converted():
     """A small rescaling classifier converted to full INT8 by TFLite, uint8 and int8 I/O."""
-    from toolchain.quiet import keras, tensorflow
+    from toolchain.core.quiet import keras, tensorflow
 
     tf, k = tensorflow(), keras()
     k.utils.set_random_seed(3)

@@ -123,8 +123,8 @@ def test_train_never_writes_into_a_folder_that_is_not_its_run(tmp_path, force):
 
 
 def test_a_folder_with_only_file_manager_litter_counts_as_empty(tmp_path):
-    from toolchain.rundir import RunDir
-    from toolchain.runstate import check_out_folder
+    from toolchain.core.rundir import RunDir
+    from toolchain.train.runstate import check_out_folder
 
     out = tmp_path / "new_run"
     out.mkdir()
@@ -267,8 +267,8 @@ def test_train_bad_tf_config_is_refused_before_any_file(tmp_path):
 def test_train_that_failed_in_its_setup_does_not_lock_its_folder(tmp_path):
     """A weights file that does not fit is found only when the model is built; the
     corrected command must then run, not be refused as 'an interrupted run'."""
-    from toolchain.rundir import RunDir
-    from toolchain.runstate import check_out_folder
+    from toolchain.core.rundir import RunDir
+    from toolchain.train.runstate import check_out_folder
 
     data = class_folders(tmp_path / "photos")
     out = tmp_path / "run"

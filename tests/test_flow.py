@@ -66,7 +66,7 @@ def test_int8_model_takes_raw_uint8_pixels_and_embeds_labels(tiny_run):
 
 
 def test_validate_writes_the_contract_and_int8_keeps_accuracy(tiny_run):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     report = validate(tiny_run, log=lambda m: None)
     saved = json.loads((tiny_run / "parity.json").read_text())
@@ -91,8 +91,8 @@ def test_validate_gate_fails_with_exit_1_on_a_damaged_model(tiny_run, tmp_path):
 
     from edge import atomic
     from edge.modelfile import embed_metadata
-    from toolchain.converter import convert
-    from toolchain.quiet import keras
+    from toolchain.core.quiet import keras
+    from toolchain.quantize.converter import convert
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -116,7 +116,7 @@ def test_validate_gate_fails_with_exit_1_on_a_damaged_model(tiny_run, tmp_path):
 
 
 def test_device_runner_agrees_with_validate_on_the_test_images(tiny_run):
-    from toolchain.rundir import RunDir
+    from toolchain.core.rundir import RunDir
 
     paths, labels = RunDir(tiny_run).split_files("test")
     classifier = Classifier(tiny_run / "model_int8.tflite")

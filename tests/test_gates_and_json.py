@@ -60,7 +60,7 @@ def device_parity(model: Path, reference: Path, source: Path, *flags: str):
 
 def model_of(run: Path) -> Path:
     """The run's exported model (which names the export ships is the export's business)."""
-    from toolchain.rundir import RunDir
+    from toolchain.core.rundir import RunDir
 
     return RunDir(run).tflite_models()[0]
 
@@ -74,8 +74,8 @@ def dataset_of(run: Path) -> Path:
 
 def test_the_edge_defaults_are_the_export_defaults():
     """Declared once for the device (edge cannot import the toolchain): the same numbers."""
-    from toolchain.options import DEFAULT_MAX_DROP as EXPORT_DROP
-    from toolchain.options import DEFAULT_MIN_AGREEMENT as EXPORT_AGREEMENT
+    from toolchain.core.options import DEFAULT_MAX_DROP as EXPORT_DROP
+    from toolchain.core.options import DEFAULT_MIN_AGREEMENT as EXPORT_AGREEMENT
 
     assert (DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT) == (EXPORT_DROP, EXPORT_AGREEMENT)
 
@@ -179,7 +179,7 @@ def nan_models(tiny_run, tmp_path_factory):
     """A Keras model and its float32 TFLite twin whose Dense weights are all NaN: the
     run's input and classes, NaN probabilities for every image (no Lambda, so the
     .keras file loads without unsafe deserialization)."""
-    from toolchain.quiet import keras, tensorflow
+    from toolchain.core.quiet import keras, tensorflow
 
     tf, keras = tensorflow(), keras()
     config = json.loads((tiny_run / "config.json").read_text())
@@ -363,7 +363,7 @@ def test_device_parity_refuses_a_damaged_reference_in_one_line(tiny_run, tmp_pat
 
 def test_parity_json_with_a_string_for_a_figure_is_one_line(tiny_run, tmp_path):
     """What export's repair reads back after its validate (``runjson.read_parity``)."""
-    from toolchain.runjson import read_parity
+    from toolchain.core.runjson import read_parity
 
     parity = json.loads((tiny_run / "parity.json").read_text())
     assert read_parity(tiny_run / "parity.json", tiny_run)["n_images"] == parity["n_images"]

@@ -197,7 +197,7 @@ def test_a_killed_worker_stops_the_chief_in_one_line_and_resume_continues_both(t
 
 def test_a_worker_that_never_joins_ends_the_chief_in_bounded_time_with_exit_3(tmp_path):
     """Only worker 0 of a two-worker cluster is started: TensorFlow would wait for
-    worker 1 for ever; EDGETL_WORKER_TIMEOUT bounds it (toolchain/cluster_watch.py)."""
+    worker 1 for ever; EDGETL_WORKER_TIMEOUT bounds it (toolchain/train/cluster_watch.py)."""
     ports = free_ports(2)
     chief = subprocess.Popen(
         [sys.executable, "-m", "toolchain.cli", "train", "--out", str(tmp_path / "run"),

@@ -8,7 +8,7 @@ from PIL import Image
 
 from edge.metrics import disagreements
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.options import ValidateOptions
+from toolchain.core.options import ValidateOptions
 
 
 def test_disagreements_are_listed_worst_first():
@@ -24,7 +24,7 @@ def test_disagreements_are_listed_worst_first():
 
 
 def test_device_path_with_another_resize_moves_while_tensor_level_does_not(run_copy):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     same = validate(run_copy, log=lambda m: None)["models"][0]
     other = validate(run_copy, ValidateOptions(device_resize="nearest"), log=lambda m: None)[
@@ -52,7 +52,7 @@ def _make_quantization_hostile(run):
     the per-tensor INT8 range of the projection output, so every other channel is
     rounded to a few levels: the classic outlier-channel failure of INT8.
     """
-    from toolchain.quiet import keras
+    from toolchain.core.quiet import keras
 
     model = keras().models.load_model(run / "model.keras", compile=False)
     base = model.get_layer("mobilenetv2_base")
@@ -69,7 +69,7 @@ def _make_quantization_hostile(run):
 
 
 def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
-    from toolchain.quiet import keras
+    from toolchain.core.quiet import keras
 
     original = keras().models.load_model(run_copy / "model.keras", compile=False)
     probe = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype(np.float32)
@@ -135,7 +135,7 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
 
 
 def test_validate_on_a_labeled_folder(run_copy, tmp_path):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     folder = tmp_path / "new_photos"
     for name in ("circle", "square"):
@@ -152,7 +152,7 @@ def test_validate_on_a_labeled_folder(run_copy, tmp_path):
 
 
 def test_parity_report_for_people(run_copy):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     validate(run_copy, log=lambda m: None)
     text = (run_copy / "parity.md").read_text()

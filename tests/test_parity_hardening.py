@@ -11,11 +11,11 @@ import pytest
 from edge.errors import BadInput
 from edge.pipeline import Result
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.options import ExportOptions, ValidateOptions
-from toolchain.parity import check_validate_options, label_mismatch
-from toolchain.parity_figures import match_results
-from toolchain.parity_report import parity_markdown
-from toolchain.text import markdown_cell
+from toolchain.core.options import ExportOptions, ValidateOptions
+from toolchain.core.text import markdown_cell
+from toolchain.validate.command import check_validate_options, label_mismatch
+from toolchain.validate.figures import match_results
+from toolchain.validate.report import parity_markdown
 
 QUIET = lambda message: None  # noqa: E731
 
@@ -60,7 +60,7 @@ BAD_VALIDATE_OPTIONS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_VALIDATE_OPTIONS))
 def test_bad_validate_option_is_refused_and_the_run_is_untouched(run_copy, case):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     kwargs, fragment = BAD_VALIDATE_OPTIONS[case]
     if "models" in kwargs:
@@ -96,7 +96,7 @@ def test_option_checks_accept_what_a_passing_run_uses(tiny_run, tmp_path):
 
 
 def test_device_path_with_another_resize_covers_every_image(run_copy):
-    from toolchain.parity import validate
+    from toolchain.validate.command import validate
 
     for resize in (None, "nearest"):
         report = validate(run_copy, ValidateOptions(device_resize=resize), log=QUIET)
@@ -200,7 +200,7 @@ def test_label_mismatch_is_one_line_however_many_labels():
 
 
 def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(run_copy):
-    from toolchain.export import export
+    from toolchain.export.command import export
 
     truncate_model(run_copy)
     before = snapshot(run_copy)
@@ -223,7 +223,7 @@ def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(run_copy)
     ],
 )
 def test_bad_export_option_is_refused_before_the_model_is_loaded(run_copy, options, fragment):
-    from toolchain.export import export
+    from toolchain.export.command import export
 
     truncate_model(run_copy)  # loading it would fail with another message
     before = snapshot(run_copy)
@@ -234,7 +234,7 @@ def test_bad_export_option_is_refused_before_the_model_is_loaded(run_copy, optio
 
 
 def test_existing_mixed_model_is_refused_up_front_without_force(run_copy):
-    from toolchain.export import export
+    from toolchain.export.command import export
 
     shutil.move(run_copy / "model_int8.tflite", run_copy / "model_int8_mixed.tflite")
     truncate_model(run_copy)  # proves the refusal comes before the model is loaded

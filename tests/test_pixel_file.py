@@ -1,4 +1,4 @@
-"""Decoded images on disk (toolchain/pixel_file.py): the same pixels as decoding into
+"""Decoded images on disk (toolchain/core/pixel_file.py): the same pixels as decoding into
 memory, no file left behind, and a full disk refused in one line before decoding."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from PIL import Image
 
 from edge.errors import MissingEnvironment
 from edge.image import load_many
-from toolchain import pixel_file
-from toolchain.pixel_file import RowFile, batches, decode_to_file, row_dataset
+from toolchain.core import pixel_file
+from toolchain.core.pixel_file import RowFile, batches, decode_to_file, row_dataset
 
 
 def photos(folder, count=7):
@@ -74,7 +74,7 @@ def test_a_disk_too_small_is_refused_before_anything_is_written(tmp_path, monkey
 
 
 def test_row_dataset_shuffles_indices_with_the_seed_and_keeps_labels_with_their_rows(tmp_path):
-    from toolchain.quiet import tensorflow
+    from toolchain.core.quiet import tensorflow
 
     tf = tensorflow()
     rows = RowFile(tmp_path, (2,), np.float32)

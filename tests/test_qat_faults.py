@@ -4,8 +4,8 @@ leaves its arrays behind.
 
 The fakes are small scripts written into ``tmp_path`` and named as the worker's
 Python (``EDGETL_QAT_PYTHON``, or ``run_worker``'s ``python``): the product has no
-test switch. A fake is started as ``FAKE -I qat_worker.py SPEC_JSON``, like the real
-worker, and the parent-death fake imports the real ``qat_worker`` to use its
+test switch. A fake is started as ``FAKE -I worker.py SPEC_JSON``, like the real
+worker, and the parent-death fake imports the real ``worker`` to use its
 lifeline and its memory-mapped inputs.
 """
 
@@ -26,9 +26,9 @@ import pytest
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, EdgetlError
 from tests.conftest import REPO, assert_one_line_error, run_cli
 from tests.test_faults import snapshot
-from toolchain import qat_supervisor
-from toolchain.qat import qat_python, spill
-from toolchain.qat_supervisor import crash_error, run_worker, stall_seconds
+from toolchain.export.qat import supervisor
+from toolchain.export.qat.finetune import qat_python, spill
+from toolchain.export.qat.supervisor import crash_error, run_worker, stall_seconds
 
 
 def fake_python(tmp_path: Path, body: str, name: str = "fake-python") -> Path:
@@ -77,7 +77,7 @@ def wait_for(condition, seconds: float, what: str) -> None:
 
 def test_stall_limit_comes_from_the_environment_and_bad_values_are_refused(monkeypatch):
     monkeypatch.delenv("EDGETL_QAT_STALL_SECONDS", raising=False)
-    assert stall_seconds() == qat_supervisor.DEFAULT_STALL_SECONDS
+    assert stall_seconds() == supervisor.DEFAULT_STALL_SECONDS
     monkeypatch.setenv("EDGETL_QAT_STALL_SECONDS", "2.5")
     assert stall_seconds() == 2.5
     for bad in ("soon", "0", "-3", "inf", "nan"):
@@ -181,8 +181,8 @@ PARENT = """
 import json, sys, tempfile
 from pathlib import Path
 import numpy as np
-from toolchain.qat import spill
-from toolchain.qat_supervisor import run_worker
+from toolchain.export.qat.finetune import spill
+from toolchain.export.qat.supervisor import run_worker
 
 run = Path(sys.argv[1])
 pixels = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
@@ -199,7 +199,7 @@ run_worker(sys.argv[2], spec, print)
 
 
 def test_the_worker_dies_with_its_parent_and_leaves_nothing_in_the_run(tmp_path):
-    """kill -9 of the exporting process: the worker (the real lifeline of qat_worker)
+    """kill -9 of the exporting process: the worker (the real lifeline of the worker)
     exits, its scratch folder goes, and the unlinked array files were never visible."""
     run = tmp_path / "run"
     run.mkdir()

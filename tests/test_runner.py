@@ -14,7 +14,7 @@ from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
 def _labeled_test_folder(tiny_run, target):
-    from toolchain.rundir import RunDir
+    from toolchain.core.rundir import RunDir
 
     labels = (tiny_run / "labels.txt").read_text().split()
     paths, indices = RunDir(tiny_run).split_files("test")
@@ -26,8 +26,8 @@ def _labeled_test_folder(tiny_run, target):
 
 
 def test_labeled_folder_accuracy_equals_validate_device_path(tiny_run, tmp_path):
-    from toolchain.options import ValidateOptions
-    from toolchain.parity import validate
+    from toolchain.core.options import ValidateOptions
+    from toolchain.validate.command import validate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import runtimes
+from toolchain.core import runtimes
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@ keeps after an export, from names and reports alone (no TensorFlow)."""
 
 from __future__ import annotations
 
-from toolchain import export_transaction, shipped_set
-from toolchain.rundir import RunDir
+from toolchain.core.rundir import RunDir
+from toolchain.export import shipped_set, transaction
 
 BUDGET = {"max_drop": 1.0, "min_agreement": 0.95, "defaulted": True, "source": "default"}
 
@@ -80,9 +80,9 @@ def test_a_kill_inside_reject_keeps_one_set_of_evidence(tmp_path):
     older = tmp_path / ".rejected.older"  # the old evidence, moved aside, then the kill
     older.mkdir()
     (older / "export_report.json").write_text("{}")
-    out = export_transaction.begin(run)  # begin() recovers first
+    out = transaction.begin(run)  # begin() recovers first
     assert (tmp_path / "rejected" / "export_report.json").is_file() and not older.exists()
     (out.path / "model_int8.tflite.rejected").write_bytes(b"new")
-    export_transaction.reject(run)
+    transaction.reject(run)
     assert (tmp_path / "rejected" / "model_int8.tflite.rejected").read_bytes() == b"new"
     assert not older.exists() and not out.path.exists()

@@ -1,4 +1,4 @@
-"""TF_CONFIG checked whole before any work (toolchain/devices.py): one line, exit 2.
+"""TF_CONFIG checked whole before any work (toolchain/train/devices.py): one line, exit 2.
 
 TensorFlow's own checks come after the data is decoded, and some not at all: a
 chief the cluster does not list passes its constructor and fails later (exit 4).
@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.devices import cluster_tasks, tf_config_problem, worker_role
+from toolchain.train.devices import cluster_tasks, tf_config_problem, worker_role
 
 WORKERS = ["127.0.0.1:2001", "127.0.0.1:2002"]
 

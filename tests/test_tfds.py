@@ -7,7 +7,7 @@ from edge.image import list_images, load_rgb
 
 def test_tfds_dataset_is_written_as_a_class_folder_of_original_bytes(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    from toolchain.datasets import materialize_tfds, scan_class_folders
+    from toolchain.train.datasets import materialize_tfds, scan_class_folders
 
     monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
     with tfds.testing.mock_data(num_examples=60):

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_cli
-from toolchain.train_data import class_weights_for
-from toolchain.train_outputs import read_csv_history
+from toolchain.train.data import class_weights_for
+from toolchain.train.outputs import read_csv_history
 
 SMALL = [
     "--data",
@@ -146,7 +146,7 @@ def test_mixed_precision_without_gpu_says_so(tmp_path):
 
 
 def test_saved_model_has_no_augmentation_layers(tiny_run):
-    from toolchain.quiet import keras
+    from toolchain.core.quiet import keras
 
     model = keras().models.load_model(tiny_run / "model.keras", compile=False)
     names = [layer.name for layer in model.layers]
@@ -154,8 +154,8 @@ def test_saved_model_has_no_augmentation_layers(tiny_run):
 
 
 def test_fine_tune_depth_follows_the_base():
-    from toolchain.options import TrainOptions
-    from toolchain.train_checks import resolve_fine_tune_at
+    from toolchain.core.options import TrainOptions
+    from toolchain.train.checks import resolve_fine_tune_at
 
     assert resolve_fine_tune_at(TrainOptions(weights="none")) == "0"  # random base: all of it
     assert resolve_fine_tune_at(TrainOptions(weights="imagenet", alpha=1.0)) == "100"
@@ -169,7 +169,7 @@ def test_training_over_a_run_needs_force(run_copy):
     assert_one_line_error(refused, 2, "already holds a run", "--force")
     assert (run_copy / "model.keras").read_bytes() == before  # nothing was touched
     assert list(run_copy.glob("model_int8*.tflite"))
-    (run_copy / "rejected").mkdir()  # what a failed export leaves (export_transaction)
+    (run_copy / "rejected").mkdir()  # what a failed export leaves (transaction)
     (run_copy / "rejected" / "model_int8.tflite.rejected").write_bytes(b"old evidence")
 
     replaced = run_cli(
@@ -208,7 +208,7 @@ def test_same_seed_same_model(tmp_path):
 def test_even_shards_give_every_worker_the_same_full_steps_and_keep_every_image(
     count, workers, batch
 ):
-    from toolchain.train_data import even_shards
+    from toolchain.train.data import even_shards
 
     rows = np.arange(count, dtype=np.float32)[:, None]
     labels = np.arange(count) % 3
@@ -227,7 +227,7 @@ def test_even_shards_give_every_worker_the_same_full_steps_and_keep_every_image(
 
 def test_non_finite_weights_or_outputs_are_refused_naming_the_phase_option():
     from edge.errors import BadInput
-    from toolchain.train_checks import require_finite
+    from toolchain.train.checks import require_finite
 
     require_finite([np.ones(3)], "head", 1e-3, "the weights")
     with pytest.raises(BadInput, match="--learning-rate"):
@@ -240,8 +240,8 @@ def test_a_diverging_run_stops_in_one_line_and_saves_no_model(tmp_path):
     """A learning rate far too large drives the loss to NaN or infinity. The CLI caps the
     rates at 10, so the library is called (as a script would) with one past any sense."""
     from edge.errors import BadInput
-    from toolchain.options import TrainOptions
-    from toolchain.train import train
+    from toolchain.core.options import TrainOptions
+    from toolchain.train.command import train
 
     run = tmp_path / "run"
     options = TrainOptions(

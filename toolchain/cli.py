@@ -1,8 +1,8 @@
 """The ``edgetl`` command line: parse options, call one step, report.
 
 No logic lives here that a test would want to call: each command receives
-its options dataclass whole (``toolchain.options``, turned into Typer options by
-``toolchain.cli_options``) and calls ``toolchain.train`` / ``export`` /
+its options dataclass whole (``toolchain.core.options``, turned into Typer options by
+``toolchain.cli_options``) and calls ``toolchain.train.command`` / ``export`` /
 ``parity`` or ``edge``. Heavy modules are imported inside the commands, so
 ``edgetl --help`` and ``edgetl classify`` start without TensorFlow. Every
 exception becomes one line on stderr and an exit code of the contract in
@@ -26,8 +26,8 @@ from typer.core import TyperGroup
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
 from toolchain import runlock
 from toolchain.cli_options import check_json_output, takes_options
-from toolchain.failures import describe_failure
-from toolchain.options import (
+from toolchain.core.failures import describe_failure
+from toolchain.core.options import (
     BenchOptions,
     ClassifyOptions,
     ExportOptions,
@@ -142,7 +142,7 @@ def _silence_stdout() -> None:
 
 
 def reports_errors(command: Callable) -> Callable:
-    """Every exception becomes one line and the contract's exit code (``toolchain.failures``);
+    """Every exception becomes one line and the contract's exit code (``toolchain.core.failures``);
     a traceback only with ``--debug``."""
 
     @functools.wraps(command)
@@ -184,9 +184,9 @@ def say(message: str) -> None:
 @takes_options(TrainOptions)
 def train(options: TrainOptions) -> None:
     """Train a MobileNetV2 transfer model: head on a frozen base, then fine-tuning."""
-    from toolchain import cluster_watch
-    from toolchain.devices import worker_role
-    from toolchain.train import train as run_training
+    from toolchain.train import cluster_watch
+    from toolchain.train.command import train as run_training
+    from toolchain.train.devices import worker_role
 
     role = worker_role(options.strategy)
     if role is not None and not cluster_watch.watched():  # bounded wait for the cluster
@@ -208,7 +208,7 @@ RunDirArgument = Annotated[Path, typer.Argument(help="Run directory written by e
 @takes_options(ExportOptions)
 def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
-    from toolchain.export import export as run_export
+    from toolchain.export.command import export as run_export
 
     with runlock.held(run_dir):
         results = run_export(run_dir, options)
@@ -221,7 +221,7 @@ def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
 @takes_options(ValidateOptions)
 def validate(run_dir: RunDirArgument, options: ValidateOptions) -> None:
     """Compare Keras and TFLite on the same held-out images; write parity.json."""
-    from toolchain.parity import validate as run_validate
+    from toolchain.validate.command import validate as run_validate
 
     with runlock.held(run_dir):
         report = run_validate(run_dir, options)
@@ -361,7 +361,7 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
             f"zero point {row['zero_point']}"
         )
     try:
-        from toolchain.modelinfo import inspect_tflite
+        from toolchain.export.modelinfo import inspect_tflite
 
         details = inspect_tflite(model)
         say(

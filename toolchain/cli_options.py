@@ -1,6 +1,6 @@
 """Options dataclass → Typer parameters, so each option is declared once.
 
-``toolchain.options`` gives every field its help, range and choices; here
+``toolchain.core.options`` gives every field its help, range and choices; here
 those fields become ``Annotated[type, typer.Option(...)]`` parameters of a
 command, and the values the user typed become the dataclass again, whole,
 before the command's body runs. Typer reads a command's parameters with

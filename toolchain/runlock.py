@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from edge.errors import BadInput
-from toolchain import export_transaction
-from toolchain.rundir import RunDir
+from toolchain.core.rundir import RunDir
+from toolchain.export import transaction
 
 VERBS = ("train", "export", "validate")
 
@@ -45,7 +45,7 @@ def held(path: Path) -> Iterator[None]:
                 f"{path} is in use by {holder(path)}; wait for it to finish or stop it, "
                 "then run this command again (nothing was changed)"
             ) from None
-        export_transaction.recover(RunDir(path))
+        transaction.recover(RunDir(path))
         yield
     finally:
         os.close(descriptor)

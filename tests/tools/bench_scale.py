@@ -34,7 +34,7 @@ def generated_folder(root: Path, count: int, log: Log = print) -> Path:
     """``count`` generated 160 px JPEGs in five class folders, written once and reused."""
     from PIL import Image  # noqa: F401  (Pillow saves the files)
 
-    from toolchain.synthetic import CLASSES, draw_example
+    from toolchain.train.synthetic import CLASSES, draw_example
 
     folder = root / f"generated_{count}"
     stamp = folder / ".complete"
@@ -168,7 +168,7 @@ def scale(out: Path, sizes: Sequence[int] = SIZES, log: Log = print) -> Dict[str
 
 def scale_plot(results: Dict[str, Any], path: Path) -> Path:
     """Peak RSS and images/s against dataset size, train and validate, as one PNG."""
-    from toolchain.plots import _pyplot, _save
+    from toolchain.core.plots import _pyplot, _save
 
     plt = _pyplot()
     done = sorted(

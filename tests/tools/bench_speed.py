@@ -39,8 +39,8 @@ from edge.bench import (
 from edge.classifier import Classifier
 from edge.image import list_images, load_many
 from edge.modelfile import embed_metadata
-from toolchain import synthetic
-from toolchain.options import ExportOptions
+from toolchain.core.options import ExportOptions
+from toolchain.train import synthetic
 
 Log = Callable[[str], None]
 
@@ -97,9 +97,9 @@ def build_models(workdir: Path, calibration: np.ndarray, log: Log) -> Dict[str, 
     with the labels and card a device reads."""
     # Workstation modules are imported here, not at the top: the timing process
     # imports this module too, and should load no more than a device would.
-    from toolchain.converter import convert
-    from toolchain.model import build_classifier
-    from toolchain.quiet import keras
+    from toolchain.core.quiet import keras
+    from toolchain.quantize.converter import convert
+    from toolchain.train.model import build_classifier
 
     keras().utils.set_random_seed(0)
     labels = [f"class_{i}" for i in range(5)]

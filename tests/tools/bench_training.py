@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from edge.image import load_many
-from toolchain.options import ExportOptions, TrainOptions, ValidateOptions
+from toolchain.core.options import ExportOptions, TrainOptions, ValidateOptions
 
 Log = Callable[[str], None]
 
@@ -33,7 +33,7 @@ def training(photos: Path, weights: Path, shown: str, log: Log = print) -> Dict[
     one; ``shown`` names the shared folder in the report when either is absent."""
     # Imported in the functions: benchmark.py imports this module, and so does the
     # spawned timing process, which should load no more than a device would.
-    from toolchain.train import train
+    from toolchain.train.command import train
 
     if not (photos.is_dir() and weights.is_file()):
         log(f"training bench skipped: {photos} or {weights} is absent")
@@ -114,8 +114,8 @@ def parity(run_dir: Path, photos: Path, log: Log = print) -> Dict[str, Any]:
     ranking it replaced), and validation speed on every photo (Keras alone vs the whole
     of ``edgetl validate``)."""
     from edge.errors import GateFailed
-    from toolchain.export import export
-    from toolchain.parity import validate
+    from toolchain.export.command import export
+    from toolchain.validate.command import validate
 
     export(run_dir, ExportOptions(validate=False), log=quiet)
     start = time.perf_counter()
@@ -169,12 +169,13 @@ def error_ranked_fallback(run_dir: Path) -> List[Dict[str, Any]]:
     largest per-layer (debugger) error kept in float, each mix's size and test parity."""
     import numpy as np
 
-    from toolchain import fallback, metrics
-    from toolchain.calibration import representative_images
-    from toolchain.diagnose import Calibrated
-    from toolchain.exported import model_card
-    from toolchain.quiet import keras
-    from toolchain.rundir import RunDir
+    from toolchain import metrics
+    from toolchain.core.quiet import keras
+    from toolchain.core.rundir import RunDir
+    from toolchain.export.exported import model_card
+    from toolchain.quantize import fallback
+    from toolchain.quantize.calibration import representative_images
+    from toolchain.quantize.diagnose import Calibrated
 
     run = RunDir(run_dir)
     config = run.read_config()

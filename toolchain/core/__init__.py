@@ -1,0 +1,1 @@
+"""Shared foundations of the workstation side: options, the run folder, reports, progress, the error contract, quiet TensorFlow."""

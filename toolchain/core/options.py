@@ -1,0 +1,375 @@
+"""Options of each step as frozen dataclasses: defaults live here, in one place.
+
+They are written whole into the run directory (``config.json``) and read
+back by later steps, so export and validate never re-guess what training
+decided (image size, labels, normalisation, split seed).
+
+Each field also carries its command-line help, range and choices
+(``option``), which ``toolchain.cli_options`` turns into the ``edgetl``
+options: the CLI declares nothing twice, so its defaults cannot drift from
+these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from edge.image import RESIZE_FILTERS
+from edge.runtime import RUNTIMES
+
+QUANT_MODES = ("int8", "float16", "dynamic", "float32")
+IO_TYPES = ("uint8", "int8", "float32")
+# cpu: INT8 where it keeps the budget, float where it must (CPU kernels run both);
+# accelerator: every op INT8, as Edge TPU / NPU delegates need.
+TARGETS = ("cpu", "accelerator")
+# The accuracy budget `edgetl export` holds a model to when not told another
+# (toolchain/validate/budget.py says why); declared in edge/gate.py, which the device's
+# `edgetl parity` falls back to without the toolchain.
+STRATEGIES = ("auto", "mirrored", "multiworker")
+CLASS_WEIGHT_MODES = ("auto", "on", "off")
+
+
+REQUIRED: Any = MISSING  # an option the command line must give (no default)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    min: Optional[float] = None,
+    max: Optional[float] = None,
+    choices: Optional[Sequence[str]] = None,
+    path: bool = False,
+    flag: Optional[str] = None,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field with what ``edgetl --help`` says about it.
+
+    ``min``/``max``: the range the CLI accepts; ``choices``: the values it lists;
+    ``path``: a file-system path on the command line (kept a ``str`` here, as it is
+    written to JSON); ``flag``: the option's name when it is not the field's
+    (``--model`` for ``models``); ``cli=False``: a field no command line sets.
+    ``REQUIRED`` as the default makes a field without one, which the CLI demands.
+    """
+    metadata = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices is not None else None,
+        "path": path,
+        "flag": flag,
+        "cli": cli,
+    }
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    data: str = option("tf_flowers", "synthetic | tf_flowers | tfds:NAME | PATH to class folders")
+    out: str = option(
+        "build/runs/latest",
+        "Run directory to write (model, labels, splits, history).",
+        path=True,
+    )
+    image_size: int = option(
+        224,
+        "Square input size in pixels. 224 is MobileNetV2's native size; 96-160 trade accuracy for speed.",
+        min=32,
+        max=1024,
+    )
+    alpha: float = option(
+        1.0,
+        "Width multiplier. ImageNet weights exist for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4.",
+        min=0.1,
+        max=2.0,
+    )
+    weights: str = option(
+        "imagenet",
+        "imagenet | none | FILE.h5 (a local no-top weights file for offline machines).",
+    )
+    epochs: int = option(10, "Head-phase epochs on the frozen base.", min=0, max=10000)
+    fine_tune_epochs: int = option(
+        15,
+        "Most fine-tuning epochs after the head phase (0 = head only); early stopping on val loss usually ends it sooner.",
+        min=0,
+        max=10000,
+    )
+    fine_tune_at: str = option(
+        "auto",
+        "First base layer to fine-tune: an index, a name prefix like block_13, or auto (pretrained: layer 100, or block_5 for alpha <= 0.5 whose thin features need more adapting; 0 from scratch).",
+    )
+    batch_size: int = option(32, "Images per step.", min=1, max=4096)
+    learning_rate: float = option(1e-3, "Head-phase Adam learning rate.", min=1e-8, max=10.0)
+    # a tenth: large steps would wreck the pretrained filters
+    fine_tune_learning_rate: float = option(
+        1e-4,
+        "Fine-tuning learning rate; ~1/10 of the head rate so pretrained filters are adjusted, not overwritten.",
+        min=1e-8,
+        max=10.0,
+    )
+    dropout: float = option(
+        0.2,
+        "Dropout before the classifier layer; 0.2 as in Keras' MobileNetV2 top.",
+        min=0.0,
+        max=0.95,
+    )
+    seed: int = option(
+        42,
+        "Seed for splits, shuffling, initialisation and synthetic data.",
+        min=0,
+        max=2**31 - 1,
+    )
+    val_fraction: float = option(
+        0.1,
+        "Share of each class held out for validation (early stopping, checkpoints).",
+        min=0.0,
+        max=0.9,
+    )
+    test_fraction: float = option(
+        0.1,
+        "Share of each class held out for the final test and `edgetl validate`.",
+        min=0.01,
+        max=0.9,
+    )
+    synthetic_per_class: int = option(
+        100, "Images per class generated for --data synthetic.", min=3, max=100000
+    )
+    augment: bool = option(
+        True,
+        "Random flip, ±5% rotation, 10% zoom, contrast and brightness while fine-tuning (training only; never inside the exported model).",
+    )
+    head_augment: bool = option(
+        False,
+        "Augment in the head phase too. Off (default): the frozen base runs once and the head trains on cached features, many times faster.",
+    )
+    cache_features: bool = option(
+        True,
+        "Head phase without augmentation: run the frozen base once and train the head on cached features (same result, much faster). --no-cache-features runs the base every epoch.",
+    )
+    label_smoothing: float = option(
+        0.1,
+        "Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better.",
+        min=0.0,
+        max=0.95,
+    )
+    class_weights: str = option(
+        "auto",
+        "auto (inverse-frequency weights when a class has over 2x the images of another), on, off.",
+        choices=CLASS_WEIGHT_MODES,
+    )
+    patience: int = option(
+        5,
+        "Early stopping: epochs without a lower val loss before a phase stops; best weights are restored. 0 = off.",
+        min=0,
+        max=10000,
+    )
+    strategy: str = option(
+        "auto",
+        "auto (all local GPUs when several), mirrored, or multiworker (set TF_CONFIG on each machine).",
+        choices=STRATEGIES,
+    )
+    mixed_precision: bool = option(
+        False,
+        "float16 compute on GPU (about 2x on tensor cores); the saved model is float32.",
+    )
+    resume: bool = option(
+        False,
+        "Continue an interrupted run in --out with its original options; at most the interrupted epoch is redone.",
+    )
+    force: bool = option(
+        False,
+        "Replace the run already in --out (its exports and parity reports go too, as they would no longer match).",
+    )
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> TrainOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    # the for_* constructors below fill quant, calibration_samples and io by position
+    quant: str = option("int8", "The TFLite flavour to write.", choices=(*QUANT_MODES, "all"))
+    calibration_samples: int = option(
+        200,
+        "INT8 calibration images from the training split, stratified by class. 100-500 is the usual range: fewer under-sample activation ranges, more cost time for little gain.",
+        min=1,
+        max=100000,
+    )
+    io: str = option(
+        "uint8",
+        "INT8 model input/output type: uint8 (camera bytes go straight in), int8, float32.",
+        choices=IO_TYPES,
+    )
+    target: str = option(
+        "cpu",
+        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, as Edge TPU / NPU delegates need, or exit 1.",
+        choices=TARGETS,
+    )
+    validate: bool = option(
+        True,
+        "Validate what was written against Keras on the test split (as `edgetl validate`) and hold it to the accuracy budget.",
+    )
+    max_drop: Optional[float] = option(
+        None,
+        f"Budget: most top-1 points a shipped model may lose against Keras (default {DEFAULT_MAX_DROP:g}).",
+        min=0.0,
+        max=100.0,
+    )
+    min_agreement: Optional[float] = option(
+        None,
+        f"Budget: least top-1 agreement with Keras a shipped model must keep (default {DEFAULT_MIN_AGREEMENT:g}).",
+        min=0.0,
+        max=1.0,
+    )
+    auto_fallback: bool = option(
+        True,
+        "With --target cpu, when full INT8 misses the budget: keep the layers whose INT8 costs the most accuracy in float, one at a time, until it holds (model_int8_mixed.tflite; the full-INT8 file becomes model_int8.tflite.rejected). --no-auto-fallback only gates.",
+    )
+    qat: bool = option(
+        False,
+        "Quantization-aware fine-tuning: a few epochs with INT8 rounding simulated, distilled from the float model, for a better pure-INT8 model. Runs in its own Python (.venv-qat or EDGETL_QAT_PYTHON); ships only when it beats post-training quantization on the decision images.",
+    )
+    qat_epochs: int = option(2, "Epochs of --qat.", min=1, max=100)
+    fallback_max_layers: int = option(
+        48, "Most INT8 ops the auto fallback keeps in float before it gives up.", cli=False
+    )
+    force: bool = option(False, "Replace model files that already exist.")
+
+    @classmethod
+    def for_int8(cls, calibration_samples: int = 200, io: str = "uint8") -> ExportOptions:
+        return cls("int8", calibration_samples, io)
+
+    @classmethod
+    def for_float16(cls) -> ExportOptions:
+        return cls("float16", 0, "float32")
+
+    @classmethod
+    def for_dynamic(cls) -> ExportOptions:
+        return cls("dynamic", 0, "float32")
+
+    @classmethod
+    def for_float32(cls) -> ExportOptions:
+        return cls("float32", 0, "float32")
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    models: Tuple[str, ...] = option(
+        (),
+        "A .tflite to check (repeatable); default: every model_*.tflite in the run.",
+        path=True,
+        flag="--model",
+    )
+    data: Optional[str] = option(
+        None,
+        "A labeled folder of class folders to evaluate on instead of the run's test split.",
+    )
+    max_drop: Optional[float] = option(
+        None,
+        "Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras.",
+        min=0.0,
+        max=100.0,
+    )
+    min_agreement: Optional[float] = option(
+        None,
+        "Fail (exit 1) when top-1 agreement with Keras is below this fraction.",
+        min=0.0,
+        max=1.0,
+    )
+    runtime: Optional[str] = option(
+        None,
+        "Measure with this TFLite runtime; one this process lacks (tflite_runtime beside "
+        "TensorFlow) runs in a device environment: .venv-edge/.venv-legacy or EDGETL_RUNTIME_PYTHONS.",
+        choices=RUNTIMES,
+    )
+    diagnose: bool = option(
+        False, "Rank INT8 layers by quantization error (also done when a gate fails)."
+    )
+    device_resize: Optional[str] = option(
+        None,
+        "Resize the device path with this filter instead of the model's own: what if the device resized differently?",
+        choices=tuple(RESIZE_FILTERS),
+    )
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """``edgetl classify`` on the device; the ``edge`` functions take these one by one,
+    since ``edge`` never imports ``toolchain``."""
+
+    source: str = option(
+        REQUIRED,
+        "An image file, a folder of images (recursive), a video file, or camera / camera:N.",
+    )
+    top_k: int = option(3, "Classes to report per image.", min=1, max=1000)
+    threshold: float = option(0.0, "Hide classes scored below this.", min=0.0, max=1.0)
+    threads: Optional[int] = option(
+        None,
+        "Interpreter threads (default: all cores, 1 where more are known to hurt).",
+        min=1,
+        max=256,
+    )
+    output: Optional[str] = option(
+        None, "Write predictions to FILE.csv or FILE.jsonl, flushed per image.", path=True
+    )
+    runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)
+    data_labels: bool = option(
+        False,
+        "The folder is labeled (SOURCE/<class>/…): report top-1 accuracy against the folder names.",
+    )
+    quiet: bool = option(False, "Do not print one line per image.")
+    show: bool = option(
+        False,
+        "Show each frame in a window with its top classes and FPS drawn on it (needs a display and OpenCV with GUI support; q or Esc quits).",
+    )
+
+
+@dataclass(frozen=True)
+class ParityOptions:
+    """``edgetl parity`` on the device: its runtime against the Keras reference that
+    ``edgetl validate`` wrote (``edge.reference``)."""
+
+    reference: str = option(
+        REQUIRED,
+        "The parity_reference.json that `edgetl validate` wrote beside parity.json.",
+        path=True,
+    )
+    source: str = option(
+        REQUIRED,
+        "A folder holding the held-out images, copied unchanged (any layout; found by content).",
+        path=True,
+    )
+    max_drop: Optional[float] = option(
+        None,
+        "Fail (exit 1) past this many points of top-1 below Keras (default: the export's budget).",
+        min=0.0,
+        max=100.0,
+    )
+    min_agreement: Optional[float] = option(
+        None,
+        "Fail (exit 1) below this top-1 agreement with Keras (default: the export's budget).",
+        min=0.0,
+        max=1.0,
+    )
+    runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)
+    threads: Optional[int] = option(None, "Interpreter threads.", min=1, max=256)
+    allow_missing: bool = option(
+        False,
+        "Measure on the reference images found even when some are not in --source "
+        "(default: refuse, since a verdict on part of the split is not the split's).",
+    )
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    runs: int = option(100, "Timed invokes after warm-up.", min=1, max=1000000)
+    threads: Optional[int] = option(None, "Interpreter threads.", min=1, max=256)
+    source: Optional[str] = option(None, "A folder of images for end-to-end throughput.")
+    runtime: Optional[str] = option(None, "Force a TFLite runtime.", choices=RUNTIMES)

@@ -1,0 +1,1 @@
+"""`edgetl export`: convert, judge against the budget, and commit the shipped set as one transaction."""

@@ -1,0 +1,1 @@
+"""`edgetl export --qat`: quantization-aware fine-tuning in a Python of its own, supervised."""

@@ -1,0 +1,1 @@
+"""Turning a Keras model into TFLite: converters per mode, INT8 calibration, the quantization debugger, mixed precision."""

@@ -1,0 +1,314 @@
+"""``edgetl validate``: is the ``.tflite`` as accurate as the Keras model, and if not, where?
+
+Two comparisons per model, on the same held-out images (the run's test
+split, or any labeled folder given with ``--data``):
+
+- **tensor level**: the images decoded once with the training preprocessing;
+  the same pixels go through Keras (batched) and through the ``.tflite``
+  (one reused interpreter). Differences here are the converter's doing.
+- **device path**: the image *files* through the ``edge`` runner's own
+  decode-and-resize, driven by what the model file says (``resize_filter`` in
+  its card), exactly as ``edgetl classify`` on a Pi. A preprocessing mismatch
+  between training and device shows up as the gap between the two figures.
+  When the device would resize exactly as training did, the decoded pixels
+  are reused instead of decoding every file twice. Its figures cover only the
+  images it classified (against Keras on the same ones); any it could not are
+  listed with their reasons, never counted as class 0.
+
+``--max-drop`` / ``--min-agreement`` turn the figures into an exit code;
+``--diagnose`` (or a failed gate) ranks INT8 layers by quantization error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edge import atomic, metrics
+from edge.classifier import Classifier, probabilities_of
+from edge.errors import BadInput, GateFailed
+from edge.image import RESIZE_FILTERS
+from edge.metrics import disagreements
+from edge.reference import reference_json
+from edge.runtime import RUNTIMES
+from toolchain.core import runjson
+from toolchain.core.budget import Budget
+from toolchain.core.failures import describe_failure
+from toolchain.core.options import ValidateOptions
+from toolchain.core.pixel_file import predict_in_batches
+from toolchain.core.progress import Log, stderr_log
+from toolchain.core.rundir import RunDir
+from toolchain.core.text import few, single_line
+from toolchain.quantize.calibration import config_seed, representative_images
+from toolchain.quantize.diagnose import layer_errors, short_name
+from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
+from toolchain.validate.evalset import EvalSet, check_model_paths, load_eval_set
+from toolchain.validate.figures import (
+    accuracy_with_interval,
+    compare,
+    device_path_figures,
+    gate_failures,
+)
+from toolchain.validate.report import parity_markdown, write_pictures
+
+
+def check_validate_options(options: ValidateOptions) -> List[Path]:
+    """Every option of ``edgetl validate``, checked before an image is read or a file
+    written (a bad one must not leave a half-true parity.json); returns the model paths."""
+    Budget.given(options.max_drop, options.min_agreement)  # its ranges, before any work
+    resize, runtime = options.device_resize, options.runtime
+    if resize is not None and resize not in RESIZE_FILTERS:
+        raise BadInput(
+            f"--device-resize {single_line(resize)!r}: choose one of {', '.join(RESIZE_FILTERS)}"
+        )
+    if runtime is not None and runtime not in RUNTIMES:
+        raise BadInput(f"--runtime {single_line(runtime)!r}: choose one of {', '.join(RUNTIMES)}")
+    return check_model_paths(options.models)
+
+
+def validate(
+    run_dir: str | Path,
+    options: ValidateOptions = ValidateOptions(),
+    log: Log = stderr_log,
+    out: Optional[RunDir] = None,
+    budget: Optional[Budget] = None,
+) -> Dict[str, Any]:
+    """Write ``parity.json``, ``parity.md`` and plots (into ``out``, the run unless an
+    export stages them elsewhere); raise ``GateFailed`` past a gate. The gate is
+    ``budget`` (the export's, whole) or else the bounds given in ``options``."""
+    given = check_validate_options(options)
+    gate = budget or Budget.given(options.max_drop, options.min_agreement)
+    run = RunDir(run_dir).require_trained()
+    out = out or run
+    config = run.read_config()
+    labels = list(config["labels"])
+    size = int(config["image_size"])
+    device = device_budget(run, gate)  # a damaged report: before any work
+    model_paths = given or run.tflite_models()
+    if not model_paths:
+        raise BadInput(f"{run.path}: no .tflite model; run `edgetl export {run.path}` first")
+
+    start = time.perf_counter()
+    eval_set = load_eval_set(run, options.data, size, labels)
+    if len(eval_set.labels) == 0:
+        raise BadInput(f"{run.path}: no readable images to validate on")
+    log(f"validating on {len(eval_set.labels)} images ({eval_set.description})")
+    if eval_set.missing_classes:
+        log(f"note: no images for {', '.join(eval_set.missing_classes)}")
+
+    keras_model = run.load_keras_model()
+    keras_start = time.perf_counter()
+    keras_probs = metrics.require_finite(
+        predict_in_batches(keras_model, eval_set.pixels), f"the Keras model {run.model}"
+    )
+    report = base_report(eval_set, labels, keras_probs, time.perf_counter() - keras_start)
+    reference = reference_json(
+        eval_set.paths,
+        eval_set.labels,
+        keras_probs,
+        labels,
+        size,
+        device,
+        eval_set.description,
+    )
+
+    def measure_model(path: Path, reference_path: Path) -> Dict[str, Any]:
+        """In this process, or through ``edgetl parity`` where the runtime lives."""
+        if options.runtime is not None and not installed_here(options.runtime):
+            if options.device_resize:
+                raise BadInput(
+                    f"--device-resize needs --runtime {options.runtime} in this process; "
+                    "here it runs in another environment"
+                )
+            digests = [image["sha256"] for image in reference["images"]]
+            return model_entry_elsewhere(
+                path, options.runtime, reference_path, digests, keras_probs, eval_set, labels
+            )
+        classifier = open_classifier(path, options.runtime, labels, options.device_resize)
+        return model_entry(path, classifier, keras_probs, eval_set, labels)
+
+    # The reference is committed with parity.json: a runtime in another environment
+    # measures against its temporary copy, and a refused model leaves nothing behind.
+    with atomic.atomic_path(out.parity_reference) as reference_path:
+        atomic.write_json(reference_path, reference, durable=False)
+        for path in model_paths:
+            entry = measure_model(path, Path(reference_path))
+            report["models"].append(entry)
+            log_model(entry, report["keras"]["top1"], len(eval_set.paths), log)
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        failing = gate_failures(report["models"], gate)
+        report["gate"] = {
+            "max_drop": gate.max_drop,
+            "min_agreement": gate.min_agreement,
+            "passed": not failing,
+        }
+        if failing or options.diagnose:
+            report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
+        write_pictures(out, report, keras_probs, eval_set)
+        atomic.write_text(out.parity_markdown, parity_markdown(report))
+        atomic.write_json(out.parity, report)  # last: parity.json and the reference go together
+    log(f"wrote {out.parity} and parity.md ({report['seconds']:.1f}s)")
+    if failing:
+        raise GateFailed("parity gate failed: " + "; ".join(failing))
+    return report
+
+
+def diagnosis_or_note(
+    run: RunDir, keras_model: Any, report: Dict[str, Any], failing: List[str], log: Log
+) -> Dict[str, Any]:
+    """The INT8 diagnosis; when a gate failed, a diagnosis that cannot run is a note,
+    so the verdict (exit 1) stands without it."""
+    int8 = [m for m in report["models"] if m["quant"] == "int8"]
+    try:
+        return diagnosis(run, keras_model, int8, log)
+    except Exception as error:
+        if not failing:
+            raise
+        note = f"diagnosis not possible: {describe_failure(error)[1]}"
+        log(f"note: {note}")
+        return {"note": note}
+
+
+def device_budget(run: RunDir, gate: Budget) -> Dict[str, Any]:
+    """The gate ``edgetl parity`` applies on the device unless told otherwise, always
+    whole. Bound by bound: this validate's flag, else the budget the export held
+    (export_report.json), else the export's default (``Budget.of``). A bound left out
+    would let the device pass a model at any agreement the export refused."""
+    held = {} if gate.whole else runjson.read_export_budget(run.export_report, run.path) or {}
+    chosen: Dict[str, Optional[float]] = {}
+    sources: Dict[str, str] = {}
+    for key, given in (("max_drop", gate.max_drop), ("min_agreement", gate.min_agreement)):
+        for source, value in (("validate", given), ("export", held.get(key)), ("default", None)):
+            if value is not None or source == "default":
+                chosen[key], sources[key] = value, source
+                break
+    budget = Budget.of(chosen["max_drop"], chosen["min_agreement"])
+    return {
+        "max_drop": budget.max_drop,
+        "min_agreement": budget.min_agreement,
+        "sources": sources,
+    }
+
+
+def base_report(
+    eval_set: EvalSet, labels: List[str], keras_probs: np.ndarray, keras_seconds: float
+) -> Dict[str, Any]:
+    """The report's Keras half: the reference every model is measured against."""
+    keras_top1, keras_top1_ci = accuracy_with_interval(keras_probs, eval_set.labels, 1)
+    keras_top5, keras_top5_ci = accuracy_with_interval(keras_probs, eval_set.labels, 5)
+    return {
+        "n_images": int(len(eval_set.labels)),
+        "data": eval_set.description,
+        "labels": labels,
+        "missing_classes": eval_set.missing_classes,
+        "keras": {
+            "top1": keras_top1,
+            "top1_ci95": keras_top1_ci,
+            "top5": keras_top5,
+            "top5_ci95": keras_top5_ci,
+            "confusion": metrics.confusion_matrix(
+                eval_set.labels, keras_probs.argmax(axis=1), len(labels)
+            ).tolist(),
+            "seconds": round(keras_seconds, 3),
+        },
+        "models": [],
+        "skipped": [list(item) for item in eval_set.skipped],
+    }
+
+
+def label_mismatch(path: Path, found: Sequence[Any], expected: Sequence[str]) -> str:
+    """One line however long the label lists: the first label that differs, and counts."""
+    i = next(
+        (i for i, (a, b) in enumerate(zip(found, expected)) if a != b),
+        min(len(found), len(expected)),
+    )
+    mine = single_line(repr(found[i]))[:40] if i < len(found) else "none"
+    theirs = single_line(repr(expected[i]))[:40] if i < len(expected) else "none"
+    return (
+        f"{single_line(path)}: its labels are not the run's (label #{i + 1}: {mine} vs {theirs}; "
+        f"{len(found)} vs {len(expected)} classes; its labels {few(found)}); validate it "
+        "with the run it was exported from, or export it again from this run"
+    )
+
+
+def open_classifier(
+    path: Path, runtime: Optional[str], labels: List[str], device_resize: Optional[str]
+) -> Classifier:
+    """The model's interpreter, checked to classify into the run's labels."""
+    classifier = Classifier(path, runtime=runtime)
+    if classifier.labels != labels:
+        raise BadInput(label_mismatch(path, classifier.labels, labels))
+    if device_resize:
+        classifier.set_resize(device_resize)
+    return classifier
+
+
+def model_entry(
+    path: Path,
+    classifier: Classifier,
+    keras_probs: np.ndarray,
+    eval_set: EvalSet,
+    labels: List[str],
+) -> Dict[str, Any]:
+    """Every figure of one model: tensor level, device path, worst disagreements."""
+    tflite_start = time.perf_counter()
+    probs = metrics.require_finite(probabilities_of(classifier, eval_set.pixels), str(path))
+    device = device_path_figures(classifier, path, keras_probs, eval_set)
+    return {
+        "path": str(path),
+        "quant": str(classifier.card.metadata.get("quant", path.stem.replace("model_", ""))),
+        "runtime": f"{classifier.runtime.name} {classifier.runtime.version}",
+        "size_bytes": path.stat().st_size,
+        **compare(keras_probs, probs, eval_set.labels, labels),
+        "device_path": device,
+        "disagreements": disagreements(keras_probs, probs, eval_set.labels, eval_set.paths, labels),
+        "seconds": round(time.perf_counter() - tflite_start, 3),
+    }
+
+
+def log_model(entry: Dict[str, Any], keras_top1: float, n_images: int, log: Log) -> None:
+    """One line of figures per model, and a warning when the device path left images out."""
+    name = Path(entry["path"]).name
+    device = entry["device_path"]
+    log(
+        f"{name}: top-1 {entry['top1']:.4f} vs keras {keras_top1:.4f} "
+        f"(drop {entry['top1_drop_pts']:+.2f} pts), agreement {entry['agreement']:.4f}, "
+        f"device path {device['top1']:.4f} [{entry['runtime']}]"
+    )
+    if device["skipped"]:
+        path, reason = device["skipped"][0]
+        log(
+            f"warning: {name}: the device path could not classify {len(device['skipped'])} of "
+            f"{n_images} images (first: {single_line(path)}: {reason}); its figures cover the "
+            f"{device['n_images']} it classified"
+        )
+
+
+def diagnosis(
+    run: RunDir, keras_model: Any, int8_models: List[Dict[str, Any]], log: Log
+) -> Dict[str, Any]:
+    """Rank INT8 layers by quantization error (TFLite's QuantizationDebugger)."""
+    if not int8_models:
+        return {"note": "no INT8 model to diagnose"}
+    config = run.read_config()
+    calibration, _ = representative_images(
+        run, 64, config_seed(run, config), int(config["image_size"])
+    )
+    if not len(calibration):
+        return {"note": "no readable training images to run the debugger on"}
+    start = time.perf_counter()
+    layers = layer_errors(keras_model, calibration, run.export_log, limit=10)
+    for layer in layers:
+        layer["layer"] = short_name(layer["tensor_name"])
+    log(
+        "largest INT8 error per channel (rmse / channel spread; well under 0.1 is healthy): "
+        + ", ".join(f"{layer['layer']} {layer['channel_error']:.2f}" for layer in layers[:5])
+    )
+    return {
+        "method": "tf.lite.experimental.QuantizationDebugger on 64 training images",
+        "seconds": round(time.perf_counter() - start, 2),
+        "layers": layers,
+    }
