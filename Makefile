@@ -8,11 +8,12 @@ BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge setup-qat test demo lint format bench quality pi-check clean-pi-check clean help
+.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality pi-check clean-pi-check clean help
 
 help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
-	@echo "make test    run the test suite (offline, CPU)"
+	@echo "make test    the test suite (offline, CPU) but its slow tier: a few minutes"
+	@echo "make test-slow  the slow tier: multi-worker, QAT, several trainings, kills (CI runs it too)"
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
 	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --skip-scale --scale-sizes 3000,30000 --runs N --shared DIR')"
 	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
@@ -52,11 +53,23 @@ setup-edge: $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
 # Both device venvs are TensorFlow-free; export's runtime check and the tests run in them.
 RUNTIME_PYTHONS = $(CURDIR)/$(EDGE_VENV)/bin/python:$(CURDIR)/$(LEGACY_VENV)/bin/python
 
-test: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed $(QAT_VENV)/.installed
-	EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python \
+TEST_VENVS = $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed $(QAT_VENV)/.installed
+PYTEST = EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python \
 	EDGETL_EDGE_PYTHON=$(CURDIR)/$(EDGE_VENV)/bin/python \
 	EDGETL_LEGACY_PYTHON=$(CURDIR)/$(LEGACY_VENV)/bin/python \
-	EDGETL_RUNTIME_PYTHONS=$(RUNTIME_PYTHONS) $(BIN)/python -m pytest -q
+	EDGETL_RUNTIME_PYTHONS=$(RUNTIME_PYTHONS) $(BIN)/python -m pytest -q --durations=5
+
+# Every behaviour but the slow tier (pyproject.toml's `slow` marker): what a change runs.
+test: $(TEST_VENVS)
+	$(PYTEST) -m "not slow" $(TEST_ARGS)
+
+# The slow tier: several trainings, multi-worker clusters, real QAT, kills mid-training.
+# CI runs it after `make test`; `make test-all` is both in one session.
+test-slow: $(TEST_VENVS)
+	$(PYTEST) -m slow $(TEST_ARGS)
+
+test-all: $(TEST_VENVS)
+	$(PYTEST) $(TEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check edge toolchain tests

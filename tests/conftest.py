@@ -9,8 +9,10 @@ images; it reaches ~0.95+ validation accuracy on five classes (chance 0.2).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,17 +48,159 @@ def _fixture_export():
     return ExportOptions("int8", 100, auto_fallback=False, max_drop=5.0, min_agreement=0.9)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A trained tiny run directory with ``model_int8.tflite`` exported."""
+def build_tiny_run(run_dir: str) -> None:
+    """Train and export the tiny run (what ``tiny_run`` returns); runs in a background
+    process started at collection (``pytest_collection_modifyitems``)."""
     from toolchain.core.options import TrainOptions
     from toolchain.export.command import export
     from toolchain.train.command import train
 
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    train(TrainOptions(out=str(run_dir), **TINY), log=lambda message: None)
+    train(TrainOptions(out=run_dir, **TINY), log=print)
+    export(Path(run_dir), _fixture_export(), log=print)
+
+
+TINY_BUILD: dict = {}  # the background build of the tiny run: process, folder, log
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Tests that need the tiny MobileNetV2 run go last, and the run starts training now
+    in a background process (a real ``edgetl`` training and export, ~2 min). The
+    tests before it overlap that time: much of a test is one core's work, and so is
+    the ~35 s of graph tracing before training's first step."""
+    needs = [item for item in items if "tiny_run" in getattr(item, "fixturenames", ())]
+    if not needs:
+        return
+    items[:] = [item for item in items if item not in needs] + needs
+    folder = Path(tempfile.mkdtemp(prefix="edgetl-tiny-"))
+    log = (folder / "build.log").open("w")
+    code = f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+    code += f"from conftest import build_tiny_run; build_tiny_run({str(folder / 'run')!r})"
+    TINY_BUILD.update(
+        folder=folder,
+        log=folder / "build.log",
+        process=subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        ),
+    )
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    process = TINY_BUILD.get("process")
+    if process is not None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        shutil.rmtree(TINY_BUILD["folder"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> Path:
+    """A trained tiny run directory with ``model_int8.tflite`` exported (built in the
+    background since collection; this waits for it)."""
+    process = TINY_BUILD.get("process")
+    if process is None:  # collected without a test that needs it (e.g. a -k selection)
+        pytest.skip("no test of this session needs the tiny run")
+    if process.wait(timeout=1800) != 0:
+        tail = TINY_BUILD["log"].read_text()[-3000:]
+        pytest.fail(f"building the tiny run failed (exit {process.returncode}):\n{tail}")
+    return TINY_BUILD["folder"] / "run"
+
+
+def _micro_model(run_dir: Path):
+    """A four-layer CNN with the tiny model's input contract (raw 0-255 pixels, rescaled
+    inside), fitted on the run's own training split. Generated classes differ in hue
+    and shape, so it reaches high accuracy in seconds."""
+    import json
+
+    import numpy as np
+
+    from edge.image import load_many
+    from toolchain.core.quiet import keras
+
+    keras = keras()
+    config = json.loads((run_dir / "config.json").read_text())
+    splits = json.loads((run_dir / "splits.json").read_text())
+    size, n = int(config["image_size"]), len(config["labels"])
+    root = run_dir / splits["root_relative"]
+    pixels, decoded, _ = load_many([str(root / rel) for rel, _ in splits["train"]], size)
+    labels = np.array([splits["train"][i][1] for i in decoded])
+    keras.utils.set_random_seed(TINY["seed"])
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            layers.Rescaling(1 / 127.5, offset=-1),
+            layers.Conv2D(8, 3, strides=2, activation="relu"),
+            layers.Conv2D(16, 3, strides=2, activation="relu"),
+            layers.Conv2D(32, 3, strides=2, activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(n, activation="softmax"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(pixels.astype("float32"), labels, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+def make_int8_hostile(run: Path) -> None:
+    """The outlier-channel failure of INT8 on the micro CNN: one output channel of its
+    second convolution scaled by 1000 (ReLU commutes with a positive scale) and the
+    third convolution's weights from that channel divided by 1000. Float computes the
+    same function; INT8's one range per activation tensor then rounds the other
+    channels to a few levels."""
+    from toolchain.core.quiet import keras
+
+    model = keras().models.load_model(run / "model.keras", compile=False)
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    kernel, bias = convs[1].get_weights()
+    kernel[..., 0] *= 1000.0
+    bias[0] *= 1000.0
+    convs[1].set_weights([kernel, bias])
+    kernel, bias = convs[2].get_weights()
+    kernel[:, :, 0, :] /= 1000.0
+    convs[2].set_weights([kernel, bias])
+    model.save(run / "model.keras")
+
+
+def with_hostile_int8(run: Path) -> Path:
+    """``run`` (a micro run copy) with the hostile model and its own full-INT8 file,
+    exported without validation: a model that misses any budget, for certain."""
+    from toolchain.core.options import ExportOptions
+    from toolchain.export.command import export
+
+    make_int8_hostile(run)
+    export(run, ExportOptions("int8", 100, force=True, validate=False), log=lambda m: None)
+    return run
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """The tiny run's images, splits and labels (same generator and seed; only the
+    head phase is trained, which is quick) with a four-layer CNN in MobileNetV2's
+    place, exported like ``tiny_run``. For tests of what the commands do with files,
+    reports, gates and exit codes, not of MobileNetV2: TFLite converts it in about a
+    second a mode, where MobileNetV2 takes about 17 s on the 2-core CI machine."""
+    from toolchain.core.options import TrainOptions
+    from toolchain.export.command import export
+    from toolchain.train.command import train
+
+    run_dir = tmp_path_factory.mktemp("micro") / "run"
+    head_only = {**TINY, "fine_tune_epochs": 0}
+    train(TrainOptions(out=str(run_dir), **head_only), log=lambda message: None)
+    _micro_model(run_dir).save(run_dir / "model.keras")
     export(run_dir, _fixture_export(), log=lambda message: None)
     return run_dir
+
+
+@pytest.fixture
+def micro_copy(micro_run, tmp_path) -> Path:
+    """A private copy of the micro run, for tests that change it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    return run
 
 
 @pytest.fixture
@@ -78,8 +222,21 @@ def run_cli(*args: str, env: dict | None = None, python: str | None = None, time
     )
 
 
-def assert_one_line_error(result, code: int, *fragments: str) -> None:
-    """Exit ``code``, one line on stderr naming the problem, no traceback."""
+def edgetl_here(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``edgetl`` in this process, through the same entry point as the command line
+    (its error handling included). For contracts where a fresh process adds only
+    TensorFlow's start-up (~6 s here): kills, other venvs and clusters keep
+    ``run_cli``. The result has ``subprocess.run``'s fields."""
+    from typer.testing import CliRunner
+
+    from toolchain.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> str:
+    """Exit ``code``, one line on stderr naming the problem, no traceback; returns the line."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -87,3 +244,4 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+    return errors[0]

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, edgetl_here, run_cli
 
 
 def test_help_is_clean():
@@ -33,10 +33,10 @@ def test_classify_missing_model(tmp_path):
     assert_one_line_error(result, 2, "m.tflite")
 
 
-def test_classify_a_non_image_source(tiny_run, tmp_path):
+def test_classify_a_non_image_source(micro_run, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    result = run_cli("classify", str(tiny_run / "model_int8.tflite"), "--source", str(text))
+    result = run_cli("classify", str(micro_run / "model_int8.tflite"), "--source", str(text))
     assert_one_line_error(result, 2, "notes.txt", "not a readable image")
 
 
@@ -56,15 +56,13 @@ def test_train_missing_data_folder(tmp_path):
 def test_tf_flowers_offline_fails_fast_with_exit_3(tmp_path):
     """No network here: tfds would retry for ~200 s; edgetl must say so at once."""
     env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "EDGETL_CACHE": str(tmp_path / "cache")}
-    result = run_cli(
-        "train", "--data", "tf_flowers", "--out", str(tmp_path / "run"), env=env, timeout=120
-    )
+    result = edgetl_here("train", "--data", "tf_flowers", "--out", str(tmp_path / "run"), env=env)
     assert_one_line_error(result, 3, "tf_flowers", "network")
 
 
 def test_unknown_tfds_dataset(tmp_path):
     env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "EDGETL_CACHE": str(tmp_path / "cache")}
-    result = run_cli(
+    result = edgetl_here(
         "train", "--data", "tfds:no_such_dataset_xyz", "--out", str(tmp_path / "r"), env=env
     )
     assert_one_line_error(result, 2, "no_such_dataset_xyz")

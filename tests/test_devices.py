@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 from toolchain.train.devices import WorkerRole, worker_role
@@ -53,6 +54,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_mirrored_trains_over_two_logical_cpu_devices(tmp_path):
     out = tmp_path / "run"
     done = run_script(MIRRORED_SCRIPT, str(out))
@@ -86,6 +88,7 @@ train_module.train(TrainOptions(
 """
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_on_the_cpu_and_saves_a_float32_model(tmp_path):
     out = tmp_path / "run"
     done = run_script(MIXED_PRECISION_SCRIPT, str(out))

@@ -31,8 +31,7 @@ from edge.output import PredictionWriter
 from edge.pipeline import Result
 from edge.session import Reporter, run_session
 from edge.sources import Source, open_source
-from tests.conftest import REPO
-from tests.test_faults import cli, refused
+from tests.conftest import REPO, assert_one_line_error, edgetl_here
 
 SIZE = 16
 LABELS = ["circle", "square", "triangle"]
@@ -179,10 +178,10 @@ def test_a_signal_mid_folder_keeps_every_finished_row_and_exits_130(
     assert _partials(tmp_path) == []
 
     # The same --output again: a complete session replaces the interrupted one's rows.
-    rerun = cli(
+    rerun = edgetl_here(
         "classify", models["good"], "--source", _photos(tmp_path / "few", 3), "--output", output
     )
-    assert rerun.exit_code == 0, rerun.stderr
+    assert rerun.returncode == 0, rerun.stderr
     assert len(_rows(output)) == 3 + (1 if suffix == ".csv" else 0) and _partials(tmp_path) == []
 
 
@@ -314,8 +313,8 @@ def test_a_folder_spoiled_after_listing_is_classified_with_those_files_listed(
 
     monkeypatch.setattr(edge.sources, "list_images", list_then_spoil)
     output = tmp_path / "p.csv"
-    result = cli("classify", models["good"], "--source", folder, "--output", output)
-    assert result.exit_code == 0, result.stderr
+    result = edgetl_here("classify", models["good"], "--source", folder, "--output", output)
+    assert result.returncode == 0, result.stderr
     skipped_lines = [line for line in result.stderr.splitlines() if line.startswith("skipped:")]
     assert len(skipped_lines) == 4 and "classified 3 image(s), 4 unreadable" in result.stderr
     rows = _rows(output)
@@ -323,8 +322,10 @@ def test_a_folder_spoiled_after_listing_is_classified_with_those_files_listed(
     assert sorted(errors) == sorted(spoiled)
 
     spoiled.clear()
-    bench = cli("bench", models["good"], "--runs", "2", "--source", _photos(tmp_path / "b", 7))
-    assert bench.exit_code == 0, bench.stderr
+    bench = edgetl_here(
+        "bench", models["good"], "--runs", "2", "--source", _photos(tmp_path / "b", 7)
+    )
+    assert bench.returncode == 0, bench.stderr
     assert bench.stdout.count("skipped: ") == 4 and "folder: 3 images" in bench.stdout
 
 
@@ -340,12 +341,12 @@ def test_bench_skips_a_decompression_bomb_as_classify_does(models, tmp_path):
         pass
     for command in ("classify", "bench"):
         extra = ["--runs", "2"] if command == "bench" else []
-        result = cli(command, models["good"], "--source", folder, *extra)
-        assert result.exit_code == 0, (command, result.stderr)
+        result = edgetl_here(command, models["good"], "--source", folder, *extra)
+        assert result.returncode == 0, (command, result.stderr)
         shown = result.stdout + result.stderr
         assert shown.count("too large to decode safely") == 2, (command, shown)
     figures = tmp_path / "bench.json"
-    cli("bench", models["good"], "--runs", "2", "--source", folder, "--json", figures)
+    edgetl_here("bench", models["good"], "--runs", "2", "--source", folder, "--json", figures)
     folder_figures = json.loads(figures.read_text())["folder"]
     assert folder_figures["images"] == 3 and folder_figures["unreadable"] == 2
     assert json.loads(figures.read_text())["label_image_loop"]["images"] == 3
@@ -353,7 +354,9 @@ def test_bench_skips_a_decompression_bomb_as_classify_does(models, tmp_path):
     only_bombs = tmp_path / "bombs"
     only_bombs.mkdir()
     _png_declaring(only_bombs / "bomb.png", 70000, 70000)
-    refused(cli("bench", models["good"], "--source", only_bombs), 2, "none of the 1 image(s)")
+    assert_one_line_error(
+        edgetl_here("bench", models["good"], "--source", only_bombs), 2, "none of the 1 image(s)"
+    )
 
 
 # --- 4. models that are not one image in, one row of scores out -------------------------------
@@ -391,7 +394,7 @@ def test_an_odd_model_is_one_line_naming_it_and_what_is_expected(models, referen
         "parity": ["parity", model, "--reference", reference, "--source", photo],
     }
     for name, args in commands.items():
-        line = refused(cli(*args), 2, str(model), EXPECTED[kind])
+        line = assert_one_line_error(edgetl_here(*args), 2, str(model), EXPECTED[kind])
         if kind != "labels not matching":
             assert "input [1, H, H, 3]" in line and "output [1, N]" in line, (name, line)
 
@@ -418,16 +421,16 @@ def test_labels_and_card_text_from_a_model_reach_no_terminal_or_csv_raw(models, 
     folder = _photos(tmp_path / "photos", 3)
     for suffix in (".csv", ".jsonl"):
         output = tmp_path / f"p{suffix}"
-        result = cli("classify", models["hostile"], "--source", folder, "--output", output)
-        assert result.exit_code == 0, result.stderr
+        result = edgetl_here("classify", models["hostile"], "--source", folder, "--output", output)
+        assert result.returncode == 0, result.stderr
         _assert_no_control(result.stdout + result.stderr, f"classify's terminal ({suffix})")
         assert "\\x1b[31mred" in result.stdout
         _assert_no_control(output.read_bytes().decode("utf-8"), output.name)
     labels = {entry["label"] for row in _rows(tmp_path / "p.jsonl") for entry in row["top_k"]}
     assert labels == {"\\x1b[31mred", "a\\rb", "\\x07"}
 
-    info = cli("info", models["hostile"])
-    assert info.exit_code == 0, info.stderr
+    info = edgetl_here("info", models["hostile"])
+    assert info.returncode == 0, info.stderr
     _assert_no_control(info.stdout + info.stderr, "info")
     assert "labels (embedded): \\x1b[31mred, a\\rb, \\x07" in info.stdout
     assert "quant: \\x1b]0;pwned\\x07float32" in info.stdout
@@ -440,8 +443,8 @@ def test_labels_and_card_text_from_a_model_reach_no_terminal_or_csv_raw(models, 
     (beside / "labels.txt").write_text("\n".join(HOSTILE_LABELS) + "\n", encoding="utf-8")
     named = _photos(tmp_path / "named", 1)
     (named / "0000.png").rename(named / "\x1b[2Jevil.png")
-    result = cli("classify", plain, "--source", named, "--output", tmp_path / "b.csv")
-    assert result.exit_code == 0, result.stderr
+    result = edgetl_here("classify", plain, "--source", named, "--output", tmp_path / "b.csv")
+    assert result.returncode == 0, result.stderr
     _assert_no_control(result.stdout + result.stderr, "classify with labels.txt beside")
     _assert_no_control((tmp_path / "b.csv").read_bytes().decode("utf-8"), "b.csv")
 

@@ -436,10 +436,10 @@ def test_a_folder_where_nothing_could_be_read_is_an_error_not_an_empty_result(tm
 # --- the real model ----------------------------------------------------------------------------
 
 
-def test_a_tampered_real_model_is_refused_before_the_interpreter_runs(tiny_run, tmp_path):
+def test_a_tampered_real_model_is_refused_before_the_interpreter_runs(micro_run, tmp_path):
     from edge.classifier import Classifier
 
-    real = (tiny_run / "model_int8.tflite").read_bytes()
+    real = (micro_run / "model_int8.tflite").read_bytes()
 
     def zeros(member):
         for _ in range(100):
@@ -456,7 +456,7 @@ def test_a_tampered_real_model_is_refused_before_the_interpreter_runs(tiny_run, 
     with pytest.raises(BadInput, match="bogus.tflite: its embedded card edgetl.json"):
         Classifier(bogus)
 
-    classifier = Classifier(tiny_run / "model_int8.tflite")
+    classifier = Classifier(micro_run / "model_int8.tflite")
     assert classifier.resize == "bilinear"
     classifier.set_resize("nearest")
     assert classifier.resize == "nearest"
@@ -465,10 +465,10 @@ def test_a_tampered_real_model_is_refused_before_the_interpreter_runs(tiny_run, 
     assert classifier.resize == "nearest"
 
 
-def test_classify_on_a_folder_of_only_hostile_images_exits_2_in_one_line(tiny_run, tmp_path):
+def test_classify_on_a_folder_of_only_hostile_images_exits_2_in_one_line(micro_run, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     _png_declaring(folder / "bomb.png", 70000, 70000)
     (folder / "empty.jpg").write_bytes(b"")
-    result = run_cli("classify", str(tiny_run / "model_int8.tflite"), "--source", str(folder))
+    result = run_cli("classify", str(micro_run / "model_int8.tflite"), "--source", str(folder))
     assert_one_line_error(result, 2, "none of the 2 image(s) could be read", "bomb.png")

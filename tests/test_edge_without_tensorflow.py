@@ -48,13 +48,13 @@ def test_classify_help_without_tensorflow_is_clean():
     assert "--source" in result.stdout and result.stderr.strip() == ""
 
 
-def test_classify_runs_with_tensorflow_blocked(tiny_run, tmp_path):
+def test_classify_runs_with_tensorflow_blocked(micro_run, tmp_path):
     out = tmp_path / "preds.jsonl"
     result = _blocked(
         "classify",
-        str(tiny_run / "model_int8.tflite"),
+        str(micro_run / "model_int8.tflite"),
         "--source",
-        str(tiny_run / "synthetic_data" / "square"),
+        str(micro_run / "synthetic_data" / "square"),
         "--output",
         str(out),
         "--quiet",
@@ -65,13 +65,13 @@ def test_classify_runs_with_tensorflow_blocked(tiny_run, tmp_path):
     assert sum(r["top_k"][0]["label"] == "square" for r in records) >= 56  # >= 70%
 
 
-def test_bench_splits_a_folder_run_and_compares_it_with_a_sequential_loop(tiny_run, tmp_path):
-    folder = tiny_run / "synthetic_data" / "circle"
+def test_bench_splits_a_folder_run_and_compares_it_with_a_sequential_loop(micro_run, tmp_path):
+    folder = micro_run / "synthetic_data" / "circle"
     images = [p for p in folder.iterdir() if p.suffix in (".png", ".jpg")]
     out = tmp_path / "bench.json"
     result = _blocked(
         "bench",
-        str(tiny_run / "model_int8.tflite"),
+        str(micro_run / "model_int8.tflite"),
         "--runs",
         "20",
         "--source",
@@ -89,8 +89,8 @@ def test_bench_splits_a_folder_run_and_compares_it_with_a_sequential_loop(tiny_r
     assert "label_image-style loop" in result.stdout and "x that" in result.stdout
 
 
-def test_training_commands_say_tensorflow_is_missing_with_exit_3(tiny_run):
-    result = _blocked("export", str(tiny_run), "--force")
+def test_training_commands_say_tensorflow_is_missing_with_exit_3(micro_run):
+    result = _blocked("export", str(micro_run), "--force")
     assert result.returncode == 3, result.stderr
     assert "pip install 'edgetl[train]'" in result.stderr and "Traceback" not in result.stderr
 
@@ -101,7 +101,7 @@ EDGE_PYTHON = os.environ.get("EDGETL_EDGE_PYTHON")
 @pytest.mark.skipif(
     not EDGE_PYTHON, reason="EDGETL_EDGE_PYTHON unset: `make test` builds the .[edge] venv"
 )
-def test_edge_only_install_has_no_tensorflow_and_classifies(tiny_run, tmp_path):
+def test_edge_only_install_has_no_tensorflow_and_classifies(micro_run, tmp_path):
     python = (
         EDGE_PYTHON if os.path.isabs(EDGE_PYTHON) else str(REPO / EDGE_PYTHON)
     )  # no resolve(): keep the venv
@@ -117,9 +117,9 @@ def test_edge_only_install_has_no_tensorflow_and_classifies(tiny_run, tmp_path):
         [
             edgetl,
             "classify",
-            str(tiny_run / "model_int8.tflite"),
+            str(micro_run / "model_int8.tflite"),
             "--source",
-            str(tiny_run / "synthetic_data" / "stripes"),
+            str(micro_run / "synthetic_data" / "stripes"),
             "--output",
             str(out),
             "--quiet",
@@ -140,7 +140,7 @@ LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON")
 
 
 @pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
-def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(tiny_run, tmp_path):
+def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(micro_run, tmp_path):
     """tflite-runtime 2.14 with numpy<2, as on Pi OS Bookworm images that pin it."""
     python = LEGACY_PYTHON if os.path.isabs(LEGACY_PYTHON) else str(REPO / LEGACY_PYTHON)
     edgetl = str(Path(python).parent / "edgetl")
@@ -149,9 +149,9 @@ def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(tin
         [
             edgetl,
             "classify",
-            str(tiny_run / "model_int8.tflite"),
+            str(micro_run / "model_int8.tflite"),
             "--source",
-            str(tiny_run / "synthetic_data" / "cross"),
+            str(micro_run / "synthetic_data" / "cross"),
             "--output",
             str(out),
             "--quiet",
@@ -173,7 +173,7 @@ def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(tin
     from edge.classifier import Classifier
     from edge.image import load_rgb
 
-    here = Classifier(tiny_run / "model_int8.tflite")
+    here = Classifier(micro_run / "model_int8.tflite")
     expected = [here.classify(load_rgb(r["path"], here.image_size), 1)[0].label for r in records]
     legacy = [r["top_k"][0]["label"] for r in records]
     assert sum(a == b for a, b in zip(legacy, expected)) >= 0.9 * len(records)

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from edge.errors import EXIT_CODES
-from tests.conftest import REPO
-from tests.test_faults import cli, refused, write_image
+from tests.conftest import REPO, assert_one_line_error, edgetl_here, with_hostile_int8
+from tests.test_faults import write_image
 
 
 def readme_table() -> dict:
@@ -28,23 +28,22 @@ def test_readme_table_is_the_code():
     assert readme_table() == EXIT_CODES
 
 
-def test_0_success(tiny_run):
-    assert cli("info", tiny_run / "model_int8.tflite").exit_code == 0
+def test_0_success(micro_run):
+    assert edgetl_here("info", micro_run / "model_int8.tflite").returncode == 0
 
 
-def test_1_only_for_a_failed_gate(run_copy):
-    """Even a tiny model loses something at an impossible budget: agreement above 1."""
-    result = cli("validate", run_copy, "--min-agreement", "1.0", "--max-drop", "0")
-    if result.exit_code == 0:
-        pytest.skip("this INT8 model happens to match Keras exactly on every test image")
-    refused(result, 1, "gate failed")
+def test_1_only_for_a_failed_gate(micro_copy):
+    """A model INT8 cannot hold, validated against the default budget."""
+    run = with_hostile_int8(micro_copy)
+    result = edgetl_here("validate", run, "--min-agreement", "0.95", "--max-drop", "1")
+    assert_one_line_error(result, 1, "gate failed")
 
 
 def test_2_bad_input(tmp_path):
-    refused(cli("info", tmp_path / "missing.tflite"), 2, "missing.tflite")
+    assert_one_line_error(edgetl_here("info", tmp_path / "missing.tflite"), 2, "missing.tflite")
 
 
-def test_3_environment(tiny_run, tmp_path):
+def test_3_environment(micro_run, tmp_path):
     """A runtime asked for by name and not installed here (the workstation venv has no
     tflite-runtime; where it has, TensorFlow's own interpreter stands in)."""
     import importlib.util
@@ -53,13 +52,13 @@ def test_3_environment(tiny_run, tmp_path):
     if runtime is None:
         pytest.skip("tflite_runtime is installed here")
     photo = write_image(tmp_path / "x.png")
-    result = cli(
-        "classify", tiny_run / "model_int8.tflite", "--source", photo, "--runtime", runtime
+    result = edgetl_here(
+        "classify", micro_run / "model_int8.tflite", "--source", photo, "--runtime", runtime
     )
-    refused(result, 3, "tflite_runtime")
+    assert_one_line_error(result, 3, "tflite_runtime")
 
 
-def test_4_internal_error_says_it_is_a_bug(tiny_run, monkeypatch):
+def test_4_internal_error_says_it_is_a_bug(micro_run, monkeypatch):
     """A bug (here: an exception edgetl does not expect, from inside the bench loop) is
     exit 4 with a request to report it; --debug adds the traceback."""
     import edge.bench
@@ -68,21 +67,21 @@ def test_4_internal_error_says_it_is_a_bug(tiny_run, monkeypatch):
         raise ZeroDivisionError("simulated bug")
 
     monkeypatch.setattr(edge.bench, "invoke_latency", broken)
-    result = cli("bench", tiny_run / "model_int8.tflite", "--runs", "1")
-    refused(result, 4, "internal error", "ZeroDivisionError", "bug", "--debug")
-    debug = cli("--debug", "bench", tiny_run / "model_int8.tflite", "--runs", "1")
-    assert debug.exit_code == 4
+    result = edgetl_here("bench", micro_run / "model_int8.tflite", "--runs", "1")
+    assert_one_line_error(result, 4, "internal error", "ZeroDivisionError", "bug", "--debug")
+    debug = edgetl_here("--debug", "bench", micro_run / "model_int8.tflite", "--runs", "1")
+    assert debug.returncode == 4
     assert "Traceback" in debug.stderr and "simulated bug" in debug.stderr
 
 
-def test_130_interrupted(tiny_run, monkeypatch):
+def test_130_interrupted(micro_run, monkeypatch):
     import edge.bench
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(edge.bench, "invoke_latency", interrupted)
-    refused(cli("bench", tiny_run / "model_int8.tflite"), 130, "interrupted")
+    assert_one_line_error(edgetl_here("bench", micro_run / "model_int8.tflite"), 130, "interrupted")
 
 
 def test_every_code_of_the_contract_is_walked():

@@ -8,6 +8,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 from edge.classifier import Classifier
 from edge.image import list_images
@@ -85,6 +86,7 @@ def test_validate_writes_the_contract_and_int8_keeps_accuracy(tiny_run):
     assert (tiny_run / "parity.md").is_file() and (tiny_run / "parity_confusion.png").is_file()
 
 
+@pytest.mark.slow
 def test_validate_gate_fails_with_exit_1_on_a_damaged_model(tiny_run, tmp_path):
     """Perturb the classifier's weights, convert for real, and watch the gate trip."""
     import shutil

@@ -18,32 +18,14 @@ from typing import Dict
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from edge import atomic, jsonfile
 from edge.errors import BadInput, NotFinite
 from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, device_gate
 from edge.metrics import require_finite
-from toolchain.cli import app
+from tests.conftest import assert_one_line_error, edgetl_here
 
-RUNNER = CliRunner()
 DEEP = "[" * 100_000 + "]" * 100_000
-
-
-def cli(*args):
-    return RUNNER.invoke(app, [str(a) for a in args])
-
-
-def refused(result, code: int, *fragments: str) -> str:
-    """Exit ``code``, exactly one ``edgetl: error:`` line naming the problem, no traceback."""
-    output = result.stdout + result.stderr
-    assert result.exit_code == code, (result.exit_code, output, result.exception)
-    assert "Traceback" not in output, output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("edgetl: error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:
@@ -55,7 +37,7 @@ def reference_of(run: Path) -> dict:
 
 
 def device_parity(model: Path, reference: Path, source: Path, *flags: str):
-    return cli("parity", model, "--reference", reference, "--source", source, *flags)
+    return edgetl_here("parity", model, "--reference", reference, "--source", source, *flags)
 
 
 def model_of(run: Path) -> Path:
@@ -92,26 +74,26 @@ def test_device_gate_precedence_flag_then_reference_then_default():
     assert gate["sources"] == {"max_drop": "reference", "min_agreement": "flag"}
 
 
-def test_validate_with_one_flag_writes_the_whole_budget_into_the_reference(run_copy):
-    result = cli("validate", run_copy, "--max-drop", "5")
-    assert result.exit_code == 0, result.stderr
-    budget = reference_of(run_copy)["budget"]
-    held = json.loads((run_copy / "export_report.json").read_text())["budget"]
+def test_validate_with_one_flag_writes_the_whole_budget_into_the_reference(micro_copy):
+    result = edgetl_here("validate", micro_copy, "--max-drop", "5")
+    assert result.returncode == 0, result.stderr
+    budget = reference_of(micro_copy)["budget"]
+    held = json.loads((micro_copy / "export_report.json").read_text())["budget"]
     assert budget["max_drop"] == 5.0 and budget["sources"]["max_drop"] == "validate"
     # The bound not given keeps the one the export held (the fixture's, conftest.py).
     assert budget["min_agreement"] == held["min_agreement"] is not None
     assert budget["sources"]["min_agreement"] == "export"
 
 
-def test_after_an_export_without_validation_the_reference_carries_the_default(run_copy):
+def test_after_an_export_without_validation_the_reference_carries_the_default(micro_copy):
     """``export --no-validate`` records ``"budget": null``; the reference still gates."""
-    report_path = run_copy / "export_report.json"
+    report_path = micro_copy / "export_report.json"
     report = json.loads(report_path.read_text())
     report["budget"] = None
     report_path.write_text(json.dumps(report))
-    result = cli("validate", run_copy)
-    assert result.exit_code == 0, result.stderr
-    budget = reference_of(run_copy)["budget"]
+    result = edgetl_here("validate", micro_copy)
+    assert result.returncode == 0, result.stderr
+    budget = reference_of(micro_copy)["budget"]
     assert (budget["max_drop"], budget["min_agreement"]) == (
         DEFAULT_MAX_DROP,
         DEFAULT_MIN_AGREEMENT,
@@ -119,13 +101,13 @@ def test_after_an_export_without_validation_the_reference_carries_the_default(ru
     assert set(budget["sources"].values()) == {"default"}
 
 
-def test_validate_with_both_bounds_does_not_read_the_export_report(run_copy):
+def test_validate_with_both_bounds_does_not_read_the_export_report(micro_copy):
     """Export's own validate gives both bounds: a damaged earlier report (which export
     replaces) must not stop it."""
-    (run_copy / "export_report.json").write_text("[" * 1000)
-    result = cli("validate", run_copy, "--max-drop", "100", "--min-agreement", "0")
-    assert result.exit_code == 0, result.stderr
-    budget = reference_of(run_copy)["budget"]
+    (micro_copy / "export_report.json").write_text("[" * 1000)
+    result = edgetl_here("validate", micro_copy, "--max-drop", "100", "--min-agreement", "0")
+    assert result.returncode == 0, result.stderr
+    budget = reference_of(micro_copy)["budget"]
     assert (budget["max_drop"], budget["min_agreement"]) == (100.0, 0.0)
 
 
@@ -139,10 +121,10 @@ def test_validate_with_both_bounds_does_not_read_the_export_report(run_copy):
         ({"max_drop": 100.0, "min_agreement": 0.5}, ("--min-agreement", "0.99"), 1),
     ],
 )
-def test_device_parity_applies_the_whole_budget(tiny_run, tmp_path, budget, flags, code):
+def test_device_parity_applies_the_whole_budget(micro_run, tmp_path, budget, flags, code):
     """The reference's Keras answers moved on every eighth image: agreement about 0.87,
     which passes only a gate looser than the default 0.95."""
-    reference = reference_of(tiny_run)
+    reference = reference_of(micro_run)
     for entry in reference["images"][::8]:
         entry["keras"] = entry["keras"][1:] + entry["keras"][:1]  # its top-1 moves
     reference["budget"] = budget
@@ -150,13 +132,13 @@ def test_device_parity_applies_the_whole_budget(tiny_run, tmp_path, budget, flag
     tampered.write_text(json.dumps(reference))
     out = tmp_path / "device.json"
     result = device_parity(
-        model_of(tiny_run), tampered, dataset_of(tiny_run), "--json", out, *flags
+        model_of(micro_run), tampered, dataset_of(micro_run), "--json", out, *flags
     )
-    assert result.exit_code == code, result.stdout + result.stderr
+    assert result.returncode == code, result.stdout + result.stderr
     gate = json.loads(out.read_text())["gate"]
     assert gate["max_drop"] is not None and gate["min_agreement"] is not None
     if code == 1:
-        refused(result, 1, "agreement")
+        assert_one_line_error(result, 1, "agreement")
 
 
 # -- 2. a model that outputs NaN fails every gate ---------------------------------------
@@ -175,14 +157,14 @@ def test_require_finite_counts_and_names():
 
 
 @pytest.fixture(scope="module")
-def nan_models(tiny_run, tmp_path_factory):
+def nan_models(micro_run, tmp_path_factory):
     """A Keras model and its float32 TFLite twin whose Dense weights are all NaN: the
     run's input and classes, NaN probabilities for every image (no Lambda, so the
     .keras file loads without unsafe deserialization)."""
     from toolchain.core.quiet import keras, tensorflow
 
     tf, keras = tensorflow(), keras()
-    config = json.loads((tiny_run / "config.json").read_text())
+    config = json.loads((micro_run / "config.json").read_text())
     size, labels = config["image_size"], config["labels"]
     inputs = keras.Input((size, size, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
@@ -197,29 +179,29 @@ def nan_models(tiny_run, tmp_path_factory):
     return folder / "model.keras", tflite
 
 
-def test_validate_refuses_a_tflite_model_that_outputs_nan(run_copy, nan_models):
+def test_validate_refuses_a_tflite_model_that_outputs_nan(micro_copy, nan_models):
     _, tflite = nan_models
-    before = snapshot(run_copy)
-    result = cli("validate", run_copy, "--model", tflite)
-    refused(result, 1, "model_nan.tflite", "NaN")
-    assert snapshot(run_copy) == before  # no parity.json, no reference, nothing partial
+    before = snapshot(micro_copy)
+    result = edgetl_here("validate", micro_copy, "--model", tflite)
+    assert_one_line_error(result, 1, "model_nan.tflite", "NaN")
+    assert snapshot(micro_copy) == before  # no parity.json, no reference, nothing partial
 
 
-def test_validate_refuses_a_keras_model_that_outputs_nan(run_copy, nan_models):
+def test_validate_refuses_a_keras_model_that_outputs_nan(micro_copy, nan_models):
     keras_model, _ = nan_models
-    shutil.copy2(keras_model, run_copy / "model.keras")
-    before = snapshot(run_copy)
-    refused(cli("validate", run_copy), 1, "Keras model", "NaN")
-    assert snapshot(run_copy) == before
+    shutil.copy2(keras_model, micro_copy / "model.keras")
+    before = snapshot(micro_copy)
+    assert_one_line_error(edgetl_here("validate", micro_copy), 1, "Keras model", "NaN")
+    assert snapshot(micro_copy) == before
 
 
-def test_device_parity_refuses_a_model_that_outputs_nan(tiny_run, nan_models, tmp_path):
+def test_device_parity_refuses_a_model_that_outputs_nan(micro_run, nan_models, tmp_path):
     _, tflite = nan_models
     out = tmp_path / "device.json"
     result = device_parity(
-        tflite, tiny_run / "parity_reference.json", dataset_of(tiny_run), "--json", out
+        tflite, micro_run / "parity_reference.json", dataset_of(micro_run), "--json", out
     )
-    refused(result, 1, "model_nan.tflite", "NaN")
+    assert_one_line_error(result, 1, "model_nan.tflite", "NaN")
     assert not out.exists()
 
 
@@ -305,16 +287,16 @@ RUN_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(RUN_FILES))
-def test_validate_refuses_a_damaged_run_file_in_one_line(run_copy, case):
+def test_validate_refuses_a_damaged_run_file_in_one_line(micro_copy, case):
     name, change, fragments = RUN_FILES[case]
-    path = run_copy / name
+    path = micro_copy / name
     path.parent.mkdir(exist_ok=True)
     if not path.exists():
         path.write_text("{}")
     _edit_json(path, change)
-    before = snapshot(run_copy)
-    refused(cli("validate", run_copy), 2, *fragments)
-    assert snapshot(run_copy) == before
+    before = snapshot(micro_copy)
+    assert_one_line_error(edgetl_here("validate", micro_copy), 2, *fragments)
+    assert snapshot(micro_copy) == before
 
 
 def _no_labels(reference: dict) -> str:
@@ -348,30 +330,30 @@ REFERENCES = {
 
 
 @pytest.mark.parametrize("case", sorted(REFERENCES))
-def test_device_parity_refuses_a_damaged_reference_in_one_line(tiny_run, tmp_path, case):
+def test_device_parity_refuses_a_damaged_reference_in_one_line(micro_run, tmp_path, case):
     change, fragment = REFERENCES[case]
     reference = tmp_path / "parity_reference.json"
-    shutil.copy2(tiny_run / "parity_reference.json", reference)
+    shutil.copy2(micro_run / "parity_reference.json", reference)
     if change is None:  # past the cap: refused before it is parsed
         with open(reference, "ab") as handle:
             handle.truncate(jsonfile.MAX_BYTES + 1)
     else:
         _edit_json(reference, change)
-    result = device_parity(model_of(tiny_run), reference, dataset_of(tiny_run))
-    refused(result, 2, "--reference", fragment)
+    result = device_parity(model_of(micro_run), reference, dataset_of(micro_run))
+    assert_one_line_error(result, 2, "--reference", fragment)
 
 
-def test_parity_json_with_a_string_for_a_figure_is_one_line(tiny_run, tmp_path):
+def test_parity_json_with_a_string_for_a_figure_is_one_line(micro_run, tmp_path):
     """What export's repair reads back after its validate (``runjson.read_parity``)."""
     from toolchain.core.runjson import read_parity
 
-    parity = json.loads((tiny_run / "parity.json").read_text())
-    assert read_parity(tiny_run / "parity.json", tiny_run)["n_images"] == parity["n_images"]
+    parity = json.loads((micro_run / "parity.json").read_text())
+    assert read_parity(micro_run / "parity.json", micro_run)["n_images"] == parity["n_images"]
     parity["models"][0]["device_path"]["agreement"] = "0.99"
     path = tmp_path / "parity.json"
     path.write_text(json.dumps(parity))
     with pytest.raises(BadInput) as error:
-        read_parity(path, tiny_run)
+        read_parity(path, micro_run)
     assert "device_path agreement" in str(error.value) and "\n" not in str(error.value)
 
 

@@ -91,6 +91,7 @@ def csv_epochs(path: Path) -> List[int]:
         return sorted({int(row["epoch"]) for row in csv.DictReader(handle)})
 
 
+@pytest.mark.slow
 def test_kill_train_force_keeps_the_previous_run(run_copy):
     """`train --force` over a finished run, killed mid fine-tuning: the old model, its
     exports and reports are untouched (the new run lives in checkpoints/ until it
@@ -128,27 +129,29 @@ def test_kill_train_force_keeps_the_previous_run(run_copy):
     no_half_written(run_copy)
 
 
-def test_kill_export_keeps_the_previous_model(run_copy):
-    before = outputs(run_copy)
+@pytest.mark.slow
+def test_kill_export_keeps_the_previous_model(micro_copy):
+    before = outputs(micro_copy)
     kill_when(
-        ["export", run_copy, "--force", "--no-validate"],
+        ["export", micro_copy, "--force", "--no-validate"],
         lambda line: line.startswith("int8: calibrating"),
     )
-    assert outputs(run_copy) == before
-    no_half_written(run_copy)
-    rerun = run_cli("export", str(run_copy), "--force", "--no-validate")
+    assert outputs(micro_copy) == before
+    no_half_written(micro_copy)
+    rerun = run_cli("export", str(micro_copy), "--force", "--no-validate")
     assert rerun.returncode == 0, rerun.stderr
-    no_half_written(run_copy)
+    no_half_written(micro_copy)
 
 
-def test_kill_validate_keeps_the_previous_report(run_copy):
-    first = run_cli("validate", str(run_copy))
+@pytest.mark.slow
+def test_kill_validate_keeps_the_previous_report(micro_copy):
+    first = run_cli("validate", str(micro_copy))
     assert first.returncode == 0, first.stderr
-    before = outputs(run_copy)
-    kill_when(["validate", run_copy], lambda line: line.startswith("validating on"))
-    assert outputs(run_copy) == before
-    no_half_written(run_copy)
-    rerun = run_cli("validate", str(run_copy))
+    before = outputs(micro_copy)
+    kill_when(["validate", micro_copy], lambda line: line.startswith("validating on"))
+    assert outputs(micro_copy) == before
+    no_half_written(micro_copy)
+    rerun = run_cli("validate", str(micro_copy))
     assert rerun.returncode == 0, rerun.stderr
 
 
@@ -161,12 +164,12 @@ def many_photos(tmp_path) -> Path:
     return folder
 
 
-def test_kill_classify_keeps_the_previous_output(tiny_run, many_photos, tmp_path):
+def test_kill_classify_keeps_the_previous_output(micro_run, many_photos, tmp_path):
     previous = tmp_path / "out" / "preds.csv"
     previous.parent.mkdir()
     previous.write_text("path,label_1\nold.jpg,circle\n")
     before = outputs(previous.parent)
-    model = tiny_run / "model_int8.tflite"
+    model = micro_run / "model_int8.tflite"
     lines = []
 
     def tenth_image(line: str) -> bool:

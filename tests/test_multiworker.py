@@ -115,6 +115,7 @@ def assert_close_to_one_worker(results: dict, tiny_run: Path) -> None:
         assert abs(results[split] - one[split]) <= ACCURACY_TOLERANCE, (results, one)
 
 
+@pytest.mark.slow
 def test_two_workers_with_uneven_shares_train_one_model_that_exports_and_validates(
     tiny_run, tmp_path
 ):
@@ -133,6 +134,7 @@ def test_two_workers_with_uneven_shares_train_one_model_that_exports_and_validat
     assert (out / "parity.json").is_file()
 
 
+@pytest.mark.slow
 def test_three_workers_with_uneven_validation_steps_train_and_export(tiny_run, tmp_path):
     # The tiny run's own data; 39 a step is 13 a replica: the 40 val images split
     # 14, 13, 13 are 2, 1 and 1 steps unpadded (the flowers128 crash had 9 against 8).
@@ -149,6 +151,7 @@ SMALL = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_chief_in_one_line_and_resume_continues_both(tmp_path):
     out = tmp_path / "run"
     ports = free_ports(2)
@@ -201,8 +204,8 @@ def test_a_worker_that_never_joins_ends_the_chief_in_bounded_time_with_exit_3(tm
     ports = free_ports(2)
     chief = subprocess.Popen(
         [sys.executable, "-m", "toolchain.cli", "train", "--out", str(tmp_path / "run"),
-         "--strategy", "multiworker", *TRAIN],
-        env={**os.environ, "TF_CONFIG": tf_config(ports, 0), "EDGETL_WORKER_TIMEOUT": "20"},
+         "--strategy", "multiworker", *SMALL],
+        env={**os.environ, "TF_CONFIG": tf_config(ports, 0), "EDGETL_WORKER_TIMEOUT": "3"},
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from edge.metrics import disagreements
@@ -68,6 +69,7 @@ def _make_quantization_hostile(run):
     return model
 
 
+@pytest.mark.slow
 def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     from toolchain.core.quiet import keras
 
@@ -134,32 +136,32 @@ def test_damaged_model_fails_the_gate_is_diagnosed_and_repaired(run_copy):
     assert gated.returncode == 0, gated.stderr
 
 
-def test_validate_on_a_labeled_folder(run_copy, tmp_path):
+def test_validate_on_a_labeled_folder(micro_copy, tmp_path):
     from toolchain.validate.command import validate
 
     folder = tmp_path / "new_photos"
     for name in ("circle", "square"):
         (folder / name).mkdir(parents=True)
-        for source in sorted((run_copy / "synthetic_data" / name).glob("*.png"))[:5]:
+        for source in sorted((micro_copy / "synthetic_data" / name).glob("*.png"))[:5]:
             shutil.copy(source, folder / name / source.name)
-    report = validate(run_copy, ValidateOptions(data=str(folder)), log=lambda m: None)
+    report = validate(micro_copy, ValidateOptions(data=str(folder)), log=lambda m: None)
     assert report["n_images"] == 10 and report["data"].startswith("labeled folder")
     assert set(report["missing_classes"]) == {"cross", "stripes", "triangle"}
     (folder / "hexagon").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "hexagon" / "h.png")
-    result = run_cli("validate", str(run_copy), "--data", str(folder))
+    result = run_cli("validate", str(micro_copy), "--data", str(folder))
     assert_one_line_error(result, 2, "hexagon")
 
 
-def test_parity_report_for_people(run_copy):
+def test_parity_report_for_people(micro_copy):
     from toolchain.validate.command import validate
 
-    validate(run_copy, log=lambda m: None)
-    text = (run_copy / "parity.md").read_text()
+    validate(micro_copy, log=lambda m: None)
+    text = (micro_copy / "parity.md").read_text()
     assert "## Per class" in text and "95%" in text and "device-path" in text
     for picture in ("parity_confusion.png", "parity_per_class.png"):
-        assert (run_copy / picture).stat().st_size > 1000
-    saved = json.loads((run_copy / "parity.json").read_text())
+        assert (micro_copy / picture).stat().st_size > 1000
+    saved = json.loads((micro_copy / "parity.json").read_text())
     per_class = saved["models"][0]["per_class"]
     assert set(per_class) == set(saved["labels"]) and all(
         "change_pts" in v for v in per_class.values()

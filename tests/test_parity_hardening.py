@@ -59,28 +59,28 @@ BAD_VALIDATE_OPTIONS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALIDATE_OPTIONS))
-def test_bad_validate_option_is_refused_and_the_run_is_untouched(run_copy, case):
+def test_bad_validate_option_is_refused_and_the_run_is_untouched(micro_copy, case):
     from toolchain.validate.command import validate
 
     kwargs, fragment = BAD_VALIDATE_OPTIONS[case]
     if "models" in kwargs:
-        kwargs = {"models": tuple(m.format(run=run_copy) for m in kwargs["models"])}
-    before = snapshot(run_copy)
+        kwargs = {"models": tuple(m.format(run=micro_copy) for m in kwargs["models"])}
+    before = snapshot(micro_copy)
     with pytest.raises(BadInput) as error:
-        validate(run_copy, ValidateOptions(**kwargs), log=QUIET)
+        validate(micro_copy, ValidateOptions(**kwargs), log=QUIET)
     assert fragment in str(error.value) and "\n" not in str(error.value)
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before
 
 
-def test_bogus_device_resize_exits_2_from_the_command_line(tiny_run):
-    before = snapshot(tiny_run)
-    result = run_cli("validate", str(tiny_run), "--device-resize", "bogus")
+def test_bogus_device_resize_exits_2_from_the_command_line(micro_run):
+    before = snapshot(micro_run)
+    result = run_cli("validate", str(micro_run), "--device-resize", "bogus")
     assert_one_line_error(result, 2, "--device-resize", "bilinear")
-    assert snapshot(tiny_run) == before
+    assert snapshot(micro_run) == before
 
 
-def test_option_checks_accept_what_a_passing_run_uses(tiny_run, tmp_path):
-    model = tiny_run / "model_int8.tflite"
+def test_option_checks_accept_what_a_passing_run_uses(micro_run, tmp_path):
+    model = micro_run / "model_int8.tflite"
     given = ValidateOptions(
         models=(str(model),),
         max_drop=0.0,
@@ -95,15 +95,15 @@ def test_option_checks_accept_what_a_passing_run_uses(tiny_run, tmp_path):
     assert check_validate_options(ValidateOptions(models=(str(rejected),))) == [rejected]
 
 
-def test_device_path_with_another_resize_covers_every_image(run_copy):
+def test_device_path_with_another_resize_covers_every_image(micro_copy):
     from toolchain.validate.command import validate
 
     for resize in (None, "nearest"):
-        report = validate(run_copy, ValidateOptions(device_resize=resize), log=QUIET)
+        report = validate(micro_copy, ValidateOptions(device_resize=resize), log=QUIET)
         device = report["models"][0]["device_path"]
         assert device["skipped"] == [] and device["n_images"] == report["n_images"]
         assert 0 <= device["agreement"] <= 1 and device["resize"] == (resize or "bilinear")
-    assert "could not classify" not in (run_copy / "parity.md").read_text()
+    assert "could not classify" not in (micro_copy / "parity.md").read_text()
 
 
 def test_device_results_are_matched_by_path_and_failures_are_skipped():
@@ -199,16 +199,16 @@ def test_label_mismatch_is_one_line_however_many_labels():
     assert "\n" not in message and len(message) < 400 and "#1000" in message
 
 
-def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(run_copy):
+def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(micro_copy):
     from toolchain.export.command import export
 
-    truncate_model(run_copy)
-    before = snapshot(run_copy)
+    truncate_model(micro_copy)
+    before = snapshot(micro_copy)
     options = ExportOptions(calibration_samples=20, force=True)
     with pytest.raises(BadInput) as error:
-        export(run_copy, options, log=QUIET)
+        export(micro_copy, options, log=QUIET)
     assert "model.keras" in str(error.value) and "\n" not in str(error.value)
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before
 
 
 @pytest.mark.parametrize(
@@ -222,25 +222,25 @@ def test_export_with_a_truncated_model_is_bad_input_and_writes_nothing(run_copy)
         (ExportOptions(target="tpu", force=True), "--target"),
     ],
 )
-def test_bad_export_option_is_refused_before_the_model_is_loaded(run_copy, options, fragment):
+def test_bad_export_option_is_refused_before_the_model_is_loaded(micro_copy, options, fragment):
     from toolchain.export.command import export
 
-    truncate_model(run_copy)  # loading it would fail with another message
-    before = snapshot(run_copy)
+    truncate_model(micro_copy)  # loading it would fail with another message
+    before = snapshot(micro_copy)
     with pytest.raises(BadInput) as error:
-        export(run_copy, options, log=QUIET)
+        export(micro_copy, options, log=QUIET)
     assert fragment in str(error.value)
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before
 
 
-def test_existing_mixed_model_is_refused_up_front_without_force(run_copy):
+def test_existing_mixed_model_is_refused_up_front_without_force(micro_copy):
     from toolchain.export.command import export
 
-    shutil.move(run_copy / "model_int8.tflite", run_copy / "model_int8_mixed.tflite")
-    truncate_model(run_copy)  # proves the refusal comes before the model is loaded
-    before = snapshot(run_copy)
+    shutil.move(micro_copy / "model_int8.tflite", micro_copy / "model_int8_mixed.tflite")
+    truncate_model(micro_copy)  # proves the refusal comes before the model is loaded
+    before = snapshot(micro_copy)
     options = ExportOptions(max_drop=1.0, auto_fallback=True)
     with pytest.raises(BadInput) as error:
-        export(run_copy, options, log=QUIET)
+        export(micro_copy, options, log=QUIET)
     assert "model_int8_mixed.tflite exists" in str(error.value) and "--force" in str(error.value)
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before

@@ -24,17 +24,17 @@ needs_qat_python = pytest.mark.skipif(
 )
 
 
-def test_qat_without_its_python_exits_3_before_any_work(run_copy, tmp_path):
-    before = snapshot(run_copy)
+def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
+    before = snapshot(micro_copy)
     result = run_cli(
         "export",
-        str(run_copy),
+        str(micro_copy),
         "--qat",
         "--force",
         env={"EDGETL_QAT_PYTHON": str(tmp_path / "no-such-python")},
     )
     assert_one_line_error(result, 3, "--qat", "tensorflow-model-optimization", "EDGETL_QAT_PYTHON")
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before
 
 
 @pytest.mark.parametrize(
@@ -44,13 +44,14 @@ def test_qat_without_its_python_exits_3_before_any_work(run_copy, tmp_path):
         (["--quant", "float16"], "--quant int8"),
     ],
 )
-def test_qat_options_that_cannot_work_are_refused_up_front(run_copy, args, fragment):
-    before = snapshot(run_copy)
-    result = run_cli("export", str(run_copy), "--qat", "--force", *args)
+def test_qat_options_that_cannot_work_are_refused_up_front(micro_copy, args, fragment):
+    before = snapshot(micro_copy)
+    result = run_cli("export", str(micro_copy), "--qat", "--force", *args)
     assert_one_line_error(result, 2, "--qat", fragment)
-    assert snapshot(run_copy) == before
+    assert snapshot(micro_copy) == before
 
 
+@pytest.mark.slow
 @needs_qat_python
 def test_qat_runs_is_compared_with_ptq_and_the_report_says_which_ships(run_copy):
     result = run_cli(

@@ -261,17 +261,18 @@ def test_spill_streams_rows_into_an_unlinked_file(tmp_path):
         ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", 3, "SIGKILL"),
     ],
 )
+@pytest.mark.slow
 def test_export_qat_exits_non_zero_in_one_line_when_the_worker_fails(
-    run_copy, tmp_path, body, code, fragment
+    micro_copy, tmp_path, body, code, fragment
 ):
     python = fake_python(tmp_path, body)
-    before = snapshot(run_copy)
+    before = snapshot(micro_copy)
     result = run_cli(
-        "export", str(run_copy), "--qat", "--force", env={"EDGETL_QAT_PYTHON": str(python)}
+        "export", str(micro_copy), "--qat", "--force", env={"EDGETL_QAT_PYTHON": str(python)}
     )
     assert_one_line_error(result, code, "--qat", fragment)
-    log = str(run_copy / "export.log")  # the converter's own log is rewritten by every export
-    after = snapshot(run_copy)
+    log = str(micro_copy / "export.log")  # the converter's own log is rewritten by every export
+    after = snapshot(micro_copy)
     # no model or report written, nothing left behind (.qat-work and array files included)
     assert {k: v for k, v in after.items() if k != log} == {
         k: v for k, v in before.items() if k != log

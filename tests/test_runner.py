@@ -13,11 +13,11 @@ from PIL import Image
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
-def _labeled_test_folder(tiny_run, target):
+def _labeled_test_folder(micro_run, target):
     from toolchain.core.rundir import RunDir
 
-    labels = (tiny_run / "labels.txt").read_text().split()
-    paths, indices = RunDir(tiny_run).split_files("test")
+    labels = (micro_run / "labels.txt").read_text().split()
+    paths, indices = RunDir(micro_run).split_files("test")
     for path, index in zip(paths, indices):
         (target / labels[index]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / labels[index] / path.name)
@@ -25,13 +25,13 @@ def _labeled_test_folder(tiny_run, target):
     return target
 
 
-def test_labeled_folder_accuracy_equals_validate_device_path(tiny_run, tmp_path):
+def test_labeled_folder_accuracy_equals_validate_device_path(micro_run, tmp_path):
     from toolchain.core.options import ValidateOptions
     from toolchain.validate.command import validate
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    folder = _labeled_test_folder(tiny_run, tmp_path / "photos")
+    shutil.copytree(micro_run, run)
+    folder = _labeled_test_folder(micro_run, tmp_path / "photos")
     result = run_cli(
         "classify",
         str(run / "model_int8.tflite"),
@@ -48,11 +48,11 @@ def test_labeled_folder_accuracy_equals_validate_device_path(tiny_run, tmp_path)
     assert "broken.jpg" in result.stderr and "1 unreadable" in result.stderr  # skipped and listed
 
 
-def test_video_file_is_classified_frame_by_frame(tiny_run, tmp_path):
+def test_video_file_is_classified_frame_by_frame(micro_run, tmp_path):
     cv2 = pytest.importorskip("cv2")
     from edge.image import list_images, load_rgb
 
-    frames = list_images(tiny_run / "synthetic_data" / "stripes")[:12]
+    frames = list_images(micro_run / "synthetic_data" / "stripes")[:12]
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (112, 112))
     for path in frames:
@@ -61,7 +61,7 @@ def test_video_file_is_classified_frame_by_frame(tiny_run, tmp_path):
     out = tmp_path / "frames.jsonl"
     result = run_cli(
         "classify",
-        str(tiny_run / "model_int8.tflite"),
+        str(micro_run / "model_int8.tflite"),
         "--source",
         str(video),
         "--output",
@@ -81,16 +81,16 @@ def test_missing_model_is_checked_before_the_camera():
     )
 
 
-def test_missing_camera_with_a_real_model_is_exit_3(tiny_run):
+def test_missing_camera_with_a_real_model_is_exit_3(micro_run):
     pytest.importorskip("cv2")
-    result = run_cli("classify", str(tiny_run / "model_int8.tflite"), "--source", "camera:7")
+    result = run_cli("classify", str(micro_run / "model_int8.tflite"), "--source", "camera:7")
     assert_one_line_error(result, 3, "camera 7")
 
 
-def test_runner_writes_the_input_tensor_in_place(tiny_run):
+def test_runner_writes_the_input_tensor_in_place(micro_run):
     from edge.classifier import Classifier
 
-    classifier = Classifier(tiny_run / "model_int8.tflite")
+    classifier = Classifier(micro_run / "model_int8.tflite")
     pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     first = classifier.probabilities(pixels)
     assert np.array_equal(classifier.interpreter.tensor(classifier._input["index"])()[0], pixels)
@@ -151,16 +151,16 @@ def _top_scores(jsonl: Path):
     ]
 
 
-def test_pi_camera_module_through_picamera2(tiny_run, tmp_path):
+def test_pi_camera_module_through_picamera2(micro_run, tmp_path):
     """camera:0 on a Pi with picamera2 reads the camera module in RGB, frame by frame,
     and ends cleanly when it stops answering."""
     fake = tmp_path / "fake" / "picamera2"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAKE_PICAMERA2)
-    frame = sorted((tiny_run / "synthetic_data" / "triangle").glob("*.png"))[0]
+    frame = sorted((micro_run / "synthetic_data" / "triangle").glob("*.png"))[0]
     swapped = tmp_path / "swapped.png"
     Image.fromarray(np.asarray(Image.open(frame).convert("RGB"))[:, :, ::-1]).save(swapped)
-    model = str(tiny_run / "model_int8.tflite")
+    model = str(micro_run / "model_int8.tflite")
     log = tmp_path / "camera.log"
     env = {
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]),
@@ -206,12 +206,12 @@ def test_live_handoff_gives_the_newest_frame_and_counts_the_rest():
     assert mailbox.get() == "d" and mailbox.get() is _DONE and mailbox.skipped == 2
 
 
-def test_show_without_a_display_is_one_line_and_exit_3(tiny_run, tmp_path):
+def test_show_without_a_display_is_one_line_and_exit_3(micro_run, tmp_path):
     result = run_cli(
         "classify",
-        str(tiny_run / "model_int8.tflite"),
+        str(micro_run / "model_int8.tflite"),
         "--source",
-        str(tiny_run / "synthetic_data"),
+        str(micro_run / "synthetic_data"),
         "--show",
         env={"DISPLAY": "", "WAYLAND_DISPLAY": ""},
     )
@@ -310,7 +310,7 @@ def test_session_closing_lines():
     assert results == [] and closing_lines(summary).results == []
 
 
-def test_session_output_is_kept_only_when_the_session_ends_normally(tiny_run, tmp_path):
+def test_session_output_is_kept_only_when_the_session_ends_normally(micro_run, tmp_path):
     """A session that fails half-way leaves no --output file, and its window is closed;
     one that ends normally commits the file."""
     from edge.classifier import Classifier
@@ -329,8 +329,8 @@ def test_session_output_is_kept_only_when_the_session_ends_normally(tiny_run, tm
         def close(self):
             self.closed = True
 
-    classifier = Classifier(tiny_run / "model_int8.tflite")
-    folder = str(tiny_run / "synthetic_data" / "circle")
+    classifier = Classifier(micro_run / "model_int8.tflite")
+    folder = str(micro_run / "synthetic_data" / "circle")
     output = tmp_path / "out" / "p.jsonl"
     output.parent.mkdir()
     window = FailingWindow()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, edgetl_here, run_cli
 from toolchain.train.data import class_weights_for
 from toolchain.train.outputs import read_csv_history
 
@@ -76,7 +76,7 @@ def test_bad_files_are_decoded_or_skipped_and_listed(tmp_path):
     data = tmp_path / "photos"
     _bad_folder(data)
     run = tmp_path / "run"
-    result = run_cli(
+    result = edgetl_here(
         "train",
         "--data",
         str(data),
@@ -122,6 +122,7 @@ def test_empty_class_and_single_class_folders_exit_2(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path):
     result = run_cli(
         "train",
@@ -141,7 +142,7 @@ def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path):
 
 
 def test_mixed_precision_without_gpu_says_so(tmp_path):
-    result = run_cli("train", *SMALL, "--mixed-precision", "--out", str(tmp_path / "run"))
+    result = edgetl_here("train", *SMALL, "--mixed-precision", "--out", str(tmp_path / "run"))
     assert_one_line_error(result, 3, "--mixed-precision", "GPU")
 
 
@@ -163,16 +164,16 @@ def test_fine_tune_depth_follows_the_base():
     assert resolve_fine_tune_at(TrainOptions(alpha=0.35, fine_tune_at="block_13")) == "block_13"
 
 
-def test_training_over_a_run_needs_force(run_copy):
-    before = (run_copy / "model.keras").read_bytes()
-    refused = run_cli("train", *SMALL, "--epochs", "1", "--out", str(run_copy))
+def test_training_over_a_run_needs_force(micro_copy):
+    before = (micro_copy / "model.keras").read_bytes()
+    refused = edgetl_here("train", *SMALL, "--epochs", "1", "--out", str(micro_copy))
     assert_one_line_error(refused, 2, "already holds a run", "--force")
-    assert (run_copy / "model.keras").read_bytes() == before  # nothing was touched
-    assert list(run_copy.glob("model_int8*.tflite"))
-    (run_copy / "rejected").mkdir()  # what a failed export leaves (transaction)
-    (run_copy / "rejected" / "model_int8.tflite.rejected").write_bytes(b"old evidence")
+    assert (micro_copy / "model.keras").read_bytes() == before  # nothing was touched
+    assert list(micro_copy.glob("model_int8*.tflite"))
+    (micro_copy / "rejected").mkdir()  # what a failed export leaves (transaction)
+    (micro_copy / "rejected" / "model_int8.tflite.rejected").write_bytes(b"old evidence")
 
-    replaced = run_cli(
+    replaced = edgetl_here(
         "train",
         *SMALL,
         "--epochs",
@@ -180,16 +181,17 @@ def test_training_over_a_run_needs_force(run_copy):
         "--fine-tune-epochs",
         "0",
         "--out",
-        str(run_copy),
+        str(micro_copy),
         "--force",
     )
     assert replaced.returncode == 0, replaced.stderr
-    assert (run_copy / "model.keras").read_bytes() != before
+    assert (micro_copy / "model.keras").read_bytes() != before
     # the old export no longer matches the new model, so it is gone with it
-    assert not list(run_copy.glob("model_*.tflite")) and not (run_copy / "parity.json").exists()
-    assert not (run_copy / "rejected").exists()
+    assert not list(micro_copy.glob("model_*.tflite")) and not (micro_copy / "parity.json").exists()
+    assert not (micro_copy / "rejected").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(tmp_path):
     """Fine-tuning with augmentation is reproducible: the same --seed gives the same run."""
     histories = []
@@ -236,6 +238,7 @@ def test_non_finite_weights_or_outputs_are_refused_naming_the_phase_option():
         require_finite([np.array([np.inf])], "fine_tune", 10.0, "the model's outputs")
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_and_saves_no_model(tmp_path):
     """A learning rate far too large drives the loss to NaN or infinity. The CLI caps the
     rates at 10, so the library is called (as a script would) with one past any sense."""

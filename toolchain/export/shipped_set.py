@@ -36,6 +36,11 @@ def slot(mode: str) -> List[str]:
     return names + ["model_int8_mixed.tflite"] if mode == "int8" else names
 
 
+def in_slot(mode: str, names: Set[str]) -> Optional[str]:
+    """The one shippable file of ``mode`` among ``names``, or None."""
+    return next((n for n in slot(mode) if n in names), None)
+
+
 def set_aside_name(name: str) -> str:
     return name + REJECTED_SUFFIX
 
@@ -134,10 +139,10 @@ def _carried(
 def _mode_outcome(
     mode: str, final: Set[str], staged: Set[str], missed: Dict[str, str], validated: bool
 ) -> Dict[str, Any]:
-    shippable = next((n for n in slot(mode) if n in final), None)
+    shippable = in_slot(mode, final)
     if mode in missed:
         return {"status": MISSED, "why": missed[mode], "file": shippable}
-    new = next((n for n in slot(mode) if n in staged), None)
+    new = in_slot(mode, staged)
     return {"status": PASSED if validated else NOT_VALIDATED, "file": new}
 
 
@@ -150,7 +155,7 @@ def _shipped(
     old: Dict[str, Any],
 ) -> Optional[Dict[str, Any]]:
     """The INT8 model the run ships, and why: this export's, or the one it keeps."""
-    kept = next((n for n in slot("int8") if n in final), None)
+    kept = in_slot("int8", final)
     if "int8" not in modes:
         previous = old.get("shipped")
         if isinstance(previous, dict) and previous.get("int8") == kept:
