@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,49 +49,75 @@ def _fixture_export():
 
 
 def build_tiny_run(run_dir: str) -> None:
-    """Train and export the tiny run (what ``tiny_run`` returns); runs in a background
-    process started at collection (``pytest_collection_modifyitems``)."""
+    """Train and export the tiny run (what ``tiny_run`` returns) in the background
+    process ``pytest_collection_finish`` starts. It ends itself when pytest is gone
+    (its stdin, a pipe from pytest, closes: the QAT worker's lifeline), and marks a
+    finished run with ``DONE`` (its exit code alone could be TensorFlow's teardown
+    after the work was done)."""
+    import threading
+
+    def lifeline() -> None:
+        sys.stdin.buffer.read()  # returns only when pytest's end of the pipe closes
+        os._exit(1)
+
+    threading.Thread(target=lifeline, daemon=True).start()
     from toolchain.core.options import TrainOptions
     from toolchain.export.command import export
     from toolchain.train.command import train
 
     train(TrainOptions(out=run_dir, **TINY), log=print)
     export(Path(run_dir), _fixture_export(), log=print)
+    (Path(run_dir).parent / DONE).write_text("ok")
+    sys.stdout.flush()
+    os._exit(0)
 
 
+DONE = "tiny-run.done"
 TINY_BUILD: dict = {}  # the background build of the tiny run: process, folder, log
+
+
+def _needs_tiny(item) -> bool:
+    return "tiny_run" in getattr(item, "fixturenames", ())
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Tests that need the tiny MobileNetV2 run go last, and the run starts training now
-    in a background process (a real ``edgetl`` training and export, ~2 min). The
-    tests before it overlap that time: much of a test is one core's work, and so is
-    the ~35 s of graph tracing before training's first step."""
-    needs = [item for item in items if "tiny_run" in getattr(item, "fixturenames", ())]
-    if not needs:
+    """Tests that need the tiny MobileNetV2 run go last: ``pytest_collection_finish``
+    starts building it in the background, and the tests before them overlap that
+    time (much of a test is one core's work, and so is the ~35 s of graph tracing
+    before training's first step)."""
+    items[:] = [item for item in items if not _needs_tiny(item)] + [
+        item for item in items if _needs_tiny(item)
+    ]
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the tiny run's build (a real ``edgetl`` training and export, ~2 min) once
+    the selection is final (``-m``, ``-k``, ``--lf`` applied), if a test needs it."""
+    if session.config.option.collectonly or not any(map(_needs_tiny, session.items)):
         return
-    items[:] = [item for item in items if item not in needs] + needs
-    folder = Path(tempfile.mkdtemp(prefix="edgetl-tiny-"))
-    log = (folder / "build.log").open("w")
+    folder = session.config._tmp_path_factory.mktemp("tiny")
     code = f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
     code += f"from conftest import build_tiny_run; build_tiny_run({str(folder / 'run')!r})"
-    TINY_BUILD.update(
-        folder=folder,
-        log=folder / "build.log",
-        process=subprocess.Popen(
-            [sys.executable, "-c", code], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        ),
-    )
+    with (folder / "build.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-u", "-c", code],
+            cwd=REPO,
+            stdin=subprocess.PIPE,  # its lifeline: held open until this session ends
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its runtime probes go with it (killpg)
+        )
+    TINY_BUILD.update(folder=folder, log=folder / "build.log", process=process)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     process = TINY_BUILD.get("process")
     if process is not None:
         if process.poll() is None:
-            process.kill()
-        process.wait()
-        shutil.rmtree(TINY_BUILD["folder"], ignore_errors=True)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdin.close()
 
 
 @pytest.fixture(scope="session")
@@ -99,11 +125,17 @@ def tiny_run() -> Path:
     """A trained tiny run directory with ``model_int8.tflite`` exported (built in the
     background since collection; this waits for it)."""
     process = TINY_BUILD.get("process")
-    if process is None:  # collected without a test that needs it (e.g. a -k selection)
-        pytest.skip("no test of this session needs the tiny run")
-    if process.wait(timeout=1800) != 0:
-        tail = TINY_BUILD["log"].read_text()[-3000:]
-        pytest.fail(f"building the tiny run failed (exit {process.returncode}):\n{tail}")
+    if process is None:  # only when collection itself was skipped (--collect-only)
+        pytest.skip("the tiny run is built only for a session that runs a test needing it")
+    try:
+        process.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    if not (TINY_BUILD["folder"] / DONE).is_file():
+        log = TINY_BUILD["log"].read_text()
+        tail = log[log.find("Traceback") :] if "Traceback" in log else log[-3000:]
+        pytest.fail(f"building the tiny run failed (exit {process.returncode}):\n{tail[-3000:]}")
     return TINY_BUILD["folder"] / "run"
 
 
@@ -196,7 +228,6 @@ def micro_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def micro_copy(micro_run, tmp_path) -> Path:
     """A private copy of the micro run, for tests that change it."""
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)
@@ -206,7 +237,6 @@ def micro_copy(micro_run, tmp_path) -> Path:
 @pytest.fixture
 def run_copy(tiny_run, tmp_path) -> Path:
     """A private copy of the tiny run, for tests that change or add files in it."""
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

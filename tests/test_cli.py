@@ -56,7 +56,7 @@ def test_train_missing_data_folder(tmp_path):
 def test_tf_flowers_offline_fails_fast_with_exit_3(tmp_path):
     """No network here: tfds would retry for ~200 s; edgetl must say so at once."""
     env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "EDGETL_CACHE": str(tmp_path / "cache")}
-    result = edgetl_here("train", "--data", "tf_flowers", "--out", str(tmp_path / "run"), env=env)
+    result = run_cli("train", "--data", "tf_flowers", "--out", str(tmp_path / "run"), env=env)
     assert_one_line_error(result, 3, "tf_flowers", "network")
 
 

@@ -29,7 +29,7 @@ def device_cli(*args: str):
 
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory, micro_run):
-    """A validated copy of the tiny run and its test images copied as a device would get
+    """A validated copy of the micro run and its test images copied as a device would get
     them: renamed, flattened into one folder, with a stranger among them."""
     from toolchain.core.rundir import RunDir
     from toolchain.validate.command import validate
@@ -181,15 +181,15 @@ LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON") or str(REPO_LEGACY)
 @pytest.mark.skipif(
     not Path(LEGACY_PYTHON).is_file(), reason="no tflite-runtime venv (make setup-edge builds it)"
 )
-def test_validate_measures_a_runtime_this_process_lacks_in_its_own_environment(micro_copy):
+def test_validate_measures_a_runtime_this_process_lacks_in_its_own_environment(run_copy):
     """tflite-runtime needs numpy<2 and cannot share TensorFlow's process: validate runs
     the device command in the legacy venv and records which runtime produced the figures."""
     result = run_cli(
-        "validate", str(micro_copy), "--runtime", "tflite_runtime",
+        "validate", str(run_copy), "--runtime", "tflite_runtime",
         env={"EDGETL_RUNTIME_PYTHONS": LEGACY_PYTHON},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    report = json.loads((micro_copy / "parity.json").read_text())
+    report = json.loads((run_copy / "parity.json").read_text())
     entry = report["models"][0]
     assert entry["runtime"].startswith("tflite_runtime 2.14")
     assert entry["environment"] == LEGACY_PYTHON
@@ -197,7 +197,7 @@ def test_validate_measures_a_runtime_this_process_lacks_in_its_own_environment(m
     # Another runtime's INT8 kernels round differently, but the model is the same one:
     # on the tiny model both runtimes agree with Keras on most images.
     assert entry["agreement"] > 0.8
-    assert not [p for p in micro_copy.iterdir() if ".partial" in p.name]
+    assert not [p for p in run_copy.iterdir() if ".partial" in p.name]
 
 
 def test_validate_runtime_nowhere_is_exit_3_in_one_line(micro_copy):

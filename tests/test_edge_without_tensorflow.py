@@ -101,7 +101,7 @@ EDGE_PYTHON = os.environ.get("EDGETL_EDGE_PYTHON")
 @pytest.mark.skipif(
     not EDGE_PYTHON, reason="EDGETL_EDGE_PYTHON unset: `make test` builds the .[edge] venv"
 )
-def test_edge_only_install_has_no_tensorflow_and_classifies(micro_run, tmp_path):
+def test_edge_only_install_has_no_tensorflow_and_classifies(tiny_run, tmp_path):
     python = (
         EDGE_PYTHON if os.path.isabs(EDGE_PYTHON) else str(REPO / EDGE_PYTHON)
     )  # no resolve(): keep the venv
@@ -117,9 +117,9 @@ def test_edge_only_install_has_no_tensorflow_and_classifies(micro_run, tmp_path)
         [
             edgetl,
             "classify",
-            str(micro_run / "model_int8.tflite"),
+            str(tiny_run / "model_int8.tflite"),
             "--source",
-            str(micro_run / "synthetic_data" / "stripes"),
+            str(tiny_run / "synthetic_data" / "stripes"),
             "--output",
             str(out),
             "--quiet",
@@ -140,7 +140,7 @@ LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON")
 
 
 @pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
-def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(micro_run, tmp_path):
+def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(tiny_run, tmp_path):
     """tflite-runtime 2.14 with numpy<2, as on Pi OS Bookworm images that pin it."""
     python = LEGACY_PYTHON if os.path.isabs(LEGACY_PYTHON) else str(REPO / LEGACY_PYTHON)
     edgetl = str(Path(python).parent / "edgetl")
@@ -149,9 +149,9 @@ def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(mic
         [
             edgetl,
             "classify",
-            str(micro_run / "model_int8.tflite"),
+            str(tiny_run / "model_int8.tflite"),
             "--source",
-            str(micro_run / "synthetic_data" / "cross"),
+            str(tiny_run / "synthetic_data" / "cross"),
             "--output",
             str(out),
             "--quiet",
@@ -173,7 +173,7 @@ def test_legacy_tflite_runtime_install_classifies_and_warns_about_int8_speed(mic
     from edge.classifier import Classifier
     from edge.image import load_rgb
 
-    here = Classifier(micro_run / "model_int8.tflite")
+    here = Classifier(tiny_run / "model_int8.tflite")
     expected = [here.classify(load_rgb(r["path"], here.image_size), 1)[0].label for r in records]
     legacy = [r["top_k"][0]["label"] for r in records]
     assert sum(a == b for a, b in zip(legacy, expected)) >= 0.9 * len(records)

@@ -233,7 +233,7 @@ def test_an_interrupted_export_leaves_the_run_as_it_was(micro_copy, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(repair, "validate", interrupted)
-    code, output = edgetl("export", str(micro_copy), "--quant", "float16", "--force")
+    code, output = edgetl("export", str(micro_copy), "--quant", "all", "--force")
     assert code == 130, output
     assert derived_state(micro_copy) == state
     assert not (micro_copy / transaction.STAGING).exists()

@@ -20,15 +20,15 @@ def test_exported_int8_carries_standard_metadata_and_edgetl_card(micro_run):
     assert {"top1", "top1_drop_pts", "agreement"} <= set(card["parity"])  # validated at export
 
 
-def test_mediapipe_image_classifier_agrees_with_the_edgetl_runner(micro_run):
+def test_mediapipe_image_classifier_agrees_with_the_edgetl_runner(tiny_run):
     mp = pytest.importorskip("mediapipe")
     from mediapipe.tasks.python import BaseOptions, vision
 
-    model = micro_run / "model_int8.tflite"
+    model = tiny_run / "model_int8.tflite"
     ours = Classifier(model)
     # 24 images across all five classes, already at the model's size so both
     # runners see identical pixels (MediaPipe would otherwise resize its own way).
-    paths = list_images(micro_run / "synthetic_data")[::16][:24]
+    paths = list_images(tiny_run / "synthetic_data")[::16][:24]
     assert len(paths) == 24
     options = vision.ImageClassifierOptions(
         base_options=BaseOptions(model_asset_path=str(model)), max_results=1

@@ -140,11 +140,15 @@ def _nan_to_none(value: float) -> Optional[float]:
 
 def gate_failures(models: List[Dict[str, Any]], budget: Budget) -> List[str]:
     """One phrase per model past a bound; the worse of tensor-level and device-path counts."""
-    return [
-        f"{Path(m['path']).name} {miss}"
-        for m in models
+    problems = []
+    for m in models:
+        detail = (
+            f" (tflite {m['top1']:.4f}, device path {m['device_path']['top1']:.4f}, "
+            f"agreement {m['agreement']:.4f})"
+        )
         for miss in budget.misses(
             max(m["top1_drop_pts"], m["device_path"]["top1_drop_pts"]),
             min(m["agreement"], m["device_path"]["agreement"]),
-        )
-    ]
+        ):
+            problems.append(f"{Path(m['path']).name} {miss}" + (detail if "drop" in miss else ""))
+    return problems
