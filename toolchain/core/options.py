@@ -25,7 +25,7 @@ IO_TYPES = ("uint8", "int8", "float32")
 # accelerator: every op INT8, as Edge TPU / NPU delegates need.
 TARGETS = ("cpu", "accelerator")
 # The accuracy budget `edgetl export` holds a model to when not told another
-# (toolchain/validate/budget.py says why); declared in edge/gate.py, which the device's
+# (toolchain/core/budget.py says why); declared in edge/gate.py, which the device's
 # `edgetl parity` falls back to without the toolchain.
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
