@@ -13,6 +13,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
+from edge.answer import card_floor, card_unknown_index
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE, RESIZE_FILTERS
 from edge.modelfile import ModelCard, read_embedded, read_model_card
@@ -162,6 +163,12 @@ class Classifier:
         self._input_index, self._output_index = self._input["index"], self._output["index"]
         self.card: ModelCard = read_model_card(self.model_path, int(out_shape[1]))
         self.labels = self.card.labels
+        # The out-of-class output and the answer floor, when the card has them (edge.answer).
+        self.unknown_index = card_unknown_index(self.card.metadata, int(out_shape[1]))
+        self.floor = card_floor(self.card.metadata)
+        # Such a model's scores are probabilities by construction (they sum to 1 before
+        # quantization), whatever its output scale: never pass them through a softmax.
+        self._softmax_out = self._softmax_out or self.unknown_index is not None
         # The model card says how training resized; the device must do the same.
         self.resize = card_resize(self.card.metadata, self.model_path)
 
@@ -203,7 +210,8 @@ class Classifier:
     def output_probabilities(self) -> np.ndarray:
         raw = self.interpreter.get_tensor(self._output_index)[0]
         if self._table is None:
-            return as_probabilities(dequantize(raw, self.output_scale, self.output_zero_point))
+            values = dequantize(raw, self.output_scale, self.output_zero_point)
+            return values if self._softmax_out else as_probabilities(values)
         values = self._table[raw.view(np.uint8)]
         return values if self._softmax_out else as_probabilities(values)
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from edge.answer import UNKNOWN_ANSWER, decide
 from edge.classifier import Classifier
 from edge.errors import BadInput
 from edge.output import PredictionWriter
@@ -32,6 +33,12 @@ class Summary:
     interrupted: bool = False  # ended early: a closed window, Ctrl-C or SIGTERM
     stopped_by: str = ""  # "SIGINT" or "SIGTERM" when a signal ended it
     skipped: int = 0  # live camera frames passed over because a newer one had arrived
+    answered: int = 0  # images answered with a class (not "unknown")
+    out_of_class: int = 0  # images the model's own unknown output called out of class
+    labeled_answered: int = 0  # labeled images answered with a class
+    answered_correct: int = 0  # ... and the class was their label
+    floor: float = 0.0  # the score an answer needed
+    answers: bool = False  # the model can answer unknown (an out-of-class output or a floor)
 
     @property
     def images_per_s(self) -> float:
@@ -41,12 +48,20 @@ class Summary:
     def accuracy(self) -> Optional[float]:
         return self.correct / self.labeled if self.labeled else None
 
+    @property
+    def coverage(self) -> Optional[float]:
+        """The share of classified images answered with a class."""
+        return self.answered / self.classified if self.classified else None
 
-def apply_threshold(result: Result, threshold: float) -> Result:
-    """Drop predictions scored below ``threshold`` (the top-1 is kept for accuracy)."""
-    if threshold > 0:
-        result.predictions = [p for p in result.predictions if p.score >= threshold]
-    return result
+    @property
+    def answered_precision(self) -> Optional[float]:
+        """Of the labeled images answered with a class, the share answered right."""
+        return self.answered_correct / self.labeled_answered if self.labeled_answered else None
+
+
+def answer_floor(classifier: Classifier, threshold: Optional[float]) -> float:
+    """``--threshold`` when given, else the floor in the model's card."""
+    return classifier.floor if threshold is None else float(threshold)
 
 
 def nothing_classified(source: Source, summary: Summary) -> Optional[str]:
@@ -69,7 +84,7 @@ def classify_source(
     classifier: Classifier,
     source: Source,
     k: int = 3,
-    threshold: float = 0.0,
+    threshold: Optional[float] = None,
     writer: Optional[PredictionWriter] = None,
     on_result: Callable[[Result], Optional[bool]] = lambda result: None,
     count_labels: bool = False,
@@ -84,7 +99,8 @@ def classify_source(
     way the summary comes back with ``stopped_by`` set, so the caller can keep the
     rows finished before it and say so.
     """
-    summary = Summary()
+    floor = answer_floor(classifier, threshold)
+    summary = Summary(floor=floor, answers=classifier.unknown_index is not None or floor > 0)
     stages: Dict[str, List[float]] = {"decode": [], "resize": [], "invoke": [], "post": []}
     start = time.perf_counter()
     results: Optional[Iterator[Result]] = None
@@ -102,15 +118,26 @@ def classify_source(
                 summary.classified += 1
                 for stage in stages:
                     stages[stage].append(getattr(result, f"{stage}_ms"))
+                answer = decide(
+                    result.probabilities, classifier.labels, classifier.unknown_index, summary.floor
+                )
+                result.answer = answer
+                answered = answer.answer != UNKNOWN_ANSWER or (
+                    classifier.unknown_index is None and summary.floor <= 0
+                )
+                summary.answered += int(answered)
+                summary.out_of_class += int(answer.out_of_class)
                 if count_labels and result.label is not None:
                     if result.label in classifier.labels:
                         summary.labeled += 1
                         summary.correct += int(result.predictions[0].label == result.label)
+                        if answered:
+                            summary.labeled_answered += 1
+                            summary.answered_correct += int(answer.answer == result.label)
                     else:
                         summary.unknown_labels[result.label] = (
                             summary.unknown_labels.get(result.label, 0) + 1
                         )
-                apply_threshold(result, threshold)
             if writer:
                 writer.write(result)
             if on_result(result) is False:

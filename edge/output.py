@@ -101,6 +101,7 @@ class PredictionWriter:
             header = ["path"]
             for i in range(1, k + 1):
                 header += [f"label_{i}", f"score_{i}"]
+            header += ["answer", "out_of_class"]
             header += ["decode_ms", "resize_ms", "invoke_ms", "post_ms", "label", "error"]
             try:  # a full disk fails here already: the temporary file must not stay
                 self._append(csv_line(header))
@@ -130,6 +131,11 @@ class PredictionWriter:
                     row += [csv_cell(prediction.label), f"{prediction.score:.6f}"]
                 else:
                     row += ["", ""]
+            answer = result.answer
+            row += [
+                csv_cell(answer.answer) if answer else "",
+                ("1" if answer.out_of_class else "0") if answer else "",
+            ]
             row += [
                 f"{result.decode_ms:.3f}",
                 f"{result.resize_ms:.3f}",
@@ -145,6 +151,8 @@ class PredictionWriter:
                 "top_k": [
                     {"label": p.label, "score": round(p.score, 6)} for p in result.predictions
                 ],
+                "answer": result.answer.answer if result.answer else None,
+                "out_of_class": result.answer.out_of_class if result.answer else None,
                 "decode_ms": round(result.decode_ms, 3),
                 "resize_ms": round(result.resize_ms, 3),
                 "invoke_ms": round(result.invoke_ms, 3),

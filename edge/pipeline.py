@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from edge.answer import Answer
 from edge.classifier import Classifier, Prediction, top_k
 from edge.image import describe_error, resize_filter, resize_rgb
 from edge.sources import Frame, file_frames
@@ -53,6 +54,7 @@ class Result:
     label: Optional[str] = None
     image: Any = None  # the frame as decoded (RGB Pillow image), for --show
     skipped: int = 0  # live cameras: newer frames replaced this many since the last result
+    answer: Optional[Answer] = None  # set by the session (edge.classify), once the floor is known
 
 
 class Bounded:

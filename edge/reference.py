@@ -287,6 +287,8 @@ def device_parity(
         "top1_drop_pts": drop,
         "agreement": agreement,
         "agreement_ci95": list(metrics.wilson_interval(agreeing, len(used))),
+        "calibration_error": metrics.top1_calibration_error(probs, truth),
+        "keras_calibration_error": metrics.top1_calibration_error(keras, truth),
         "mean_abs_prob_diff": float(difference.mean()),
         "max_abs_prob_diff": float(difference.max()),
         "disagreements": metrics.disagreements(
@@ -334,7 +336,9 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
     lines = [
         f"device parity on {report['n_images']} images ({device['arch']}, {device['runtime']}): "
         f"top-1 {report['top1']:.4f} vs keras {report['keras_top1']:.4f} "
-        f"(drop {report['top1_drop_pts']:+.2f} pts), agreement {report['agreement']:.4f}"
+        f"(drop {report['top1_drop_pts']:+.2f} pts), agreement {report['agreement']:.4f}, "
+        f"calibration error {report['calibration_error']:.4f} vs keras "
+        f"{report['keras_calibration_error']:.4f}"
     ]
     if report["missing"]:
         lines.append(f"note: {report['missing']} reference image(s) not found in the source")

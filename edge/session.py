@@ -30,8 +30,13 @@ LIVE_ENDS_BY_SIGNAL = ("camera",)
 
 
 def best_classes(result: Result) -> str:
-    """``daisy 0.912, tulips 0.051``, or ``(below threshold)`` when none is left."""
-    return ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions) or "(below threshold)"
+    """``daisy (daisy 0.912, tulips 0.051)``: the answer, then the top classes; the answer
+    is ``unknown`` when the best class is below the floor or the photo out of class."""
+    scores = ", ".join(f"{p.label} {p.score:.3f}" for p in result.predictions)
+    if result.answer is None:
+        return scores
+    flag = " out-of-class" if result.answer.out_of_class else ""
+    return f"{result.answer.answer}{flag} ({scores})"
 
 
 class Reporter:
@@ -85,6 +90,8 @@ class Reporter:
             print(f"{printable(result.path)}: {best}", file=self.out, flush=True)
         if self.window is not None:
             lines = [f"{p.label} {p.score:.2f}" for p in result.predictions] + [f"{fps:.1f} FPS"]
+            if result.answer is not None:
+                lines.insert(0, result.answer.answer)
             return self.window.show(annotate(result.image, lines))
         return True
 
@@ -140,7 +147,7 @@ def run_session(
     source: Source,
     reporter: Reporter,
     top_k: int = 3,
-    threshold: float = 0.0,
+    threshold: Optional[float] = None,
     output: Optional[Path] = None,
     count_labels: bool = False,
 ) -> Summary:
@@ -215,6 +222,16 @@ def closing_lines(
             + (f": {output} holds every image finished before it" if output else ""),
         )
     results: List[str] = []
+    if summary.answers and summary.coverage is not None:
+        results.append(
+            f"answered {summary.answered}/{summary.classified} (coverage {summary.coverage:.4f}) "
+            f"at floor {summary.floor:.3f}; {summary.out_of_class} called out-of-class"
+        )
+    if summary.answers and count_labels and summary.answered_precision is not None:
+        results.append(
+            f"answered precision {summary.answered_precision:.4f} "
+            f"({summary.answered_correct}/{summary.labeled_answered} labeled images answered)"
+        )
     if count_labels:
         if summary.unknown_labels:
             notes.append(

@@ -166,13 +166,32 @@ def _micro_model(run_dir: Path):
             layers.Conv2D(8, 3, strides=2, activation="relu"),
             layers.Conv2D(16, 3, strides=2, activation="relu"),
             layers.Conv2D(32, 3, strides=2, activation="relu"),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(n, activation="softmax"),
+            layers.GlobalAveragePooling2D(name="pool"),
+            layers.Dense(n, activation="softmax", name="probabilities"),
         ]
     )
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.fit(pixels.astype("float32"), labels, epochs=15, batch_size=32, verbose=0)
-    return model
+    return _with_confidence(model, run_dir, config, splits, root, size)
+
+
+def _with_confidence(model, run_dir: Path, config, splits, root: Path, size: int):
+    """The CNN calibrated and given its out-of-class output, as training does."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edge.image import load_many
+    from toolchain.train.confidence_fit import fit_confidence
+
+    parts = {}
+    for name in ("train", "val", "test"):
+        pixels, decoded, _ = load_many([str(root / rel) for rel, _ in splits[name]], size)
+        labels = np.array([splits[name][i][1] for i in decoded], dtype=np.int64)
+        parts[name] = SimpleNamespace(pixels=pixels, class_indices=labels)
+    data = SimpleNamespace(labels=list(config["labels"]), splits=parts)
+    shipped, _ = fit_confidence(model, data, config.get("unknown") is not None, lambda m: None)
+    return shipped
 
 
 def make_int8_hostile(run: Path) -> None:

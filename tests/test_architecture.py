@@ -9,7 +9,7 @@ from this test). The rules, and why:
 - No cycles inside ``toolchain`` or ``edge``: a newcomer follows one command's
   data down the layers without climbing back up.
 - Folders are layers, and imports only go down them (``LAYERS``): the command line
-  (``toolchain/*.py``) → ``train/`` or ``export/`` → ``validate/`` → ``quantize/`` →
+  (``toolchain/*.py``) → ``train/`` or ``export/`` → ``validate/`` → ``confidence/`` → ``quantize/`` →
   ``core/`` → ``edge/``. ``train`` and ``export`` never import each other: a run
   folder is their only interface. The package root holds only ``__version__``.
 - No module over ``MAX_LINES`` lines: one idea per file.
@@ -34,6 +34,7 @@ LAYERS = (
     ("toolchain",),
     ("toolchain.train", "toolchain.export"),
     ("toolchain.validate",),
+    ("toolchain.confidence",),
     ("toolchain.quantize",),
     ("toolchain.core",),
     ("edge",),

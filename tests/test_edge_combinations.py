@@ -191,6 +191,8 @@ class _FakeClassifier:
     image_size = 8
     resize = "bilinear"
     labels = ["cat", "dog"]
+    unknown_index = None  # an older model: no out-of-class output, no answer floor
+    floor = 0.0
 
     def __init__(self, fail_at: int = -1, failure: BaseException = KeyboardInterrupt()):
         self.calls, self.fail_at, self.failure = 0, fail_at, failure

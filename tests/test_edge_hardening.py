@@ -73,6 +73,8 @@ class FakeClassifier:
     image_size = 8
     resize = "bilinear"
     labels = ["cat", "dog"]
+    unknown_index = None  # an older model: no out-of-class output, no answer floor
+    floor = 0.0
 
     def set_input(self, pixels):
         assert pixels.shape == (8, 8, 3)

@@ -240,16 +240,23 @@ def _result(path, *scored, error=""):
 def test_session_reports_a_line_per_image_and_skipped_files():
     import io
 
+    from edge.answer import Answer
     from edge.session import Reporter
 
     out, err = io.StringIO(), io.StringIO()
     reporter = Reporter(live=False, out=out, err=err)
     assert reporter(_result("a.jpg", ("daisy", 0.9123), ("tulips", 0.05)))
-    assert reporter(_result("b.jpg"))  # every class under --threshold
+    unsure = _result("b.jpg", ("daisy", 0.4), ("tulips", 0.35))
+    unsure.answer = Answer("unknown", 0.4, False)  # under the answer floor
+    assert reporter(unsure)
+    outside = _result("d.jpg", ("unknown", 0.9), ("daisy", 0.05))
+    outside.answer = Answer("daisy", 0.05, True)  # --threshold 0: a class, flagged
+    assert reporter(outside)
     assert reporter(_result("c.jpg", error="c.jpg: not a readable image"))
     assert out.getvalue().splitlines() == [
         "a.jpg: daisy 0.912, tulips 0.050",
-        "b.jpg: (below threshold)",
+        "b.jpg: unknown (daisy 0.400, tulips 0.350)",
+        "d.jpg: daisy out-of-class (unknown 0.900, daisy 0.050)",
     ]
     assert err.getvalue() == "skipped: c.jpg: not a readable image\n"
     quiet_out = io.StringIO()

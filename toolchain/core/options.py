@@ -154,6 +154,10 @@ class TrainOptions:
         min=0.0,
         max=0.95,
     )
+    out_of_class: bool = option(
+        True,
+        "Give the model an 'unknown' output, computed inside it: the distance of a photo's pooled features to the trained classes, its threshold set to keep 99% of the validation photos. --no-out-of-class ships the classes alone.",
+    )
     class_weights: str = option(
         "auto",
         "auto (inverse-frequency weights when a class has over 2x the images of another), on, off.",
@@ -237,6 +241,18 @@ class ExportOptions:
         "Quantization-aware fine-tuning: a few epochs with INT8 rounding simulated, distilled from the float model, for a better pure-INT8 model. Runs in its own Python (.venv-qat or EDGETL_QAT_PYTHON); ships only when it beats post-training quantization on the decision images.",
     )
     qat_epochs: int = option(2, "Epochs of --qat.", min=1, max=100)
+    min_precision: float = option(
+        0.9,
+        "The precision the model's answers promise: the card's answer floor is the lowest top score whose lower bound (--precision-confidence) on the validation photos' precision still reaches it; below it a device answers unknown.",
+        min=0.0,
+        max=1.0,
+    )
+    precision_confidence: float = option(
+        0.7,
+        "Confidence of the one-sided Clopper-Pearson bound behind --min-precision (0.9 halves what a model of ~160 validation photos answers; see the README).",
+        min=0.5,
+        max=0.999,
+    )
     fallback_max_layers: int = option(
         48, "Most INT8 ops the auto fallback keeps in float before it gives up.", cli=False
     )
@@ -309,7 +325,12 @@ class ClassifyOptions:
         "An image file, a folder of images (recursive), a video file, or camera / camera:N.",
     )
     top_k: int = option(3, "Classes to report per image.", min=1, max=1000)
-    threshold: float = option(0.0, "Hide classes scored below this.", min=0.0, max=1.0)
+    threshold: Optional[float] = option(
+        None,
+        "Answer only when the top class scores at least this, else answer unknown (default: the answer floor in the model's card, 0 for a model without one). 0 always answers and still flags out-of-class photos.",
+        min=0.0,
+        max=1.0,
+    )
     threads: Optional[int] = option(
         None,
         "Interpreter threads (default: all cores, 1 where more are known to hurt).",

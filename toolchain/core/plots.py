@@ -114,3 +114,42 @@ def image_grid(items: List[Dict], path: Path, columns: int = 4) -> Path:
             fontsize=8,
         )
     return _save(plt, fig, path, dpi=80)
+
+
+def reliability_diagram(curves: Dict[str, List[Dict[str, float]]], path: Path) -> Path:
+    """Accuracy against confidence per bin (``edge.metrics.reliability`` rows), one line
+    per model or stage; the diagonal is a calibrated model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for name, rows in curves.items():
+        if rows:
+            ax.plot(
+                [r["confidence"] for r in rows],
+                [r["accuracy"] for r in rows],
+                marker="o",
+                label=name,
+            )
+    ax.set_xlabel("top score (confidence)")
+    ax.set_ylabel("accuracy of photos in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(plt, fig, path)
+
+
+def risk_coverage(curves: Dict[str, Sequence[Sequence[float]]], path: Path) -> Path:
+    """Error rate of the answered photos against the share answered, as the floor
+    drops; ``curves`` maps a name to ``(coverage, risk)`` pairs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        if len(points):
+            points = np.asarray(points)
+            ax.plot(points[:, 0], points[:, 1], label=name)
+    ax.set_xlabel("coverage (share of known-class photos answered)")
+    ax.set_ylabel("risk (share of answers that are wrong)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)

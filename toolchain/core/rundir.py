@@ -39,6 +39,7 @@ TRAINING_FILES = (
     "train_report.json",
     "training_curves.png",
     "confusion_val.png",
+    "reliability.png",
 )
 EXPORT_LOG = "export.log"  # the converters' C++ output, kept rather than printed
 PARITY_PICTURES = {
@@ -134,6 +135,11 @@ class RunDir:
     @property
     def confusion_val(self) -> Path:
         return self.path / "confusion_val.png"
+
+    @property
+    def reliability(self) -> Path:
+        """The reliability diagram of the test split, before and after calibration."""
+        return self.path / "reliability.png"
 
     @property
     def export_log(self) -> Path:

@@ -28,6 +28,7 @@ from toolchain.core.options import (
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir, read_json_object
 from toolchain.export import shipped_set, transaction
+from toolchain.export.answer_floor import answer_floor
 from toolchain.export.exported import (
     ExportResult,
     model_card,
@@ -116,9 +117,12 @@ def export(
             log,
         )
     model = run.load_keras_model()
+    answer = answer_floor(
+        run, config, model, options.min_precision, options.precision_confidence, log
+    )
     job = ExportJob(run, transaction.begin(run), options, budget, config, model, calibration, log)
     try:
-        results, report, judge = convert_all(job, modes, calibration_info)
+        results, report, judge = convert_all(job, modes, calibration_info, answer)
         missed = judge_all(job, modes, results, report, judge) if options.validate else {}
     except BaseException:
         transaction.abandon(run)  # the run's files were never touched
@@ -126,7 +130,12 @@ def export(
     return conclude(job, modes, results, report, missed)
 
 
-def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, Any]):
+def convert_all(
+    job: ExportJob,
+    modes: List[str],
+    calibration_info: Dict[str, Any],
+    answer: Optional[Dict[str, Any]] = None,
+):
     """Every requested mode converted and written into the staging folder, with the
     report that describes them."""
     options, log = job.options, job.log
@@ -136,7 +145,7 @@ def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, An
         io = options.io if mode == "int8" else "float32"
         start = time.perf_counter()
         flatbuffer = convert(job.model, mode, io, job.calibration, job.run.export_log)
-        card = model_card(job.config, mode, io, calibration_info if mode == "int8" else {})
+        card = model_card(job.config, mode, io, calibration_info if mode == "int8" else {}, answer)
         if mode == "int8" and options.qat:
             judge = Judge.of(job.run, job.config, job.model, log, half_of_train=True)
             flatbuffer, qat_report = qat_or_ptq(
@@ -149,6 +158,7 @@ def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, An
         "edgetl_version": __version__,
         "target": options.target,
         "budget": job.budget.json() if options.validate else None,
+        "answer": answer,
         "models": [report_entry(r, job.run, log) for r in results],
     }
     if qat_report is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from edge import atomic
 from edge.errors import BadInput
@@ -18,6 +18,7 @@ from edge.modelfile import embed_metadata
 from edge.runtime import load_interpreter
 from edge.tensors import describe_tensor, tensor_table
 from toolchain import __version__
+from toolchain.confidence.shipped import output_labels
 from toolchain.core import runtimes
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
@@ -38,19 +39,35 @@ class ExportResult:
 
 
 def model_card(
-    config: Dict[str, Any], quant: str, io: str, calibration_info: Dict[str, Any]
+    config: Dict[str, Any],
+    quant: str,
+    io: str,
+    calibration_info: Dict[str, Any],
+    answer: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The JSON card embedded in each exported file: what a device needs to know."""
-    return {
+    """The JSON card embedded in each exported file: what a device needs to know.
+
+    ``unknown`` names the output that says "none of the classes" (its index and
+    label), and ``answer`` the floor below which a device answers unknown: both
+    absent for a model trained before they existed, which then always answers."""
+    card = {
         "edgetl_version": __version__,
         "quant": quant,
         "io": io,
-        "labels": list(config["labels"]),
+        "labels": output_labels(config),
         "image_size": int(config["image_size"]),
         "input": config.get("input", {}),
         "train": config.get("results", {}),
         "calibration": calibration_info,
     }
+    if config.get("temperature") is not None:
+        card["temperature"] = config["temperature"]  # baked into the last layer already
+    unknown = config.get("unknown")
+    if isinstance(unknown, dict):
+        card["unknown"] = {"label": unknown["label"], "index": int(unknown["index"])}
+    if answer is not None:
+        card["answer"] = answer
+    return card
 
 
 def tensor_report(path: Path) -> List[Dict[str, Any]]:

@@ -20,6 +20,7 @@ from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
 from toolchain.train import runstate
 from toolchain.train.checks import checked_options, require_finite
+from toolchain.train.confidence_fit import fit_confidence
 from toolchain.train.data import (
     TrainingData,
     class_weights_for,
@@ -144,6 +145,7 @@ def _train_and_write(
         note = f"worker {role.index}: trained in step with the chief, which writes the run"
         nan = float("nan")
         return TrainResult(run.path, data.labels, data.counts, nan, nan, {}, worker_note=note)
+    keras_model, confidence = fit_confidence(keras_model, data, options.out_of_class, log)
     evaluation = evaluate(keras_model, data)
     require_finite(evaluation.probabilities, last_phase, learning_rate, "the model's outputs")
     log(f"keras top-1: val {evaluation.top1['val']:.3f}, test {evaluation.top1['test']:.3f}")
@@ -156,6 +158,7 @@ def _train_and_write(
         evaluation,
         session.timings,
         log,
+        confidence,
     )
     return None
 

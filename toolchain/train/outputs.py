@@ -1,10 +1,12 @@
 """What a finished training run writes, into the staging folder before the commit.
 
-    model.keras          float32, raw 0..255 RGB in, probabilities out
+    model.keras          float32, raw 0..255 RGB in, calibrated probabilities out, the
+                         last one "unknown" (``toolchain.confidence.shipped``)
     history.json         per-epoch metrics of both phases, from their CSV logs
     splits.json          which files went where (the same as checkpoints/splits.json)
     labels.txt           class names in output order
     confusion_val.png    the Keras model on the val split
+    reliability.png      the test split's scores before and after calibration
     training_curves.png  accuracy and loss per epoch, the fine-tuning start marked
     train_report.json    how the run went: data, timings, epochs, accuracy
     config.json          what every later step reads: options, labels, input contract
@@ -20,7 +22,7 @@ import contextlib
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,11 +30,13 @@ from edge import atomic
 from edge.image import DEFAULT_RESIZE, RESIZE_DESCRIPTION
 from edge.metrics import confusion_matrix
 from toolchain import __version__
+from toolchain.confidence.shipped import UNKNOWN
 from toolchain.core.options import TrainOptions
 from toolchain.core.pixel_file import predict_in_batches
-from toolchain.core.plots import confusion_matrices, training_curves
+from toolchain.core.plots import confusion_matrices, reliability_diagram, training_curves
 from toolchain.core.progress import Log
 from toolchain.core.rundir import LOG_FILES, RunDir
+from toolchain.train.confidence_fit import ConfidenceFit
 from toolchain.train.data import SPLITS, TrainingData
 from toolchain.train.phases import Timings
 
@@ -55,12 +59,15 @@ class Evaluation:
 
 
 def evaluate(model: Any, data: TrainingData) -> Evaluation:
+    """Top-1 among the trained classes: the out-of-class answer is reported on its own
+    (``train_report.json``'s ``confidence``), so these figures compare with older runs."""
     top1, predicted, outputs = {}, {}, []
+    n = len(data.labels)
     for split_name in ("val", "test"):
         split = data.splits[split_name]
         probabilities = predict_in_batches(model, split.pixels)
         outputs.append(probabilities)
-        predicted[split_name] = probabilities.argmax(axis=1)
+        predicted[split_name] = probabilities[:, :n].argmax(axis=1)
         y = split.class_indices
         top1[split_name] = float(np.mean(predicted[split_name] == y)) if len(y) else float("nan")
     return Evaluation(top1, predicted["val"], tuple(outputs))
@@ -75,6 +82,7 @@ def write_outputs(
     evaluation: Evaluation,
     timings: Timings,
     log: Log,
+    confidence: Optional[ConfidenceFit] = None,
 ) -> None:
     """Every file of the new run, into ``staged``; the caller commits them."""
     staged.mkdir(parents=True, exist_ok=True)
@@ -89,7 +97,10 @@ def write_outputs(
         training_curves(history, head_epochs, RunDir(staged).training_curves)
     except ImportError:
         log("note: matplotlib is not installed; training_curves.png not written")
-    _write_reports(staged, options, data, evaluation, timings, history, head_epochs)
+    if confidence is not None and confidence.reliability:
+        with contextlib.suppress(ImportError):
+            reliability_diagram(confidence.reliability, RunDir(staged).reliability)
+    _write_reports(staged, options, data, evaluation, timings, history, head_epochs, confidence)
 
 
 def save_model(model: Any, path: Path) -> None:
@@ -138,6 +149,7 @@ def _write_reports(
     timings: Timings,
     history: Dict[str, List[float]],
     head_epochs: int,
+    confidence: Optional[ConfidenceFit],
 ) -> None:
     """train_report.json and config.json, from the same numbers."""
     options_dict = options.to_dict()
@@ -177,6 +189,7 @@ def _write_reports(
             "best_epoch": int(np.argmin(val_loss)) + 1 if val_loss else None,
             "val_top1": top1["val"],
             "test_top1": top1["test"],
+            "confidence": confidence.report if confidence else None,
         },
     )
     atomic.write_json(
@@ -193,6 +206,13 @@ def _write_reports(
                 "counts": data.counts,
             },
             "results": {"val_top1": top1["val"], "test_top1": top1["test"]},
+            # The model's extra last output, when it has one: what every later step reads.
+            "unknown": (
+                {"label": UNKNOWN, "index": len(data.labels), **confidence.report["out_of_class"]}
+                if confidence and confidence.report["out_of_class"]["in_model"]
+                else None
+            ),
+            "temperature": confidence.report["temperature"] if confidence else None,
             "seconds": seconds,
         },
     )

@@ -34,6 +34,7 @@ from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
 from edge.reference import reference_json
 from edge.runtime import RUNTIMES
+from toolchain.confidence.shipped import output_labels
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
 from toolchain.core.failures import describe_failure
@@ -84,7 +85,8 @@ def validate(
     run = RunDir(run_dir).require_trained()
     out = out or run
     config = run.read_config()
-    labels = list(config["labels"])
+    classes = list(config["labels"])  # what the photos are labelled with
+    labels = output_labels(config)  # what the model answers: the classes, then unknown
     size = int(config["image_size"])
     device = device_budget(run, gate)  # a damaged report: before any work
     model_paths = given or run.tflite_models()
@@ -92,7 +94,7 @@ def validate(
         raise BadInput(f"{run.path}: no .tflite model; run `edgetl export {run.path}` first")
 
     start = time.perf_counter()
-    eval_set = load_eval_set(run, options.data, size, labels)
+    eval_set = load_eval_set(run, options.data, size, classes)
     if len(eval_set.labels) == 0:
         raise BadInput(f"{run.path}: no readable images to validate on")
     log(f"validating on {len(eval_set.labels)} images ({eval_set.description})")
@@ -209,6 +211,7 @@ def base_report(
             "top1_ci95": keras_top1_ci,
             "top5": keras_top5,
             "top5_ci95": keras_top5_ci,
+            "calibration_error": metrics.top1_calibration_error(keras_probs, eval_set.labels),
             "confusion": metrics.confusion_matrix(
                 eval_set.labels, keras_probs.argmax(axis=1), len(labels)
             ).tolist(),

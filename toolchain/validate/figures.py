@@ -119,6 +119,8 @@ def compare(
         "top5_ci95": top5_ci,
         "top1_drop_pts": metrics.drop_points(keras_top1, top1),
         "agreement": metrics.top1_agreement(keras_probs, probs),
+        "calibration_error": metrics.top1_calibration_error(probs, labels),
+        "keras_calibration_error": metrics.top1_calibration_error(keras_probs, labels),
         "mean_abs_prob_diff": float(difference.mean()) if difference.size else 0.0,
         "max_abs_prob_diff": float(difference.max()) if difference.size else 0.0,
         "per_class": {

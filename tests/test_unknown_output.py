@@ -1,0 +1,128 @@
+"""The out-of-class output inside a real exported model, end to end.
+
+A small CNN with edgetl's head layout (``pool``, ``probabilities``), trained on
+the micro run's generated images, gets its calibration and ``unknown`` output
+(``toolchain.train.confidence_fit``), is converted to full INT8 by the real
+converter with an answer floor in its card, and classifies known photos and
+pixel noise: on ai-edge-litert in this process, and with tflite-runtime (the
+legacy venv) through the real CLI. The out-of-class flag must agree with Keras's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON")
+
+
+def _far_images(size: int) -> np.ndarray:
+    """Saturated flat colours: far outside the generated classes' features."""
+    colours = np.array(
+        [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255]],
+        np.uint8,
+    )
+    flat = np.broadcast_to(colours[:, None, None, :], (6, size, size, 3))
+    dimmer = (flat * 0.8).astype(np.uint8)
+    return np.concatenate([flat, dimmer])
+
+
+@pytest.fixture(scope="module")
+def unknown_model(micro_run, tmp_path_factory):
+    """The micro run's INT8 file (trained, calibrated, given its unknown output and
+    exported like a user's run), the held-out photos and far images in a folder, and
+    Keras's scores on them."""
+    from PIL import Image
+
+    from edge.image import load_many
+    from toolchain.core.rundir import RunDir
+
+    run = RunDir(micro_run)
+    config = run.read_config()
+    size, labels = int(config["image_size"]), list(config["labels"])
+    paths, _ = run.split_files("test", len(labels))
+    known, _, _ = load_many(paths, size)
+    far = _far_images(size)
+    folder = tmp_path_factory.mktemp("photos")
+    names = []
+    for prefix, images in (("known", known), ("far", far)):
+        for i, image in enumerate(images):
+            names.append(f"{prefix}_{i:03d}.png")
+            Image.fromarray(image).save(folder / names[-1])
+    model = run.load_keras_model()
+    keras_probs = model.predict(np.concatenate([known, far]).astype("float32"), verbose=0)
+    report = json.loads(run.train_report.read_text())
+    return SimpleNamespace(
+        path=run.tflite("int8"), folder=folder, names=names, keras=keras_probs,
+        labels=labels, report=report, card=json.loads(json.dumps(config)),
+    )  # fmt: skip
+
+
+def _flags(rows, names):
+    by_name = {Path(row["path"]).name: row for row in rows}
+    return np.array([by_name[name]["out_of_class"] == "1" for name in names])
+
+
+def _classify(python, model, folder, out, *extra):
+    command = [python, "-m", "toolchain.cli", "classify", str(model), "--source", str(folder)]
+    done = subprocess.run(
+        [*command, "--output", str(out), "--quiet", "--top-k", "2", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out, newline="") as handle:
+        return list(csv.DictReader(handle)), done.stdout
+
+
+def test_train_report_figures_and_the_unknown_output_in_keras(unknown_model):
+    report = unknown_model.report["confidence"]
+    assert 0.2 <= report["temperature"] <= 10
+    assert report["out_of_class"]["in_model"] is True
+    assert report["out_of_class"]["val_kept"] >= 0.9
+    assert set(report["test_calibration_error"]) == {"before", "after"}
+    keras = unknown_model.keras
+    assert keras.shape[1] == len(unknown_model.labels) + 1
+    assert np.allclose(keras.sum(axis=1), 1.0, atol=1e-4)  # still a distribution
+    far = np.array([n.startswith("far") for n in unknown_model.names])
+    flagged = keras.argmax(axis=1) == len(unknown_model.labels)
+    assert flagged[far].mean() >= 0.9  # flat colours are out of class
+    assert flagged[~far].mean() <= 0.1
+
+
+def test_answer_column_and_summary_on_ai_edge_litert(unknown_model, tmp_path):
+    rows, stdout = _classify(
+        sys.executable, unknown_model.path, unknown_model.folder, tmp_path / "p.csv"
+    )
+    keras_flags = unknown_model.keras.argmax(axis=1) == len(unknown_model.labels)
+    flags = _flags(rows, unknown_model.names)
+    assert np.mean(flags == keras_flags) >= 0.95
+    for row in rows:
+        assert row["answer"] in (*unknown_model.labels, "unknown")
+        if row["out_of_class"] == "1":
+            assert row["answer"] == "unknown"  # the card's floor is > 0 here
+    answered = sum(row["answer"] != "unknown" for row in rows)
+    assert f"answered {answered}/{len(rows)}" in stdout
+    # --threshold 0 always answers with a class and still flags out-of-class photos
+    always, _ = _classify(
+        sys.executable, unknown_model.path, unknown_model.folder, tmp_path / "a.csv",
+        "--threshold", "0",
+    )  # fmt: skip
+    assert all(row["answer"] in unknown_model.labels for row in always)
+    assert (_flags(always, unknown_model.names) == flags).all()
+
+
+@pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
+def test_out_of_class_flags_agree_on_tflite_runtime(unknown_model, tmp_path):
+    rows, _ = _classify(LEGACY_PYTHON, unknown_model.path, unknown_model.folder, tmp_path / "p.csv")
+    keras_flags = unknown_model.keras.argmax(axis=1) == len(unknown_model.labels)
+    assert np.mean(_flags(rows, unknown_model.names) == keras_flags) >= 0.95
+    json.dumps(rows)  # every cell is plain text

@@ -1,0 +1,1 @@
+"""Scores that mean what they say: calibration, the out-of-class answer, the answer floor."""

@@ -1,0 +1,62 @@
+"""The answer floor an export writes into each model's card (``--min-precision``).
+
+Chosen on the validation split only: the photos the model was not fitted to
+(training images would make its answers look more often right than they are).
+Keras's shipped model gives the scores: the floor is a property of the model's
+calibrated scores, which every exported file reproduces (``validate`` measures
+how closely). A photo the model itself calls ``unknown`` is not answered at any
+floor. See ``toolchain.confidence.floor`` for the bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from edge.image import load_many
+from toolchain.confidence.floor import choose_floor
+from toolchain.core.pixel_file import predict_in_batches
+from toolchain.core.progress import Log
+from toolchain.core.rundir import RunDir
+
+
+def answer_floor(
+    run: RunDir,
+    config: Dict[str, Any],
+    model: Any,
+    min_precision: float,
+    confidence: float,
+    log: Log,
+) -> Optional[Dict[str, Any]]:
+    """The floor as the card and the report record it; None for a model without the
+    ``unknown`` output (an older run: its device answers as before) or without
+    validation photos."""
+    if not isinstance(config.get("unknown"), dict):
+        return None
+    classes = len(config["labels"])
+    paths, labels = run.split_files("val", classes)
+    if not paths:
+        log("note: no validation split, so no answer floor: the model always answers")
+        return None
+    pixels, kept, _ = load_many(paths, int(config["image_size"]))
+    probabilities = predict_in_batches(model, pixels)
+    truth = np.array([labels[i] for i in kept])
+    best = probabilities.argmax(axis=1)
+    answerable = best < classes
+    scores = np.where(answerable, probabilities.max(axis=1), 0.0)
+    floor = choose_floor(scores, answerable & (best == truth), min_precision, confidence)
+    figures = floor.json()
+    if floor.answered:
+        log(
+            f"answer floor {floor.floor:.3f}: answers {floor.coverage:.0%} of {floor.images} "
+            f"validation photos at precision {floor.precision:.3f} "
+            f"(lower bound {floor.precision_lower_bound:.3f} >= {min_precision:g})"
+        )
+    else:
+        log(
+            f"warning: no answer floor reaches precision {min_precision:g} on the "
+            f"{floor.images} validation photos (with a {floor.confidence:.0%} bound); the "
+            "model will answer unknown to everything: lower --min-precision or train a better model"
+        )
+    return {**figures, "chosen_on": f"val split ({floor.images} photos)"}

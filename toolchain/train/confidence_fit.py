@@ -1,0 +1,144 @@
+"""After training: fit the calibration and the out-of-class answer, build the shipped model.
+
+The trained classifier runs once more over the training split (class means and
+spreads of its pooled features, accumulated a batch at a time, so memory does
+not grow with the data) and over the held-out splits. The validation split
+fits the temperature and sets the out-of-class threshold; the test split, which
+fitted nothing, gives the figures reported in ``train_report.json`` and the
+reliability diagram. A model without edgetl's layer layout (``pool`` and
+``probabilities``) is saved as trained, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from edge import metrics
+from toolchain.confidence import outofclass
+from toolchain.confidence.shipped import UNKNOWN, features_and_logits, has_head, with_confidence
+from toolchain.confidence.temperature import fit_temperature, softmax
+from toolchain.core.pixel_file import Rows, batches
+from toolchain.core.progress import Log
+from toolchain.train.data import TrainingData
+
+
+@dataclass
+class ConfidenceFit:
+    """What the fit found, for train_report.json, config.json and the diagram."""
+
+    report: Dict[str, Any]
+    reliability: Dict[str, List[Dict[str, float]]] = field(default_factory=dict)
+
+
+def features_of(extractor: Any, rows: Rows) -> Tuple[np.ndarray, np.ndarray]:
+    """Pooled features and logits of ``rows``, a batch at a time."""
+    features, logits = [], []
+    for batch in batches(rows, 64):
+        f, z = extractor.predict_on_batch(batch.astype(np.float32))
+        features.append(np.asarray(f, np.float32))
+        logits.append(np.asarray(z, np.float32))
+    if not features:
+        width = int(extractor.outputs[0].shape[-1]), int(extractor.outputs[1].shape[-1])
+        return np.zeros((0, width[0]), np.float32), np.zeros((0, width[1]), np.float32)
+    return np.concatenate(features), np.concatenate(logits)
+
+
+def class_statistics(
+    extractor: Any, rows: Rows, labels: np.ndarray, n_classes: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Class means and per-feature scales of the training split in one streaming pass:
+    sums and sums of squares per class (float64), never every feature row at once."""
+    sums, squares, counts = None, None, np.zeros(n_classes)
+    start = 0
+    for batch in batches(rows, 64):
+        f, _ = extractor.predict_on_batch(batch.astype(np.float32))
+        f = np.asarray(f, np.float64)
+        y = labels[start : start + len(f)]
+        start += len(f)
+        if sums is None:
+            sums = np.zeros((n_classes, f.shape[1]))
+            squares = np.zeros((n_classes, f.shape[1]))
+        np.add.at(sums, y, f)
+        np.add.at(squares, y, f * f)
+        counts += np.bincount(y, minlength=n_classes)
+    present = counts > 0
+    overall = sums[present].sum(axis=0) / counts.sum()
+    means = np.where(present[:, None], sums / np.maximum(counts, 1)[:, None], overall)
+    within = (squares.sum(axis=0) - (counts[:, None] * means**2).sum(axis=0)) / counts.sum()
+    return means, outofclass.scales_of(within)
+
+
+def fit_confidence(
+    model: Any, data: TrainingData, out_of_class: bool, log: Log
+) -> Tuple[Any, Optional[ConfidenceFit]]:
+    """``(shipped model, fit)``: calibrated, and with ``out_of_class`` the ``unknown``
+    output too; ``(model, None)`` when the model has no edgetl head."""
+    if not has_head(model):
+        log("note: the model has no pooled-feature head; scores are saved uncalibrated")
+        return model, None
+    n = len(data.labels)
+    if out_of_class and UNKNOWN in data.labels:
+        log(f"note: a class is named {UNKNOWN!r}; the out-of-class answer shares its name")
+    extractor = features_and_logits(model)
+    train = data.splits["train"]
+    means, scales = class_statistics(extractor, train.pixels, train.class_indices, n)
+    val, test = data.splits["val"], data.splits["test"]
+    val_features, val_logits = features_of(extractor, val.pixels)
+    test_features, test_logits = features_of(extractor, test.pixels)
+    temperature = fit_temperature(val_logits, val.class_indices)
+    # Without a validation split the threshold falls back on the test split, then on
+    # training images (which sit closer to their means: a looser threshold).
+    held_out, held_name = val_features, "val"
+    if not len(held_out):
+        held_out, held_name = (test_features, "test") if len(test_features) else (None, "train")
+    if held_out is None:
+        train_features, _ = features_of(extractor, train.pixels[: min(len(train.pixels), 2000)])
+        held_out = train_features
+    ooc = outofclass.fit(means, scales, held_out)
+    shipped = with_confidence(model, temperature, ooc if out_of_class else None)
+
+    report: Dict[str, Any] = {
+        "temperature": round(temperature, 6),
+        "fitted_on": f"val split ({len(val.class_indices)} images)",
+        "calibration_error_bins": metrics.CALIBRATION_BINS,
+        # Fitted and measured either way; in the model only with --out-of-class.
+        "out_of_class": {
+            **ooc.summary(),
+            "threshold_set_on": f"{held_name} split",
+            "in_model": out_of_class,
+        },
+    }
+    reliability: Dict[str, List[Dict[str, float]]] = {}
+    for name, logits, features, labels in (
+        ("val", val_logits, val_features, val.class_indices),
+        ("test", test_logits, test_features, test.class_indices),
+    ):
+        if not len(labels):
+            continue
+        before, after = softmax(logits), softmax(logits, temperature)
+        report[f"{name}_calibration_error"] = {
+            "before": round(metrics.top1_calibration_error(before, labels), 4),
+            "after": round(metrics.top1_calibration_error(after, labels), 4),
+        }
+        report["out_of_class"][f"{name}_kept"] = round(
+            float(np.mean(ooc.distances(features) <= ooc.threshold)), 4
+        )
+        if name == "test" or not len(test.class_indices):
+            for stage, probs in (("before", before), ("after", after)):
+                correct = probs.argmax(axis=1) == labels
+                reliability[f"{name} split, {stage} calibration"] = metrics.reliability(
+                    probs.max(axis=1), correct
+                )
+    log(
+        f"calibration: temperature {temperature:.3f}"
+        + (
+            f"; out-of-class threshold {ooc.threshold:.3f} keeps {outofclass.KEEP:.0%} of "
+            "known-class photos"
+            if out_of_class
+            else ""
+        )
+    )
+    return shipped, ConfidenceFit(report, reliability)
