@@ -194,6 +194,23 @@ def _with_confidence(model, run_dir: Path, config, splits, root: Path, size: int
     return shipped
 
 
+def without_out_of_class(run: Path) -> Path:
+    """``run`` (a copy) as ``train --no-out-of-class`` leaves it: the calibrated classes
+    alone, no ``unknown`` output (what ``--qat`` needs)."""
+    import json
+
+    from toolchain.core.quiet import keras
+
+    keras = keras()
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    classes = keras.Model(model.inputs, model.get_layer("probabilities").output)
+    classes.save(run / "model.keras")
+    config = json.loads((run / "config.json").read_text())
+    config["unknown"] = None
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
 def make_int8_hostile(run: Path) -> None:
     """The outlier-channel failure of INT8 on the micro CNN: one output channel of its
     second convolution scaled by 1000 (ReLU commutes with a positive scale) and the

@@ -30,6 +30,7 @@ import pytest
 from conftest import REPO, make_int8_hostile
 from typer.testing import CliRunner
 
+from edge.modelfile import read_embedded
 from toolchain import runlock
 from toolchain.cli import app
 from toolchain.export import transaction
@@ -79,6 +80,10 @@ def check_run(run: Path, before: Dict[str, str], code: int, modes_missed_all: bo
             assert test["agreement"] >= budget["min_agreement"] - 1e-9, entry["path"]
     int8 = [n for n in on_disk if n in SHIPPABLE_INT8]
     assert len(int8) <= 1, int8
+    for name in on_disk:  # every file a device may get answers with the export's floor
+        card = read_embedded(run / name) or {}
+        if "unknown" in card and report.get("answer") is not None:
+            assert card["answer"]["floor"] == report["answer"]["floor"], name
     if report.get("shipped") is not None:
         assert report["shipped"]["int8"] == (int8[0] if int8 else None), report["shipped"]
     if code != 0:  # every slot that shipped before still ships something

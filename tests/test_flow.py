@@ -46,7 +46,9 @@ def test_int8_model_takes_raw_uint8_pixels_and_embeds_labels(tiny_run):
     with zipfile.ZipFile(model) as archive:
         labels = archive.read("labels.txt").decode().split()
         card = json.loads(archive.read("edgetl.json"))
-    assert labels == json.loads((tiny_run / "config.json").read_text())["labels"]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert labels == config["labels"] + ["unknown"]  # the out-of-class output comes last
+    assert card["unknown"] == {"label": "unknown", "index": len(config["labels"])}
     assert card["quant"] == "int8" and card["image_size"] == TINY["image_size"]
     report = json.loads((tiny_run / "export_report.json").read_text())
     assert sum(report["models"][0]["calibration"]["per_class"].values()) == 100

@@ -165,7 +165,8 @@ def nan_models(micro_run, tmp_path_factory):
 
     tf, keras = tensorflow(), keras()
     config = json.loads((micro_run / "config.json").read_text())
-    size, labels = config["image_size"], config["labels"]
+    size = config["image_size"]
+    labels = config["labels"] + ([config["unknown"]["label"]] if config.get("unknown") else [])
     inputs = keras.Input((size, size, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     dense = keras.layers.Dense(len(labels), activation="softmax")

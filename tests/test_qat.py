@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge.modelfile import read_embedded
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, without_out_of_class
 from tests.test_faults import snapshot
 
 QAT_PYTHON = os.environ.get("EDGETL_QAT_PYTHON")
@@ -37,6 +37,11 @@ def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
     assert snapshot(micro_copy) == before
 
 
+def test_qat_on_a_model_with_the_out_of_class_output_is_refused_in_one_line(micro_copy):
+    result = run_cli("export", str(micro_copy), "--qat", "--force")
+    assert_one_line_error(result, 2, "--qat", "out-of-class", "--no-out-of-class")
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -54,6 +59,7 @@ def test_qat_options_that_cannot_work_are_refused_up_front(micro_copy, args, fra
 @pytest.mark.slow
 @needs_qat_python
 def test_qat_runs_is_compared_with_ptq_and_the_report_says_which_ships(run_copy):
+    without_out_of_class(run_copy)  # QAT rebuilds the classes alone (README)
     result = run_cli(
         "export", str(run_copy), "--target", "accelerator", "--qat", "--qat-epochs", "1",
         "--force", "--max-drop", "5", "--min-agreement", "0.9",  # the fixture's budget

@@ -146,8 +146,11 @@ class Picamera2:
 
 
 def _top_scores(jsonl: Path):
+    """Each row's (label, score) pairs: a swap can move a photo to another label (the
+    out-of-class one included) at the same saturated score."""
     return [
-        [p["score"] for p in json.loads(line)["top_k"]] for line in jsonl.read_text().splitlines()
+        [(p["label"], p["score"]) for p in json.loads(line)["top_k"]]
+        for line in jsonl.read_text().splitlines()
     ]
 
 

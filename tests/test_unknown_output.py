@@ -126,3 +126,34 @@ def test_out_of_class_flags_agree_on_tflite_runtime(unknown_model, tmp_path):
     keras_flags = unknown_model.keras.argmax(axis=1) == len(unknown_model.labels)
     assert np.mean(_flags(rows, unknown_model.names) == keras_flags) >= 0.95
     json.dumps(rows)  # every cell is plain text
+
+
+def test_validate_unknown_data_reports_rejection_auroc_and_the_risk_coverage_curve(
+    micro_copy, tmp_path
+):
+    from conftest import edgetl_here
+    from PIL import Image
+
+    config = json.loads((micro_copy / "config.json").read_text())
+    far = tmp_path / "far"
+    far.mkdir()
+    for i, image in enumerate(_far_images(int(config["image_size"]))):
+        Image.fromarray(image).save(far / f"{i}.png")
+    result = edgetl_here("validate", str(micro_copy), "--unknown-data", str(far))
+    assert result.returncode == 0, result.stderr
+    section = json.loads((micro_copy / "parity.json").read_text())["out_of_class"]
+    assert section["n_images"] == 12
+    for figures in [section["keras"], *section["models"].values()]:
+        assert figures["unknown_answered"] >= 0.9
+        assert figures["auroc"] >= 0.9
+        coverage = [point[0] for point in figures["risk_coverage"]]
+        assert coverage == sorted(coverage) and coverage[-1] == 1.0
+    assert (micro_copy / "risk_coverage.png").is_file()
+    assert "answered unknown" in result.stderr
+
+
+def test_validate_unknown_data_that_is_not_a_folder_is_one_line_exit_2(micro_copy, tmp_path):
+    from conftest import assert_one_line_error, edgetl_here
+
+    result = edgetl_here("validate", str(micro_copy), "--unknown-data", str(tmp_path / "none"))
+    assert_one_line_error(result, 2, "--unknown-data")

@@ -24,9 +24,8 @@ IO_TYPES = ("uint8", "int8", "float32")
 # cpu: INT8 where it keeps the budget, float where it must (CPU kernels run both);
 # accelerator: every op INT8, as Edge TPU / NPU delegates need.
 TARGETS = ("cpu", "accelerator")
-# The accuracy budget `edgetl export` holds a model to when not told another
-# (toolchain/core/budget.py says why); declared in edge/gate.py, which the device's
-# `edgetl parity` falls back to without the toolchain.
+# The default accuracy budget (toolchain/core/budget.py says why) is declared in
+# edge/gate.py, which the device's `edgetl parity` falls back to without the toolchain.
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
 
@@ -307,6 +306,11 @@ class ValidateOptions:
     )
     diagnose: bool = option(
         False, "Rank INT8 layers by quantization error (also done when a gate fails)."
+    )
+    unknown_data: Optional[str] = option(
+        None,
+        "A folder of photos of none of the classes: report the share each model answers unknown, the AUROC of its out-of-class score against the held-out photos, and the risk-coverage curve (risk_coverage.png).",
+        path=True,
     )
     device_resize: Optional[str] = option(
         None,

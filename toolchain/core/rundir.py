@@ -43,6 +43,7 @@ TRAINING_FILES = (
 )
 EXPORT_LOG = "export.log"  # the converters' C++ output, kept rather than printed
 PARITY_PICTURES = {
+    "risk_coverage": "risk_coverage.png",
     "confusion": "parity_confusion.png",
     "per_class": "parity_per_class.png",
     "disagreements": "parity_disagreements.png",
@@ -146,7 +147,8 @@ class RunDir:
         return self.path / EXPORT_LOG
 
     def parity_picture(self, name: str) -> Path:
-        """``confusion``, ``per_class`` or ``disagreements``: ``parity_<name>.png``."""
+        """``confusion``, ``per_class``, ``disagreements`` (``parity_<name>.png``) or
+        ``risk_coverage`` (``validate --unknown-data``)."""
         return self.path / PARITY_PICTURES[name]
 
     @property

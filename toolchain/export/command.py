@@ -107,6 +107,11 @@ def export(
     if options.qat:
         qat_python()  # exit 3 now, not after minutes of conversion
     config = run.read_config()
+    if options.qat and isinstance(config.get("unknown"), dict):
+        raise BadInput(
+            f"--qat: {run.model} has the out-of-class output, which the QAT worker (Keras 2) "
+            "cannot rebuild yet; export without --qat, or train with --no-out-of-class to use it"
+        )
     calibration, calibration_info = None, {}
     if "int8" in modes:
         calibration, calibration_info = calibration_set(
@@ -115,14 +120,17 @@ def export(
             config_seed(run, config),
             int(config["image_size"]),
             log,
+            out_of_class=isinstance(config.get("unknown"), dict),
         )
     model = run.load_keras_model()
     answer = answer_floor(
         run, config, model, options.min_precision, options.precision_confidence, log
     )
-    job = ExportJob(run, transaction.begin(run), options, budget, config, model, calibration, log)
+    job = ExportJob(
+        run, transaction.begin(run), options, budget, config, model, calibration, log, answer
+    )
     try:
-        results, report, judge = convert_all(job, modes, calibration_info, answer)
+        results, report, judge = convert_all(job, modes, calibration_info)
         missed = judge_all(job, modes, results, report, judge) if options.validate else {}
     except BaseException:
         transaction.abandon(run)  # the run's files were never touched
@@ -130,12 +138,7 @@ def export(
     return conclude(job, modes, results, report, missed)
 
 
-def convert_all(
-    job: ExportJob,
-    modes: List[str],
-    calibration_info: Dict[str, Any],
-    answer: Optional[Dict[str, Any]] = None,
-):
+def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, Any]):
     """Every requested mode converted and written into the staging folder, with the
     report that describes them."""
     options, log = job.options, job.log
@@ -145,7 +148,9 @@ def convert_all(
         io = options.io if mode == "int8" else "float32"
         start = time.perf_counter()
         flatbuffer = convert(job.model, mode, io, job.calibration, job.run.export_log)
-        card = model_card(job.config, mode, io, calibration_info if mode == "int8" else {}, answer)
+        card = model_card(
+            job.config, mode, io, calibration_info if mode == "int8" else {}, job.answer
+        )
         if mode == "int8" and options.qat:
             judge = Judge.of(job.run, job.config, job.model, log, half_of_train=True)
             flatbuffer, qat_report = qat_or_ptq(
@@ -158,7 +163,7 @@ def convert_all(
         "edgetl_version": __version__,
         "target": options.target,
         "budget": job.budget.json() if options.validate else None,
-        "answer": answer,
+        "answer": job.answer,
         "models": [report_entry(r, job.run, log) for r in results],
     }
     if qat_report is not None:

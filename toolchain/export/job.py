@@ -25,3 +25,6 @@ class ExportJob:
     model: Any  # the Keras model
     calibration: Optional[np.ndarray]  # INT8 calibration pixels (None without int8)
     log: Log
+    # The answer floor every card of this export carries (export/answer_floor.py); None
+    # for a model without the out-of-class output.
+    answer: Optional[Dict[str, Any]] = None

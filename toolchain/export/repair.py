@@ -221,7 +221,9 @@ def find_mix(job: ExportJob, judge: Judge, report: Dict[str, Any]) -> Optional[E
     calibrated = Calibrated(job.model, job.calibration, job.run.export_log, options.io)
     tensors = [row["tensor_name"] for row in calibrated.layer_errors(limit=0)]
     groups = with_consumers(calibrated.quantize([]), tensors)
-    card = model_card(job.config, "int8-mixed", options.io, {"images": int(len(job.calibration))})
+    card = model_card(
+        job.config, "int8-mixed", options.io, {"images": int(len(job.calibration))}, job.answer
+    )
     scratch = out.path / atomic.partial_name(out.tflite("int8_mixed"))
 
     def accepts(probs: np.ndarray):

@@ -54,8 +54,8 @@ def scrambled(pixels: np.ndarray, seed: int, grid: int = 8) -> np.ndarray:
     for image in out:
         tiles = image[:span, :span].reshape(grid, tile, grid, tile, 3).swapaxes(1, 2)
         tiles = tiles.reshape(grid * grid, tile, tile, 3)[rng.permutation(grid * grid)]
-        image[:span, :span] = tiles.reshape(grid, grid, tile, tile, 3).swapaxes(1, 2).reshape(
-            span, span, 3
+        image[:span, :span] = (
+            tiles.reshape(grid, grid, tile, tile, 3).swapaxes(1, 2).reshape(span, span, 3)
         )
     return out
 
@@ -204,7 +204,7 @@ def training_pixel_stats(
 
 
 def calibration_set(
-    run: RunDir, samples: int, seed: int, size: int, log: Log
+    run: RunDir, samples: int, seed: int, size: int, log: Log, out_of_class: bool = False
 ) -> Tuple[RowFile, Dict[str, Any]]:
     """INT8 calibration rows (streamed from disk, see the module docstring) and what the
     card says about them, read before the model is loaded: a run whose training images
@@ -217,7 +217,7 @@ def calibration_set(
             "restore the dataset folder named in splits.json"
         )
     scrambled_rows = 0
-    if isinstance(run.read_config().get("unknown"), dict):
+    if out_of_class:  # the model has an out-of-class output: see ``scrambled``
         count = max(8, int(round(len(calibration) * SCRAMBLED_SHARE)))
         picks = np.linspace(0, len(calibration) - 1, count).round().astype(int)
         calibration.append(scrambled(calibration[picks], seed))

@@ -21,6 +21,7 @@ split, or any labeled folder given with ``--data``):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -40,11 +41,13 @@ from toolchain.core.budget import Budget
 from toolchain.core.failures import describe_failure
 from toolchain.core.options import ValidateOptions
 from toolchain.core.pixel_file import predict_in_batches
+from toolchain.core.plots import risk_coverage
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import few, single_line
 from toolchain.quantize.calibration import config_seed, representative_images
 from toolchain.quantize.diagnose import layer_errors, short_name
+from toolchain.validate import unknown
 from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
 from toolchain.validate.evalset import EvalSet, check_model_paths, load_eval_set
 from toolchain.validate.figures import (
@@ -149,6 +152,10 @@ def validate(
         }
         if failing or options.diagnose:
             report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
+        if options.unknown_data:
+            report["out_of_class"] = out_of_class_section(
+                run, options, keras_model, keras_probs, eval_set, labels, model_paths, out, log
+            )
         write_pictures(out, report, keras_probs, eval_set)
         atomic.write_text(out.parity_markdown, parity_markdown(report))
         atomic.write_json(out.parity, report)  # last: parity.json and the reference go together
@@ -156,6 +163,53 @@ def validate(
     if failing:
         raise GateFailed("parity gate failed: " + "; ".join(failing))
     return report
+
+
+def out_of_class_section(
+    run: RunDir,
+    options: ValidateOptions,
+    keras_model: Any,
+    keras_probs: np.ndarray,
+    eval_set: EvalSet,
+    labels: List[str],
+    model_paths: Sequence[Path],
+    out: RunDir,
+    log: Log,
+) -> Dict[str, Any]:
+    """``--unknown-data``: Keras and every model on photos of none of the classes, each
+    answering with its own card's floor (Keras with the export's)."""
+    size = int(run.read_config()["image_size"])
+    pixels, paths = unknown.unknown_photos(options.unknown_data, size)
+    classes = len(run.read_config()["labels"])
+    index = classes if len(labels) > classes else None
+    section: Dict[str, Any] = {"data": options.unknown_data, "n_images": len(paths)}
+    curves: Dict[str, Any] = {}
+    section["models"] = {}
+    floors = []
+    for path in model_paths:
+        classifier = open_classifier(Path(path), None, labels, options.device_resize)
+        known = probabilities_of(classifier, eval_set.pixels)
+        outside = probabilities_of(classifier, pixels)
+        figures = unknown.figures(
+            known, eval_set.labels, outside, labels, classifier.unknown_index, classifier.floor
+        )
+        section["models"][Path(path).name] = figures
+        curves[Path(path).name] = figures["risk_coverage"]
+        floors.append(classifier.floor)
+        log(
+            f"{Path(path).name} on {len(paths)} out-of-class photos: "
+            f"{figures['unknown_answered']:.1%} answered unknown, AUROC {figures['auroc']:.4f}; "
+            f"known photos answered {figures['known_coverage']:.1%} at floor {classifier.floor:.3f}"
+        )
+    # Keras answers with the floor the files carry (one export writes the same into each).
+    keras_unknown = predict_in_batches(keras_model, pixels)
+    section["keras"] = unknown.figures(
+        keras_probs, eval_set.labels, keras_unknown, labels, index, floors[0] if floors else 0.0
+    )
+    curves = {"Keras": section["keras"]["risk_coverage"], **curves}
+    with contextlib.suppress(ImportError):
+        risk_coverage(curves, out.parity_picture("risk_coverage"))
+    return section
 
 
 def diagnosis_or_note(
