@@ -26,6 +26,9 @@ def test_temperature_recovers_the_one_that_generated_the_labels():
     labels = np.array([rng.choice(5, p=p) for p in probabilities])
     assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.1)
     assert fit_temperature(logits[:0], labels[:0]) == 1.0  # nothing held out: as trained
+    # No mistake to learn from: the likelihood grows as T shrinks, without a minimum.
+    right = np.array([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]])
+    assert fit_temperature(right, np.array([0, 1, 0])) == 1.0
 
 
 def test_calibration_error_is_small_for_calibrated_and_large_for_overconfident_scores():

@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from edge.modelfile import read_embedded
+
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_PYTHON = os.environ.get("EDGETL_LEGACY_PYTHON")
 
@@ -87,7 +89,7 @@ def test_train_report_figures_and_the_unknown_output_in_keras(unknown_model):
     report = unknown_model.report["confidence"]
     assert 0.2 <= report["temperature"] <= 10
     assert report["out_of_class"]["in_model"] is True
-    assert report["out_of_class"]["val_kept"] >= 0.9
+    assert report["out_of_class"]["test_kept"] >= 0.9  # the threshold was set on val
     assert set(report["test_calibration_error"]) == {"before", "after"}
     keras = unknown_model.keras
     assert keras.shape[1] == len(unknown_model.labels) + 1
@@ -157,3 +159,52 @@ def test_validate_unknown_data_that_is_not_a_folder_is_one_line_exit_2(micro_cop
 
     result = edgetl_here("validate", str(micro_copy), "--unknown-data", str(tmp_path / "none"))
     assert_one_line_error(result, 2, "--unknown-data")
+
+
+def test_a_class_folder_named_unknown_is_refused_before_anything_is_written(tmp_path):
+    from conftest import assert_one_line_error, edgetl_here
+    from PIL import Image
+
+    for name in ("daisy", "unknown"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (40 * i, 90, 160)).save(
+                tmp_path / "photos" / name / f"{i}.png"
+            )
+    out = tmp_path / "run"
+    result = edgetl_here("train", "--data", str(tmp_path / "photos"), "--out", str(out))
+    assert_one_line_error(result, 2, "'unknown'", "--no-out-of-class")
+    assert not out.exists()
+
+
+def test_export_without_readable_validation_photos_writes_no_floor_and_says_so(micro_copy):
+    import shutil
+
+    from conftest import edgetl_here
+
+    splits = json.loads((micro_copy / "splits.json").read_text())
+    root = micro_copy / splits["root_relative"]
+    for rel, _ in splits["val"]:
+        (root / rel).write_bytes(b"not an image")
+    result = edgetl_here(
+        "export", str(micro_copy), "--quant", "float32", "--no-validate", "--force"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no validation photo could be read" in result.stderr
+    card = read_embedded(micro_copy / "model_float32.tflite")
+    assert "unknown" in card and "answer" not in card  # answers unless out-of-class
+    shutil.rmtree(root)  # the dataset gone: a float export needs no photos
+    result = edgetl_here(
+        "export", str(micro_copy), "--quant", "float32", "--no-validate", "--force"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_model_and_config_from_different_runs_are_refused_in_one_line(micro_copy):
+    from conftest import assert_one_line_error, edgetl_here
+
+    config = json.loads((micro_copy / "config.json").read_text())
+    config["unknown"] = None  # the model still has its unknown output
+    (micro_copy / "config.json").write_text(json.dumps(config))
+    result = edgetl_here("export", str(micro_copy), "--quant", "float32", "--force")
+    assert_one_line_error(result, 2, "outputs", "labels", "--force")

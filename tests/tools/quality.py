@@ -18,6 +18,7 @@ Writes ``OUT/quality.json``, ``OUT/quality.md`` and ``OUT/quality.png``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -120,6 +121,97 @@ def measure(run: Path, model: Path, data: Path, log_file: Path) -> Dict[str, Any
     }
 
 
+def classify_csv(model: Path, source: Path, out: Path, log_file: Path) -> List[Dict[str, str]]:
+    """``edgetl classify`` as a user runs it on the device, its CSV rows back."""
+    result = edgetl(
+        "classify", str(model), "--source", str(source), "--output", str(out), "--quiet",
+        log_file=log_file,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"classify failed on {source}: {result.stderr[-2000:]}")
+    with out.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def score_ece(rows: List[Dict[str, str]], truth: List[str], classes: List[str]) -> float:
+    """The calibration error of ``score_1`` over rows whose ``label_1`` is a class."""
+    from edge.metrics import calibration_error
+
+    kept = [
+        (float(r["score_1"]), r["label_1"] == t)
+        for r, t in zip(rows, truth)
+        if r["label_1"] in classes
+    ]
+    return round(calibration_error([c for c, _ in kept], [ok for _, ok in kept]), 4)
+
+
+def confidence_figures(
+    run: Path, model: Path, heldout: Path, dogs: Optional[Path], log_file: Path
+) -> Dict[str, Any]:
+    """Issue 23's figures on the held-out fold: calibration error of Keras before and
+    after calibration and of the shipped file, the promised and achieved precision of
+    its answers with their coverage, and the share of dog photos answered unknown."""
+    import numpy as np
+
+    from edge.image import list_images, load_many
+    from edge.modelfile import read_embedded
+    from toolchain.confidence.shipped import features_and_logits
+    from toolchain.confidence.temperature import softmax
+    from toolchain.core.pixel_file import predict_in_batches
+    from toolchain.core.rundir import RunDir
+
+    trained = RunDir(run)
+    config = trained.read_config()
+    classes = list(config["labels"])
+    paths = list_images(heldout)
+    truth = [p.parent.name for p in paths]
+    pixels, kept, _ = load_many(paths, int(config["image_size"]))
+    labels = np.array([classes.index(truth[i]) for i in kept])
+    keras_model = trained.load_keras_model()
+    shipped = predict_in_batches(keras_model, pixels)
+    _, logits = features_and_logits(keras_model).predict(pixels.astype("float32"), verbose=0)
+    before = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
+    from edge.metrics import calibration_error
+
+    answerable = shipped.argmax(axis=1) < len(classes)
+    after = calibration_error(
+        shipped.max(axis=1)[answerable], (shipped.argmax(axis=1) == labels)[answerable]
+    )
+    rows = classify_csv(model, heldout, run / "heldout_predictions.csv", log_file)
+    by_path = {Path(r["path"]).resolve(): r for r in rows}
+    ordered = [by_path[Path(p).resolve()] for p in paths]
+    answered = [(r["answer"], t) for r, t in zip(ordered, truth) if r["answer"] != "unknown"]
+    card = read_embedded(model) or {}
+    promise = card.get("answer") or {}
+    figures: Dict[str, Any] = {
+        "keras_ece_before": round(
+            float(calibration_error(before.max(axis=1), before.argmax(axis=1) == labels)), 4
+        ),
+        "keras_ece_after": round(float(after), 4),
+        "int8_ece": score_ece(ordered, truth, classes),
+        "temperature": config.get("temperature"),
+        "floor": promise.get("floor"),
+        "promised_precision": promise.get("min_precision"),
+        "expected_coverage": promise.get("coverage"),
+        "precision": round(sum(a == t for a, t in answered) / len(answered), 4)
+        if answered
+        else None,
+        "coverage": round(len(answered) / len(ordered), 4),
+        "known_flagged_out_of_class": round(
+            sum(r["out_of_class"] == "1" for r in ordered) / len(ordered), 4
+        ),
+    }
+    if dogs is not None and dogs.is_dir():
+        dog_rows = classify_csv(model, dogs, run / "dog_predictions.csv", log_file)
+        figures["dogs_unknown"] = round(
+            sum(r["answer"] == "unknown" for r in dog_rows) / len(dog_rows), 4
+        )
+        figures["dogs_flagged"] = round(
+            sum(r["out_of_class"] == "1" for r in dog_rows) / len(dog_rows), 4
+        )
+    return figures
+
+
 def latency_ratio(model: Path, reference: Path, rounds: int = 5) -> float:
     """Median over interleaved rounds of invoke p50(model) / p50(reference), one thread."""
     from edge.bench import invoke_latency
@@ -206,6 +298,23 @@ def markdown(report: Dict[str, Any]) -> str:
             f"{stats['exit_0']}/{report['k']} | {span(stats['size_ratio'], 2)} | "
             f"{span(stats['latency_ratio'], 2)} |"
         )
+    confidence = [r for r in report["rows"] if r.get("confidence")]
+    if confidence:
+        lines += [
+            "",
+            "Calibration and the out-of-class answer (default export; held-out fold; dogs from dogs128):",
+            "",
+            "| fold | ECE Keras before / after | ECE shipped INT8 (score_1) | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in confidence:
+            c = r["confidence"]
+            lines.append(
+                f"| {r['fold']} | {c['keras_ece_before']:.3f} / {c['keras_ece_after']:.3f} | "
+                f"{c['int8_ece']:.3f} | {c['promised_precision']}, {c['floor']:.3f} | "
+                f"{c['precision']} | {c['coverage']:.3f} ({c['expected_coverage']:.3f}) | "
+                f"{c.get('dogs_unknown', '-')} |"
+            )
     bias = report["train_agreement_bias"]
     if bias:
         lines += [
@@ -307,6 +416,10 @@ def quality(
             if model is not None:
                 row["shipped"] = model.name
                 row["heldout"] = measure(run, model, heldout, log_file)
+                if name == "default":
+                    row["confidence"] = confidence_figures(
+                        run, model, heldout, shared / "data" / "dogs128", log_file
+                    )
                 full = run / "model_int8.tflite"
                 if not full.is_file():
                     full = run / "model_int8.tflite.rejected"

@@ -83,7 +83,11 @@ class Floor:
     images: int
 
     def json(self) -> Dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """Rounded for the card; the floor rounded *down*, so the photo it was chosen at
+        is still answered."""
+        values = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        values["floor"] = math.floor(self.floor * 1e6) / 1e6
+        return values
 
 
 NEVER = 1.000001  # a floor no score reaches

@@ -33,9 +33,8 @@ HEAD_LAYER = "probabilities"  # the trained dense softmax
 def output_labels(config: Dict[str, Any]) -> List[str]:
     """A run's output labels: the trained classes, then ``unknown`` when it has one."""
     labels = list(config["labels"])
-    unknown = config.get("unknown")
-    if isinstance(unknown, dict) and isinstance(unknown.get("label"), str):
-        labels.append(unknown["label"])
+    if isinstance(config.get("unknown"), dict):
+        labels.append(UNKNOWN)  # always this name: what edge.answer writes for it
     return labels
 
 

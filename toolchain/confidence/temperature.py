@@ -34,13 +34,17 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature of least held-out NLL: a log-spaced scan, then golden-section
     refinement around its best point (NLL is smooth and has one minimum in T).
-    No held-out images: 1.0, the scores as trained."""
+    No held-out images, or no minimum inside ``SEARCH``: 1.0, the scores as trained."""
     labels = np.asarray(labels, dtype=np.int64)
     if not len(labels):
         return 1.0
     grid = np.exp(np.linspace(np.log(SEARCH[0]), np.log(SEARCH[1]), 121))
     losses = [negative_log_likelihood(logits, labels, t) for t in grid]
     best = int(np.argmin(losses))
+    if best in (0, len(grid) - 1):
+        # No minimum inside the range: a split with no mistake (its likelihood grows
+        # without end as T shrinks) or a degenerate model. Keep the scores as trained.
+        return 1.0
     low, high = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
     ratio = (np.sqrt(5) - 1) / 2
     for _ in range(40):

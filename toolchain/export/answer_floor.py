@@ -14,11 +14,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from edge.image import load_many
+from edge.errors import BadInput
 from toolchain.confidence.floor import choose_floor
-from toolchain.core.pixel_file import predict_in_batches
+from toolchain.core.pixel_file import decode_to_file, predict_in_batches
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
+from toolchain.validate.decision import DECISION_VAL_IMAGES, evenly
 
 
 def answer_floor(
@@ -35,12 +36,21 @@ def answer_floor(
     if not isinstance(config.get("unknown"), dict):
         return None
     classes = len(config["labels"])
-    paths, labels = run.split_files("val", classes)
-    if not paths:
-        log("note: no validation split, so no answer floor: the model always answers")
+    no_floor = "so no answer floor: the model answers unless it calls a photo out-of-class"
+    try:
+        paths, labels = run.split_files("val", classes)
+    except BadInput as error:  # the dataset folder moved: a float export needs no photos
+        log(f"note: {error}; {no_floor}")
         return None
-    pixels, kept, _ = load_many(paths, int(config["image_size"]))
-    probabilities = predict_in_batches(model, pixels)
+    paths, labels = evenly(paths, labels, DECISION_VAL_IMAGES)
+    pixels, kept, _ = decode_to_file(paths, int(config["image_size"]), run.path, "answer floor")
+    try:
+        if not kept:
+            log(f"note: no validation photo could be read, {no_floor}")
+            return None
+        probabilities = predict_in_batches(model, pixels)
+    finally:
+        pixels.close()
     truth = np.array([labels[i] for i in kept])
     best = probabilities.argmax(axis=1)
     answerable = best < classes

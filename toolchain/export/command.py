@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from edge import atomic
 from edge.errors import BadInput, GateFailed
 from toolchain import __version__
+from toolchain.confidence.shipped import output_labels
 from toolchain.core.budget import Budget
 from toolchain.core.options import (
     IO_TYPES,
@@ -123,6 +124,7 @@ def export(
             out_of_class=isinstance(config.get("unknown"), dict),
         )
     model = run.load_keras_model()
+    check_outputs(run, config, model)
     answer = answer_floor(
         run, config, model, options.min_precision, options.precision_confidence, log
     )
@@ -136,6 +138,19 @@ def export(
         transaction.abandon(run)  # the run's files were never touched
         raise
     return conclude(job, modes, results, report, missed)
+
+
+def check_outputs(run: RunDir, config: Dict[str, Any], model: Any) -> None:
+    """model.keras gives one score per label config.json names (the classes, then
+    ``unknown`` when the run has it): files from two runs would otherwise surface as a
+    label mismatch in the first runner that opens the export."""
+    outputs, labels = int(model.output_shape[-1]), output_labels(config)
+    if outputs != len(labels):
+        raise BadInput(
+            f"{run.model} has {outputs} outputs but {run.config} names {len(labels)} labels; "
+            f"the files are from different runs: train again with `edgetl train --out "
+            f"{run.path} --force`"
+        )
 
 
 def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, Any]):

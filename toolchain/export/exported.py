@@ -18,7 +18,7 @@ from edge.modelfile import embed_metadata
 from edge.runtime import load_interpreter
 from edge.tensors import describe_tensor, tensor_table
 from toolchain import __version__
-from toolchain.confidence.shipped import output_labels
+from toolchain.confidence.shipped import UNKNOWN, output_labels
 from toolchain.core import runtimes
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
@@ -64,7 +64,7 @@ def model_card(
         card["temperature"] = config["temperature"]  # baked into the last layer already
     unknown = config.get("unknown")
     if isinstance(unknown, dict):
-        card["unknown"] = {"label": unknown["label"], "index": int(unknown["index"])}
+        card["unknown"] = {"label": UNKNOWN, "index": len(config["labels"])}
     if answer is not None:
         card["answer"] = answer
     return card

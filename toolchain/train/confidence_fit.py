@@ -18,7 +18,7 @@ import numpy as np
 
 from edge import metrics
 from toolchain.confidence import outofclass
-from toolchain.confidence.shipped import UNKNOWN, features_and_logits, has_head, with_confidence
+from toolchain.confidence.shipped import features_and_logits, has_head, with_confidence
 from toolchain.confidence.temperature import fit_temperature, softmax
 from toolchain.core.pixel_file import Rows, batches
 from toolchain.core.progress import Log
@@ -80,8 +80,6 @@ def fit_confidence(
         log("note: the model has no pooled-feature head; scores are saved uncalibrated")
         return model, None
     n = len(data.labels)
-    if out_of_class and UNKNOWN in data.labels:
-        log(f"note: a class is named {UNKNOWN!r}; the out-of-class answer shares its name")
     extractor = features_and_logits(model)
     train = data.splits["train"]
     means, scales = class_statistics(extractor, train.pixels, train.class_indices, n)
@@ -102,7 +100,11 @@ def fit_confidence(
 
     report: Dict[str, Any] = {
         "temperature": round(temperature, 6),
-        "fitted_on": f"val split ({len(val.class_indices)} images)",
+        "fitted_on": (
+            f"val split ({len(val.class_indices)} images)"
+            if len(val.class_indices)
+            else "nothing (no validation split): the scores as trained"
+        ),
         "calibration_error_bins": metrics.CALIBRATION_BINS,
         # Fitted and measured either way; in the model only with --out-of-class.
         "out_of_class": {
@@ -123,9 +125,11 @@ def fit_confidence(
             "before": round(metrics.top1_calibration_error(before, labels), 4),
             "after": round(metrics.top1_calibration_error(after, labels), 4),
         }
-        report["out_of_class"][f"{name}_kept"] = round(
-            float(np.mean(ooc.distances(features) <= ooc.threshold)), 4
-        )
+        if name != held_name:  # photos the threshold was set on say nothing new
+            # Flagged as the shipped model flags: when u outscores every class's p (1 - u).
+            u = ooc.probability(features)
+            flagged = u > after.max(axis=1) * (1 - u)
+            report["out_of_class"][f"{name}_kept"] = round(float(1 - flagged.mean()), 4)
         if name == "test" or not len(test.class_indices):
             for stage, probs in (("before", before), ("after", after)):
                 correct = probs.argmax(axis=1) == labels

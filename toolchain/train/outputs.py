@@ -92,7 +92,9 @@ def write_outputs(
     history, head_epochs = read_csv_history([working_logs / name for name in LOG_FILES])
     atomic.write_json(RunDir(staged).history, {"fine_tune_start_epoch": head_epochs, **history})
     atomic.write_json(RunDir(staged).splits, data.splits_json)
-    atomic.write_text(RunDir(staged).labels_file, "\n".join(data.labels) + "\n")
+    in_model = confidence is not None and confidence.report["out_of_class"]["in_model"]
+    outputs = data.labels + ([UNKNOWN] if in_model else [])  # in the model's output order
+    atomic.write_text(RunDir(staged).labels_file, "\n".join(outputs) + "\n")
     try:
         training_curves(history, head_epochs, RunDir(staged).training_curves)
     except ImportError:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -104,6 +104,8 @@ def validate(
     if eval_set.missing_classes:
         log(f"note: no images for {', '.join(eval_set.missing_classes)}")
 
+    # A typo in --unknown-data fails here, before any model is measured.
+    outside = unknown.unknown_photos(options.unknown_data, size) if options.unknown_data else None
     keras_model = run.load_keras_model()
     keras_start = time.perf_counter()
     keras_probs = metrics.require_finite(
@@ -152,10 +154,11 @@ def validate(
         }
         if failing or options.diagnose:
             report["diagnosis"] = diagnosis_or_note(run, keras_model, report, failing, log)
-        if options.unknown_data:
+        if outside is not None:
             report["out_of_class"] = out_of_class_section(
-                run, options, keras_model, keras_probs, eval_set, labels, model_paths, out, log
-            )
+                run, options, outside, keras_model, keras_probs, eval_set, labels, model_paths,
+                out, log,
+            )  # fmt: skip
         write_pictures(out, report, keras_probs, eval_set)
         atomic.write_text(out.parity_markdown, parity_markdown(report))
         atomic.write_json(out.parity, report)  # last: parity.json and the reference go together
@@ -168,6 +171,7 @@ def validate(
 def out_of_class_section(
     run: RunDir,
     options: ValidateOptions,
+    outside: Tuple[np.ndarray, List[str]],
     keras_model: Any,
     keras_probs: np.ndarray,
     eval_set: EvalSet,
@@ -177,9 +181,10 @@ def out_of_class_section(
     log: Log,
 ) -> Dict[str, Any]:
     """``--unknown-data``: Keras and every model on photos of none of the classes, each
-    answering with its own card's floor (Keras with the export's)."""
-    size = int(run.read_config()["image_size"])
-    pixels, paths = unknown.unknown_photos(options.unknown_data, size)
+    answering with its own card's floor (Keras with the files'). Measured in this
+    process, with ``--runtime`` when it is installed here."""
+    pixels, paths = outside
+    runtime = options.runtime if options.runtime and installed_here(options.runtime) else None
     classes = len(run.read_config()["labels"])
     index = classes if len(labels) > classes else None
     section: Dict[str, Any] = {"data": options.unknown_data, "n_images": len(paths)}
@@ -187,7 +192,7 @@ def out_of_class_section(
     section["models"] = {}
     floors = []
     for path in model_paths:
-        classifier = open_classifier(Path(path), None, labels, options.device_resize)
+        classifier = open_classifier(Path(path), runtime, labels, options.device_resize)
         known = probabilities_of(classifier, eval_set.pixels)
         outside = probabilities_of(classifier, pixels)
         figures = unknown.figures(
