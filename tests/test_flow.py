@@ -20,7 +20,8 @@ def test_run_dir_has_everything_later_steps_read(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["image_size"] == TINY["image_size"]
     assert config["options"]["seed"] == TINY["seed"] and config["options"]["fine_tune_at"] == "0"
-    assert config["labels"] == (tiny_run / "labels.txt").read_text().split()
+    # labels.txt is in the model's output order: the classes, then the out-of-class answer
+    assert config["labels"] + ["unknown"] == (tiny_run / "labels.txt").read_text().split()
     splits = json.loads((tiny_run / "splits.json").read_text())
     names = {name: {rel for rel, _ in splits[name]} for name in ("train", "val", "test")}
     assert names["train"].isdisjoint(names["test"]) and names["val"].isdisjoint(names["test"])
