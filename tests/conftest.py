@@ -254,7 +254,7 @@ def micro_run(tmp_path_factory) -> Path:
     from toolchain.train.command import train
 
     run_dir = tmp_path_factory.mktemp("micro") / "run"
-    head_only = {**TINY, "fine_tune_epochs": 0}
+    head_only = {**TINY, "fine_tune_epochs": 0, "out_of_class": True}
     train(TrainOptions(out=str(run_dir), **head_only), log=lambda message: None)
     _micro_model(run_dir).save(run_dir / "model.keras")
     export(run_dir, _fixture_export(), log=lambda message: None)

@@ -20,8 +20,10 @@ def test_run_dir_has_everything_later_steps_read(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["image_size"] == TINY["image_size"]
     assert config["options"]["seed"] == TINY["seed"] and config["options"]["fine_tune_at"] == "0"
-    # labels.txt is in the model's output order: the classes, then the out-of-class answer
-    assert config["labels"] + ["unknown"] == (tiny_run / "labels.txt").read_text().split()
+    # labels.txt is in the model's output order: the classes (then `unknown` with
+    # --out-of-class, which the micro run has: tests/test_unknown_output.py)
+    assert config["labels"] == (tiny_run / "labels.txt").read_text().split()
+    assert config["unknown"] is None and config["temperature"] > 0
     splits = json.loads((tiny_run / "splits.json").read_text())
     names = {name: {rel for rel, _ in splits[name]} for name in ("train", "val", "test")}
     assert names["train"].isdisjoint(names["test"]) and names["val"].isdisjoint(names["test"])
@@ -48,8 +50,8 @@ def test_int8_model_takes_raw_uint8_pixels_and_embeds_labels(tiny_run):
         labels = archive.read("labels.txt").decode().split()
         card = json.loads(archive.read("edgetl.json"))
     config = json.loads((tiny_run / "config.json").read_text())
-    assert labels == config["labels"] + ["unknown"]  # the out-of-class output comes last
-    assert card["unknown"] == {"label": "unknown", "index": len(config["labels"])}
+    assert labels == config["labels"]
+    assert "unknown" not in card and card["temperature"] == config["temperature"]
     assert card["quant"] == "int8" and card["image_size"] == TINY["image_size"]
     report = json.loads((tiny_run / "export_report.json").read_text())
     assert sum(report["models"][0]["calibration"]["per_class"].values()) == 100

@@ -43,3 +43,33 @@ def test_mediapipe_image_classifier_agrees_with_the_edgetl_runner(tiny_run):
                 == ours.classify(pixels, 1)[0].label
             )
     assert matches == len(paths)
+
+
+def test_mediapipe_names_the_out_of_class_answer_like_the_edgetl_runner(micro_run):
+    """The micro run has the ``unknown`` output (trained with --out-of-class): MediaPipe
+    reads the same K+1 labels from the standard metadata and ranks ``unknown`` the same
+    way on flat colours far from every class."""
+    mp = pytest.importorskip("mediapipe")
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    model = micro_run / "model_int8.tflite"
+    ours = Classifier(model)
+    assert ours.labels[-1] == "unknown" and ours.unknown_index == len(ours.labels) - 1
+    size = ours.image_size
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 0, 255)]
+    frames = [np.full((size, size, 3), c, np.uint8) for c in colours]
+    frames += [
+        np.ascontiguousarray(load_rgb(p, size))
+        for p in list_images(micro_run / "synthetic_data")[::40][:8]
+    ]
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(model)), max_results=1
+    )
+    names = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for pixels in frames:
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
+            name = result.classifications[0].categories[0].category_name
+            assert name == ours.classify(pixels, 1)[0].label
+            names.append(name)
+    assert names[:4] == ["unknown"] * 4  # far from every class, by name, in MediaPipe too

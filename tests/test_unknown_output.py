@@ -172,7 +172,8 @@ def test_a_class_folder_named_unknown_is_refused_before_anything_is_written(tmp_
                 tmp_path / "photos" / name / f"{i}.png"
             )
     out = tmp_path / "run"
-    result = edgetl_here("train", "--data", str(tmp_path / "photos"), "--out", str(out))
+    command = ["train", "--data", str(tmp_path / "photos"), "--out", str(out)]
+    result = edgetl_here(*command, "--out-of-class")
     assert_one_line_error(result, 2, "'unknown'", "--no-out-of-class")
     assert not out.exists()
 

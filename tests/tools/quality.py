@@ -70,13 +70,17 @@ def folds_of(photos: Path, k: int, seed: int = 0) -> List[Dict[str, List[Path]]]
 
 
 def link_folder(target: Path, files: Dict[str, List[Path]]) -> None:
-    """A class-folder tree of symlinks: the photos stay where they are."""
+    """A class-folder tree of hard links (copies across file systems): training refuses
+    a symbolic link that leaves its --data folder."""
     if target.exists():
         shutil.rmtree(target)
     for label, paths in files.items():
         (target / label).mkdir(parents=True)
         for path in paths:
-            (target / label / path.name).symlink_to(path.resolve())
+            try:
+                os.link(path.resolve(), target / label / path.name)
+            except OSError:
+                shutil.copy2(path.resolve(), target / label / path.name)
 
 
 def edgetl(*args: str, log_file: Optional[Path] = None) -> subprocess.CompletedProcess:
@@ -375,6 +379,7 @@ def quality(
             typer.echo(f"fold {index}: training on {sum(map(len, rest.values()))} photos", err=True)
             args = ["train", "--data", str(fold_dir / "data"), "--weights", str(weights)]
             args += ["--alpha", "0.35", "--image-size", "128", "--out", str(trained), "--force"]
+            args += ["--out-of-class"]  # opt-in for now; its figures are what the table is for
             result = edgetl(*args, log_file=log_file)
             if result.returncode != 0:
                 raise RuntimeError(f"fold {index}: training failed: {result.stderr[-2000:]}")
