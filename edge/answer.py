@@ -12,7 +12,7 @@ floor) always answers, as it did.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -46,20 +46,40 @@ def card_floor(card: Dict[str, Any]) -> float:
     return 0.0
 
 
+def best_classes(
+    probabilities: np.ndarray, unknown_index: Optional[int]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (one image's scores, or a batch): the best trained class, its score, and
+    whether the model's own ``unknown`` output came first (ties go to the class)."""
+    scores = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    flagged = np.zeros(len(scores), dtype=bool)
+    if unknown_index is not None:
+        flagged = scores.argmax(axis=1) == unknown_index
+        scores = scores.copy()
+        scores[:, unknown_index] = -np.inf
+    best = scores.argmax(axis=1)
+    return best, scores[np.arange(len(scores)), best], flagged
+
+
+def is_answered(score: np.ndarray, flagged: np.ndarray, floor: float) -> np.ndarray:
+    """Answered with a class: always at a floor of 0, else when the model does not call
+    the photo out of class and its best class reaches the floor."""
+    if floor <= 0.0:
+        return np.ones(np.shape(score), dtype=bool)
+    return ~np.asarray(flagged) & (np.asarray(score) >= floor)
+
+
+def floor_score(score: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """What a floor compares: the best class's score, 0 for a photo called out of class
+    (no floor answers it)."""
+    return np.where(flagged, 0.0, score)
+
+
 def decide(
     probabilities: np.ndarray, labels: list, unknown_index: Optional[int], floor: float
 ) -> Answer:
     """The answer for one image's scores."""
-    scores = np.asarray(probabilities, dtype=np.float64)
-    out_of_class = False
-    if unknown_index is not None:
-        out_of_class = int(np.argmax(scores)) == unknown_index
-        scores = scores.copy()
-        scores[unknown_index] = -np.inf
-    best = int(np.argmax(scores))
-    score = float(scores[best])
-    if floor <= 0.0:
-        return Answer(labels[best], score, out_of_class)
-    if out_of_class or score < floor:
-        return Answer(UNKNOWN_ANSWER, score, out_of_class)
-    return Answer(labels[best], score, out_of_class)
+    best, score, flagged = best_classes(probabilities, unknown_index)
+    answered = bool(is_answered(score, flagged, floor)[0])
+    label = labels[int(best[0])] if answered else UNKNOWN_ANSWER
+    return Answer(label, float(score[0]), bool(flagged[0]))

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from edge.answer import UNKNOWN_ANSWER, decide
+from edge.answer import decide, is_answered
 from edge.classifier import Classifier
 from edge.errors import BadInput
 from edge.output import PredictionWriter
@@ -122,9 +122,7 @@ def classify_source(
                     result.probabilities, classifier.labels, classifier.unknown_index, summary.floor
                 )
                 result.answer = answer
-                answered = answer.answer != UNKNOWN_ANSWER or (
-                    classifier.unknown_index is None and summary.floor <= 0
-                )
+                answered = bool(is_answered(answer.score, answer.out_of_class, summary.floor))
                 summary.answered += int(answered)
                 summary.out_of_class += int(answer.out_of_class)
                 if count_labels and result.label is not None:

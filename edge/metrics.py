@@ -137,23 +137,33 @@ def reliability(
     return rows
 
 
+def error_of_bins(rows: List[Dict[str, float]]) -> float:
+    """The count-weighted gap between confidence and accuracy over ``reliability`` rows;
+    NaN without rows."""
+    total = sum(r["count"] for r in rows)
+    if not total:
+        return float("nan")
+    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / total)
+
+
 def calibration_error(
     confidences: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
 ) -> float:
-    """Expected calibration error: the count-weighted gap between confidence and accuracy
-    over ``bins`` equal-width bins; NaN without rows. Small sets read high even for a
-    calibrated model (a few hundred rows give ~0.03 from noise alone)."""
-    total = len(confidences)
-    if not total:
-        return float("nan")
-    rows = reliability(confidences, correct, bins)
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / total)
+    """Expected calibration error over ``bins`` equal-width bins; NaN without rows. Small
+    sets read high even for a calibrated model (a few hundred rows give ~0.03 from noise
+    alone)."""
+    return error_of_bins(reliability(confidences, correct, bins))
+
+
+def top1_reliability(probabilities: np.ndarray, labels: np.ndarray) -> List[Dict[str, float]]:
+    """``reliability`` of the top score: its bins, right when the top class is the label."""
+    probabilities = np.asarray(probabilities)
+    if not len(probabilities):
+        return []
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    return reliability(probabilities.max(axis=1), correct)
 
 
 def top1_calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The calibration error of the top score: is a 0.8 right 80% of the time?"""
-    probabilities = np.asarray(probabilities)
-    if not len(probabilities):
-        return float("nan")
-    correct = probabilities.argmax(axis=1) == np.asarray(labels)
-    return calibration_error(probabilities.max(axis=1), correct)
+    return error_of_bins(top1_reliability(probabilities, labels))

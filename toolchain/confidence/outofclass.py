@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -79,20 +79,40 @@ def unknown_probability(distance: np.ndarray, threshold: float, softness: float)
     return 1.0 / (1.0 + np.exp(-z))
 
 
+class ClassSums:
+    """Per-class sums and sums of squares of features (float64), added a batch at a
+    time: training streams its split through ``add``, never holding every row."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.counts = np.zeros(n_classes)
+        self.sums: Optional[np.ndarray] = None
+        self.squares: Optional[np.ndarray] = None
+
+    def add(self, features: np.ndarray, labels: np.ndarray) -> None:
+        features = np.asarray(features, dtype=np.float64)
+        if self.sums is None:
+            self.sums = np.zeros((self.n_classes, features.shape[1]))
+            self.squares = np.zeros((self.n_classes, features.shape[1]))
+        np.add.at(self.sums, labels, features)
+        np.add.at(self.squares, labels, features * features)
+        self.counts += np.bincount(labels, minlength=self.n_classes)
+
+    def means_and_scales(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Class means and per-feature scales. A class with no training image gets the
+        mean of all (it cannot pull any photo in)."""
+        present, total = self.counts > 0, self.counts.sum()
+        overall = self.sums[present].sum(axis=0) / total
+        means = np.where(present[:, None], self.sums / np.maximum(self.counts, 1)[:, None], overall)
+        within = (self.squares.sum(axis=0) - (self.counts[:, None] * means**2).sum(axis=0)) / total
+        return means, scales_of(within)
+
+
 def fit_classes(features: np.ndarray, labels: np.ndarray, n_classes: int):
-    """Class means and per-feature scales from the training images' features. A class
-    with no training image gets the mean of all (it cannot pull any photo in)."""
-    features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    overall = features.mean(axis=0)
-    means = np.stack(
-        [
-            features[labels == k].mean(axis=0) if (labels == k).any() else overall
-            for k in range(n_classes)
-        ]
-    )
-    residual = features - means[labels]
-    return means, scales_of((residual**2).mean(axis=0))
+    """Class means and per-feature scales of features held in memory."""
+    sums = ClassSums(n_classes)
+    sums.add(features, np.asarray(labels))
+    return sums.means_and_scales()
 
 
 def scales_of(within_variance: np.ndarray) -> np.ndarray:

@@ -22,20 +22,22 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edge.answer import UNKNOWN_ANSWER
 from toolchain.confidence.outofclass import OutOfClass
 from toolchain.core.quiet import keras as import_keras
 
-UNKNOWN = "unknown"
 FEATURES_LAYER = "pool"  # pooled base features: what the head and the distance read
 HEAD_LAYER = "probabilities"  # the trained dense softmax
 
 
+def has_out_of_class(config: Dict[str, Any]) -> bool:
+    """Whether a run's model has the ``unknown`` output (config.json's ``unknown``)."""
+    return isinstance(config.get("unknown"), dict)
+
+
 def output_labels(config: Dict[str, Any]) -> List[str]:
     """A run's output labels: the trained classes, then ``unknown`` when it has one."""
-    labels = list(config["labels"])
-    if isinstance(config.get("unknown"), dict):
-        labels.append(UNKNOWN)  # always this name: what edge.answer writes for it
-    return labels
+    return list(config["labels"]) + ([UNKNOWN_ANSWER] if has_out_of_class(config) else [])
 
 
 def has_head(model: Any) -> bool:

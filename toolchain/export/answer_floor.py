@@ -14,8 +14,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from edge.answer import best_classes, floor_score
 from edge.errors import BadInput
 from toolchain.confidence.floor import choose_floor
+from toolchain.confidence.shipped import has_out_of_class
 from toolchain.core.pixel_file import decode_to_file, predict_in_batches
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
@@ -33,7 +35,7 @@ def answer_floor(
     """The floor as the card and the report record it; None for a model without the
     ``unknown`` output (an older run: its device answers as before) or without
     validation photos."""
-    if not isinstance(config.get("unknown"), dict):
+    if not has_out_of_class(config):
         return None
     classes = len(config["labels"])
     no_floor = "so no answer floor: the model answers unless it calls a photo out-of-class"
@@ -52,10 +54,10 @@ def answer_floor(
     finally:
         pixels.close()
     truth = np.array([labels[i] for i in kept])
-    best = probabilities.argmax(axis=1)
-    answerable = best < classes
-    scores = np.where(answerable, probabilities.max(axis=1), 0.0)
-    floor = choose_floor(scores, answerable & (best == truth), min_precision, confidence)
+    best, score, flagged = best_classes(probabilities, classes)  # unknown comes last
+    floor = choose_floor(
+        floor_score(score, flagged), ~flagged & (best == truth), min_precision, confidence
+    )
     figures = floor.json()
     if floor.answered:
         log(

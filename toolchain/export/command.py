@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from edge import atomic
 from edge.errors import BadInput, GateFailed
 from toolchain import __version__
-from toolchain.confidence.shipped import output_labels
+from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core.budget import Budget
 from toolchain.core.options import (
     IO_TYPES,
@@ -108,7 +108,7 @@ def export(
     if options.qat:
         qat_python()  # exit 3 now, not after minutes of conversion
     config = run.read_config()
-    if options.qat and isinstance(config.get("unknown"), dict):
+    if options.qat and has_out_of_class(config):
         raise BadInput(
             f"--qat: {run.model} has the out-of-class output, which the QAT worker (Keras 2) "
             "cannot rebuild yet; export without --qat, or train with --no-out-of-class to use it"
@@ -121,7 +121,7 @@ def export(
             config_seed(run, config),
             int(config["image_size"]),
             log,
-            out_of_class=isinstance(config.get("unknown"), dict),
+            out_of_class=has_out_of_class(config),
         )
     model = run.load_keras_model()
     check_outputs(run, config, model)

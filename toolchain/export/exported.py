@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edge import atomic
+from edge.answer import UNKNOWN_ANSWER
 from edge.errors import BadInput
 from edge.modelfile import embed_metadata
 from edge.runtime import load_interpreter
 from edge.tensors import describe_tensor, tensor_table
 from toolchain import __version__
-from toolchain.confidence.shipped import UNKNOWN, output_labels
+from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core import runtimes
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
@@ -62,9 +63,8 @@ def model_card(
     }
     if config.get("temperature") is not None:
         card["temperature"] = config["temperature"]  # baked into the last layer already
-    unknown = config.get("unknown")
-    if isinstance(unknown, dict):
-        card["unknown"] = {"label": UNKNOWN, "index": len(config["labels"])}
+    if has_out_of_class(config):
+        card["unknown"] = {"label": UNKNOWN_ANSWER, "index": len(config["labels"])}
     if answer is not None:
         card["answer"] = answer
     return card

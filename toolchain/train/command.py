@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edge.answer import UNKNOWN_ANSWER
 from edge.errors import BadInput
-from toolchain.confidence.shipped import UNKNOWN
 from toolchain.core.options import TrainOptions
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
@@ -97,9 +97,9 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         if options.data == "synthetic" or options.resume
         else read_image_folder(options, run.path)
     )
-    if options.out_of_class and folder is not None and UNKNOWN in folder.labels:
+    if options.out_of_class and folder is not None and UNKNOWN_ANSWER in folder.labels:
         raise BadInput(
-            f"--data {options.data}: a class folder is named {UNKNOWN!r}, the answer edgetl "
+            f"--data {options.data}: a class folder is named {UNKNOWN_ANSWER!r}, the answer edgetl "
             "gives photos of none of the classes; rename that folder, or train with "
             "--no-out-of-class"
         )

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from edge import metrics
+from edge.answer import best_classes
 from toolchain.confidence import outofclass
 from toolchain.confidence.shipped import features_and_logits, has_head, with_confidence
 from toolchain.confidence.temperature import fit_temperature, softmax
@@ -49,26 +50,15 @@ def features_of(extractor: Any, rows: Rows) -> Tuple[np.ndarray, np.ndarray]:
 def class_statistics(
     extractor: Any, rows: Rows, labels: np.ndarray, n_classes: int
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Class means and per-feature scales of the training split in one streaming pass:
-    sums and sums of squares per class (float64), never every feature row at once."""
-    sums, squares, counts = None, None, np.zeros(n_classes)
+    """Class means and per-feature scales of the training split in one streaming pass
+    (``outofclass.ClassSums``), never every feature row at once."""
+    sums = outofclass.ClassSums(n_classes)
     start = 0
     for batch in batches(rows, 64):
-        f, _ = extractor.predict_on_batch(batch.astype(np.float32))
-        f = np.asarray(f, np.float64)
-        y = labels[start : start + len(f)]
-        start += len(f)
-        if sums is None:
-            sums = np.zeros((n_classes, f.shape[1]))
-            squares = np.zeros((n_classes, f.shape[1]))
-        np.add.at(sums, y, f)
-        np.add.at(squares, y, f * f)
-        counts += np.bincount(y, minlength=n_classes)
-    present = counts > 0
-    overall = sums[present].sum(axis=0) / counts.sum()
-    means = np.where(present[:, None], sums / np.maximum(counts, 1)[:, None], overall)
-    within = (squares.sum(axis=0) - (counts[:, None] * means**2).sum(axis=0)) / counts.sum()
-    return means, outofclass.scales_of(within)
+        features, _ = extractor.predict_on_batch(batch.astype(np.float32))
+        sums.add(features, labels[start : start + len(features)])
+        start += len(features)
+    return sums.means_and_scales()
 
 
 def fit_confidence(
@@ -126,15 +116,14 @@ def fit_confidence(
             "after": round(metrics.top1_calibration_error(after, labels), 4),
         }
         if name != held_name:  # photos the threshold was set on say nothing new
-            # Flagged as the shipped model flags: when u outscores every class's p (1 - u).
-            u = ooc.probability(features)
-            flagged = u > after.max(axis=1) * (1 - u)
+            # Flagged as the shipped model flags: its output row, by edge.answer's rule.
+            u = ooc.probability(features)[:, None]
+            _, _, flagged = best_classes(np.hstack([after * (1 - u), u]), n)
             report["out_of_class"][f"{name}_kept"] = round(float(1 - flagged.mean()), 4)
         if name == "test" or not len(test.class_indices):
             for stage, probs in (("before", before), ("after", after)):
-                correct = probs.argmax(axis=1) == labels
-                reliability[f"{name} split, {stage} calibration"] = metrics.reliability(
-                    probs.max(axis=1), correct
+                reliability[f"{name} split, {stage} calibration"] = metrics.top1_reliability(
+                    probs, labels
                 )
     log(
         f"calibration: temperature {temperature:.3f}"

@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from edge import atomic
+from edge.answer import UNKNOWN_ANSWER
 from edge.image import DEFAULT_RESIZE, RESIZE_DESCRIPTION
 from edge.metrics import confusion_matrix
 from toolchain import __version__
-from toolchain.confidence.shipped import UNKNOWN
 from toolchain.core.options import TrainOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.plots import confusion_matrices, reliability_diagram, training_curves
@@ -93,7 +93,7 @@ def write_outputs(
     atomic.write_json(RunDir(staged).history, {"fine_tune_start_epoch": head_epochs, **history})
     atomic.write_json(RunDir(staged).splits, data.splits_json)
     in_model = confidence is not None and confidence.report["out_of_class"]["in_model"]
-    outputs = data.labels + ([UNKNOWN] if in_model else [])  # in the model's output order
+    outputs = data.labels + ([UNKNOWN_ANSWER] if in_model else [])  # in the model's output order
     atomic.write_text(RunDir(staged).labels_file, "\n".join(outputs) + "\n")
     try:
         training_curves(history, head_epochs, RunDir(staged).training_curves)
@@ -210,7 +210,11 @@ def _write_reports(
             "results": {"val_top1": top1["val"], "test_top1": top1["test"]},
             # The model's extra last output, when it has one: what every later step reads.
             "unknown": (
-                {"label": UNKNOWN, "index": len(data.labels), **confidence.report["out_of_class"]}
+                {
+                    "label": UNKNOWN_ANSWER,
+                    "index": len(data.labels),
+                    **confidence.report["out_of_class"],
+                }
                 if confidence and confidence.report["out_of_class"]["in_model"]
                 else None
             ),

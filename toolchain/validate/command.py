@@ -196,7 +196,7 @@ def out_of_class_section(
         known = probabilities_of(classifier, eval_set.pixels)
         outside = probabilities_of(classifier, pixels)
         figures = unknown.figures(
-            known, eval_set.labels, outside, labels, classifier.unknown_index, classifier.floor
+            known, eval_set.labels, outside, classifier.unknown_index, classifier.floor
         )
         section["models"][Path(path).name] = figures
         curves[Path(path).name] = figures["risk_coverage"]
@@ -209,7 +209,7 @@ def out_of_class_section(
     # Keras answers with the floor the files carry (one export writes the same into each).
     keras_unknown = predict_in_batches(keras_model, pixels)
     section["keras"] = unknown.figures(
-        keras_probs, eval_set.labels, keras_unknown, labels, index, floors[0] if floors else 0.0
+        keras_probs, eval_set.labels, keras_unknown, index, floors[0] if floors else 0.0
     )
     curves = {"Keras": section["keras"]["risk_coverage"], **curves}
     with contextlib.suppress(ImportError):

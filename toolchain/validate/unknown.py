@@ -12,11 +12,11 @@ wrong against the share answered, as the floor drops (``risk_coverage.png``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edge.answer import UNKNOWN_ANSWER, decide
+from edge.answer import best_classes, floor_score, is_answered
 from edge.errors import BadInput
 from edge.image import list_images, load_many
 
@@ -61,10 +61,6 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negative)))
 
 
-def answers(probs: np.ndarray, labels: Sequence[str], unknown_index: Optional[int], floor: float):
-    return [decide(row, list(labels), unknown_index, floor) for row in probs]
-
-
 def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> List[List[float]]:
     """``[coverage, risk]`` as the floor drops through every score (thinned)."""
     order = np.argsort(-np.asarray(scores, float), kind="stable")
@@ -82,30 +78,26 @@ def figures(
     known_probs: np.ndarray,
     known_labels: np.ndarray,
     unknown_probs: np.ndarray,
-    labels: Sequence[str],
     unknown_index: Optional[int],
     floor: float,
 ) -> Dict[str, Any]:
-    """One model's out-of-class figures (pure)."""
-    on_unknown = answers(unknown_probs, labels, unknown_index, floor)
-    on_known = answers(known_probs, labels, unknown_index, floor)
+    """One model's out-of-class figures (pure), by ``edge.answer``'s rule."""
+    best, score, flagged = best_classes(known_probs, unknown_index)
+    _, outside_score, outside_flagged = best_classes(unknown_probs, unknown_index)
+    answered = is_answered(score, flagged, floor)
+    outside_answered = is_answered(outside_score, outside_flagged, floor)
+    right = best == np.asarray(known_labels)  # the best class, answered or not
     if unknown_index is not None:
         score_known, score_unknown = known_probs[:, unknown_index], unknown_probs[:, unknown_index]
     else:
         score_known, score_unknown = 1 - known_probs.max(axis=1), 1 - unknown_probs.max(axis=1)
-    answered = np.array([a.answer != UNKNOWN_ANSWER for a in on_known])
-    right = np.array([a.answer == labels[y] for a, y in zip(on_known, known_labels)])
-    # The curve ranks by what the floor compares (the best class's score, 0 when the
-    # model calls the photo out of class) and counts the best class right or wrong.
-    always = answers(known_probs, labels, unknown_index, 0.0)
-    ranking = np.array([0.0 if a.out_of_class else a.score for a in always])
-    best_right = np.array([a.answer == labels[y] for a, y in zip(always, known_labels)])
     return {
         "floor": floor,
-        "unknown_answered": float(np.mean([a.answer == UNKNOWN_ANSWER for a in on_unknown])),
-        "out_of_class_flagged": float(np.mean([a.out_of_class for a in on_unknown])),
+        "unknown_answered": float(np.mean(~outside_answered)),
+        "out_of_class_flagged": float(np.mean(outside_flagged)),
         "auroc": auroc(score_unknown, score_known),
         "known_coverage": float(answered.mean()) if len(answered) else float("nan"),
         "known_answered_precision": float(right[answered].mean()) if answered.any() else None,
-        "risk_coverage": risk_coverage(ranking, best_right),
+        # ranked by what the floor compares, the best class counted right or wrong
+        "risk_coverage": risk_coverage(floor_score(score, flagged), right),
     }
