@@ -31,6 +31,7 @@ TRAIN = [
     "--data", "synthetic", "--synthetic-per-class", "80", "--seed", "7",
     "--image-size", "96", "--alpha", "0.35", "--weights", "none", "--epochs", "1",
     "--fine-tune-epochs", "10", "--fine-tune-learning-rate", "3e-3", "--patience", "0",
+    "--no-out-of-class",
 ]  # fmt: skip
 # Two workers split each batch of 32 into two of 16 (BatchNorm statistics per
 # replica) and see their images in another order, so they cannot match one worker

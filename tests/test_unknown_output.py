@@ -173,25 +173,25 @@ def test_a_class_folder_named_unknown_is_refused_before_anything_is_written(tmp_
             )
     out = tmp_path / "run"
     command = ["train", "--data", str(tmp_path / "photos"), "--out", str(out)]
-    result = edgetl_here(*command, "--out-of-class")
+    result = edgetl_here(*command)  # the output is on by default
     assert_one_line_error(result, 2, "'unknown'", "--no-out-of-class")
     assert not out.exists()
 
 
-def test_export_without_readable_validation_photos_writes_no_floor_and_says_so(micro_copy):
+def test_export_without_readable_held_out_photos_writes_no_floor_and_says_so(micro_copy):
     import shutil
 
     from conftest import edgetl_here
 
     splits = json.loads((micro_copy / "splits.json").read_text())
     root = micro_copy / splits["root_relative"]
-    for rel, _ in splits["val"]:
+    for rel, _ in splits["val"] + splits["test"]:  # the floor is chosen on both
         (root / rel).write_bytes(b"not an image")
     result = edgetl_here(
         "export", str(micro_copy), "--quant", "float32", "--no-validate", "--force"
     )
     assert result.returncode == 0, result.stderr
-    assert "no validation photo could be read" in result.stderr
+    assert "no validation or test photo could be read" in result.stderr
     card = read_embedded(micro_copy / "model_float32.tflite")
     assert "unknown" in card and "answer" not in card  # answers unless out-of-class
     shutil.rmtree(root)  # the dataset gone: a float export needs no photos

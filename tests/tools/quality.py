@@ -379,7 +379,6 @@ def quality(
             typer.echo(f"fold {index}: training on {sum(map(len, rest.values()))} photos", err=True)
             args = ["train", "--data", str(fold_dir / "data"), "--weights", str(weights)]
             args += ["--alpha", "0.35", "--image-size", "128", "--out", str(trained), "--force"]
-            args += ["--out-of-class"]  # opt-in for now; its figures are what the table is for
             result = edgetl(*args, log_file=log_file)
             if result.returncode != 0:
                 raise RuntimeError(f"fold {index}: training failed: {result.stderr[-2000:]}")
