@@ -201,12 +201,11 @@ def without_out_of_class(run: Path) -> Path:
     alone, no ``unknown`` output (what ``--qat`` needs)."""
     import json
 
+    from toolchain.confidence.shipped import classes_only
     from toolchain.core.quiet import keras
 
-    keras = keras()
-    model = keras.models.load_model(run / "model.keras", compile=False)
-    classes = keras.Model(model.inputs, model.get_layer("probabilities").output)
-    classes.save(run / "model.keras")
+    model = keras().models.load_model(run / "model.keras", compile=False)
+    classes_only(model).save(run / "model.keras")
     config = json.loads((run / "config.json").read_text())
     config["unknown"] = None
     (run / "config.json").write_text(json.dumps(config))

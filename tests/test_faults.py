@@ -728,3 +728,18 @@ def test_disk_full_is_the_environment_not_a_gate(micro_run, tmp_path, full_disk)
     )  # fmt: skip
     assert_one_line_error(result, 3, "disk is full")
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_resume_of_a_run_saved_before_the_out_of_class_option_keeps_it_off(micro_copy):
+    """options.json from before --out-of-class existed: that run trained without it
+    (the default then), so resuming it must not add the output now that it is on."""
+    from toolchain.core.rundir import RunDir
+    from toolchain.train.runstate import resumed_options
+
+    options = json.loads((micro_copy / "config.json").read_text())["options"]
+    saved = micro_copy / "checkpoints" / "options.json"
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps({k: v for k, v in options.items() if k != "out_of_class"}))
+    assert resumed_options(RunDir(micro_copy)).out_of_class is False
+    saved.write_text(json.dumps({**options, "out_of_class": True}))
+    assert resumed_options(RunDir(micro_copy)).out_of_class is True

@@ -21,7 +21,7 @@ def test_run_dir_has_everything_later_steps_read(tiny_run):
     assert config["image_size"] == TINY["image_size"]
     assert config["options"]["seed"] == TINY["seed"] and config["options"]["fine_tune_at"] == "0"
     # labels.txt is in the model's output order: the classes (then `unknown` with
-    # --out-of-class, which the micro run has: tests/test_unknown_output.py)
+    # the out-of-class output, which the micro run has: tests/test_unknown_output.py)
     assert config["labels"] == (tiny_run / "labels.txt").read_text().split()
     assert config["unknown"] is None and config["temperature"] > 0
     splits = json.loads((tiny_run / "splits.json").read_text())

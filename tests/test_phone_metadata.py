@@ -46,7 +46,7 @@ def test_mediapipe_image_classifier_agrees_with_the_edgetl_runner(tiny_run):
 
 
 def test_mediapipe_names_the_out_of_class_answer_like_the_edgetl_runner(micro_run):
-    """The micro run has the ``unknown`` output (trained with --out-of-class): MediaPipe
+    """The micro run has the ``unknown`` output (trained with the default): MediaPipe
     reads the same K+1 labels from the standard metadata and ranks ``unknown`` the same
     way on flat colours far from every class."""
     mp = pytest.importorskip("mediapipe")

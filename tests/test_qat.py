@@ -25,6 +25,7 @@ needs_qat_python = pytest.mark.skipif(
 
 
 def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
+    without_out_of_class(micro_copy)  # a model QAT could take
     before = snapshot(micro_copy)
     result = run_cli(
         "export",
@@ -37,8 +38,15 @@ def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
     assert snapshot(micro_copy) == before
 
 
-def test_qat_on_a_model_with_the_out_of_class_output_is_refused_in_one_line(micro_copy):
-    result = run_cli("export", str(micro_copy), "--qat", "--force")
+def test_qat_on_a_model_with_the_out_of_class_output_is_refused_in_one_line(micro_copy, tmp_path):
+    # Refused before the QAT Python is looked for: installing it would not help.
+    result = run_cli(
+        "export",
+        str(micro_copy),
+        "--qat",
+        "--force",
+        env={"EDGETL_QAT_PYTHON": str(tmp_path / "no-such-python")},
+    )
     assert_one_line_error(result, 2, "--qat", "out-of-class", "--no-out-of-class")
 
 

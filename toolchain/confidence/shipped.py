@@ -46,6 +46,13 @@ def has_head(model: Any) -> bool:
     return FEATURES_LAYER in names and HEAD_LAYER in names
 
 
+def classes_only(model: Any) -> Any:
+    """The shipped model without its ``unknown`` output: the calibrated class scores
+    alone, as ``train --no-out-of-class`` leaves them (what ``--qat`` can rebuild)."""
+    keras = import_keras()
+    return keras.Model(model.inputs, model.get_layer(HEAD_LAYER).output)
+
+
 def features_and_logits(model: Any) -> Any:
     """A model from pixels to (pooled features, logits before the softmax)."""
     keras = import_keras()

@@ -40,7 +40,7 @@ def answer_floor(
 ) -> Optional[Dict[str, Any]]:
     """The floor as the card and the report record it; None for a model without the
     ``unknown`` output (an older run: its device answers as before) or without
-    validation photos."""
+    readable validation or test photos."""
     if not has_out_of_class(config):
         return None
     classes = len(config["labels"])

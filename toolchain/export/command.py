@@ -105,14 +105,14 @@ def export(
     run = RunDir(run_dir).require_trained()
     transaction.recover(run)
     refuse_overwrite(planned_files(run, modes), options.force)
-    if options.qat:
-        qat_python()  # exit 3 now, not after minutes of conversion
     config = run.read_config()
-    if options.qat and has_out_of_class(config):
+    if options.qat and has_out_of_class(config):  # before asking for the QAT Python
         raise BadInput(
             f"--qat: {run.model} has the out-of-class output, which the QAT worker (Keras 2) "
             "cannot rebuild yet; export without --qat, or train with --no-out-of-class to use it"
         )
+    if options.qat:
+        qat_python()  # exit 3 now, not after minutes of conversion
     calibration, calibration_info = None, {}
     if "int8" in modes:
         calibration, calibration_info = calibration_set(

@@ -171,6 +171,13 @@ def representative_images(
     return pixels, count_classes(classes, kept)
 
 
+def scrambled_picks(rows: int) -> np.ndarray:
+    """Which calibration rows get a scrambled copy: ``SCRAMBLED_SHARE`` of them, at
+    least 8, spread evenly."""
+    count = max(8, int(round(rows * SCRAMBLED_SHARE)))
+    return np.linspace(0, rows - 1, count).round().astype(int)
+
+
 def representative_rows(
     run: RunDir, samples: int, seed: int, size: int
 ) -> Tuple[RowFile, Dict[str, int]]:
@@ -218,8 +225,7 @@ def calibration_set(
         )
     scrambled_rows = 0
     if out_of_class:  # the model has an out-of-class output: see ``scrambled``
-        count = max(8, int(round(len(calibration) * SCRAMBLED_SHARE)))
-        picks = np.linspace(0, len(calibration) - 1, count).round().astype(int)
+        picks = scrambled_picks(len(calibration))
         calibration.append(scrambled(calibration[picks], seed))
         scrambled_rows = len(picks)
     mean, std = pixel_stats(calibration)

@@ -125,7 +125,8 @@ def fit_confidence(
         if not len(labels):
             continue
         before, after = softmax(logits), softmax(logits, temperature)
-        held_out_after = softmax(logits, scored_at[name]) if scored_at[name] else None
+        other = scored_at[name]
+        held_out_after = softmax(logits, other) if other is not None else None
         report[f"{name}_calibration_error"] = {
             "before": round(metrics.top1_calibration_error(before, labels), 4),
             "after": (

@@ -6,7 +6,8 @@
     splits.json          which files went where (the same as checkpoints/splits.json)
     labels.txt           class names in output order
     confusion_val.png    the Keras model on the val split
-    reliability.png      the test split's scores before and after calibration
+    reliability.png      the test split's scores before and after calibration (after: at
+                         the temperature the val split fits alone, so held out)
     training_curves.png  accuracy and loss per epoch, the fine-tuning start marked
     train_report.json    how the run went: data, timings, epochs, accuracy
     config.json          what every later step reads: options, labels, input contract

@@ -158,6 +158,8 @@ def resumed_options(run: RunDir) -> TrainOptions:
     values = runjson.read_json_object(
         saved, "--resume cannot go on from it: start over with --force"
     )
+    # A run saved before --out-of-class existed trained without it (then the default).
+    values = {"out_of_class": False, **values}
     try:
         return checked_options(
             replace(TrainOptions.from_dict(values), resume=True, out=str(run.path))

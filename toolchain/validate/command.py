@@ -35,7 +35,7 @@ from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
 from edge.reference import reference_json
 from edge.runtime import RUNTIMES
-from toolchain.confidence.shipped import output_labels
+from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
 from toolchain.core.failures import describe_failure
@@ -45,7 +45,12 @@ from toolchain.core.plots import risk_coverage
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import few, single_line
-from toolchain.quantize.calibration import config_seed, representative_images
+from toolchain.quantize.calibration import (
+    config_seed,
+    representative_images,
+    scrambled,
+    scrambled_picks,
+)
 from toolchain.quantize.diagnose import layer_errors, short_name
 from toolchain.validate import unknown
 from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
@@ -356,11 +361,13 @@ def diagnosis(
     if not int8_models:
         return {"note": "no INT8 model to diagnose"}
     config = run.read_config()
-    calibration, _ = representative_images(
-        run, 64, config_seed(run, config), int(config["image_size"])
-    )
+    seed = config_seed(run, config)
+    calibration, _ = representative_images(run, 64, seed, int(config["image_size"]))
     if not len(calibration):
         return {"note": "no readable training images to run the debugger on"}
+    if has_out_of_class(config):  # calibrated as export calibrates such a model
+        picks = scrambled_picks(len(calibration))
+        calibration = np.concatenate([calibration, scrambled(calibration[picks], seed)])
     start = time.perf_counter()
     layers = layer_errors(keras_model, calibration, run.export_log, limit=10)
     for layer in layers:
