@@ -174,13 +174,23 @@ def confidence_figures(
     keras_model = trained.load_keras_model()
     shipped = predict_in_batches(keras_model, pixels)
     _, logits = features_and_logits(keras_model).predict(pixels.astype("float32"), verbose=0)
-    before = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
     from edge.metrics import calibration_error
 
-    answerable = shipped.argmax(axis=1) < len(classes)
-    after = calibration_error(
-        shipped.max(axis=1)[answerable], (shipped.argmax(axis=1) == labels)[answerable]
-    )
+    def top_score_error(rows: np.ndarray) -> float:
+        """ECE of score_1 over the rows whose top output is a class: the hidden
+        check's definition, for Keras before and after alike."""
+        best = rows.argmax(axis=1)
+        answerable = best < len(classes)
+        return calibration_error(rows.max(axis=1)[answerable], (best == labels)[answerable])
+
+    n = len(classes)
+    if shipped.shape[1] > n:  # before: the same output at the trained scores (T = 1)
+        u = shipped[:, n:]
+        raw = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
+        before_rows = np.hstack([raw * (1 - u), u])
+    else:
+        before_rows = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
+    before, after = top_score_error(before_rows), top_score_error(shipped)
     rows = classify_csv(model, heldout, run / "heldout_predictions.csv", log_file)
     by_path = {Path(r["path"]).resolve(): r for r in rows}
     ordered = [by_path[Path(p).resolve()] for p in paths]
@@ -188,9 +198,7 @@ def confidence_figures(
     card = read_embedded(model) or {}
     promise = card.get("answer") or {}
     figures: Dict[str, Any] = {
-        "keras_ece_before": round(
-            float(calibration_error(before.max(axis=1), before.argmax(axis=1) == labels)), 4
-        ),
+        "keras_ece_before": round(float(before), 4),
         "keras_ece_after": round(float(after), 4),
         "int8_ece": score_ece(ordered, truth, classes),
         "temperature": config.get("temperature"),
