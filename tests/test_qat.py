@@ -24,29 +24,27 @@ needs_qat_python = pytest.mark.skipif(
 )
 
 
-def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
-    without_out_of_class(micro_copy)  # a model QAT could take
-    before = snapshot(micro_copy)
-    result = run_cli(
+def export_qat_without_its_python(run, tmp_path):
+    return run_cli(
         "export",
-        str(micro_copy),
+        str(run),
         "--qat",
         "--force",
         env={"EDGETL_QAT_PYTHON": str(tmp_path / "no-such-python")},
     )
+
+
+def test_qat_without_its_python_exits_3_before_any_work(micro_copy, tmp_path):
+    without_out_of_class(micro_copy)  # a model QAT could take
+    before = snapshot(micro_copy)
+    result = export_qat_without_its_python(micro_copy, tmp_path)
     assert_one_line_error(result, 3, "--qat", "tensorflow-model-optimization", "EDGETL_QAT_PYTHON")
     assert snapshot(micro_copy) == before
 
 
 def test_qat_on_a_model_with_the_out_of_class_output_is_refused_in_one_line(micro_copy, tmp_path):
     # Refused before the QAT Python is looked for: installing it would not help.
-    result = run_cli(
-        "export",
-        str(micro_copy),
-        "--qat",
-        "--force",
-        env={"EDGETL_QAT_PYTHON": str(tmp_path / "no-such-python")},
-    )
+    result = export_qat_without_its_python(micro_copy, tmp_path)
     assert_one_line_error(result, 2, "--qat", "out-of-class", "--no-out-of-class")
 
 

@@ -183,13 +183,11 @@ def confidence_figures(
         answerable = best < len(classes)
         return calibration_error(rows.max(axis=1)[answerable], (best == labels)[answerable])
 
-    n = len(classes)
-    if shipped.shape[1] > n:  # before: the same output at the trained scores (T = 1)
-        u = shipped[:, n:]
-        raw = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
-        before_rows = np.hstack([raw * (1 - u), u])
-    else:
-        before_rows = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
+    # before: the same output at the trained scores (T = 1)
+    before_rows = softmax(np.asarray(logits) * float(config.get("temperature") or 1.0))
+    if shipped.shape[1] > len(classes):
+        u = shipped[:, len(classes) :]
+        before_rows = np.hstack([before_rows * (1 - u), u])
     before, after = top_score_error(before_rows), top_score_error(shipped)
     rows = classify_csv(model, heldout, run / "heldout_predictions.csv", log_file)
     by_path = {Path(r["path"]).resolve(): r for r in rows}

@@ -171,11 +171,13 @@ def representative_images(
     return pixels, count_classes(classes, kept)
 
 
-def scrambled_picks(rows: int) -> np.ndarray:
-    """Which calibration rows get a scrambled copy: ``SCRAMBLED_SHARE`` of them, at
-    least 8, spread evenly."""
-    count = max(8, int(round(rows * SCRAMBLED_SHARE)))
-    return np.linspace(0, rows - 1, count).round().astype(int)
+def scrambled_copies(rows: Any, seed: int) -> np.ndarray:
+    """The scrambled rows a model with the out-of-class output is calibrated with
+    besides ``rows`` (see ``scrambled``): copies of ``SCRAMBLED_SHARE`` of them, at
+    least 8, picked evenly."""
+    count = max(8, int(round(len(rows) * SCRAMBLED_SHARE)))
+    picks = np.linspace(0, len(rows) - 1, count).round().astype(int)
+    return scrambled(rows[picks], seed)
 
 
 def representative_rows(
@@ -225,9 +227,9 @@ def calibration_set(
         )
     scrambled_rows = 0
     if out_of_class:  # the model has an out-of-class output: see ``scrambled``
-        picks = scrambled_picks(len(calibration))
-        calibration.append(scrambled(calibration[picks], seed))
-        scrambled_rows = len(picks)
+        copies = scrambled_copies(calibration, seed)
+        calibration.append(copies)
+        scrambled_rows = len(copies)
     mean, std = pixel_stats(calibration)
     info = {
         "images": int(len(calibration)),

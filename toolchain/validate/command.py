@@ -45,12 +45,7 @@ from toolchain.core.plots import risk_coverage
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import few, single_line
-from toolchain.quantize.calibration import (
-    config_seed,
-    representative_images,
-    scrambled,
-    scrambled_picks,
-)
+from toolchain.quantize.calibration import config_seed, representative_images, scrambled_copies
 from toolchain.quantize.diagnose import layer_errors, short_name
 from toolchain.validate import unknown
 from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
@@ -366,8 +361,7 @@ def diagnosis(
     if not len(calibration):
         return {"note": "no readable training images to run the debugger on"}
     if has_out_of_class(config):  # calibrated as export calibrates such a model
-        picks = scrambled_picks(len(calibration))
-        calibration = np.concatenate([calibration, scrambled(calibration[picks], seed)])
+        calibration = np.concatenate([calibration, scrambled_copies(calibration, seed)])
     start = time.perf_counter()
     layers = layer_errors(keras_model, calibration, run.export_log, limit=10)
     for layer in layers:
