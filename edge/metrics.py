@@ -6,6 +6,7 @@ Accuracies and agreement are fractions in 0..1, drops are percentage points.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -53,6 +54,37 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
 def drop_points(reference_top1: float, candidate_top1: float) -> float:
     """Top-1 lost by the candidate, in percentage points (negative: it gained)."""
     return 100.0 * (reference_top1 - candidate_top1)
+
+
+def worse_evidence(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray
+) -> Dict[str, Any]:
+    """How strongly the images say the candidate is less accurate than the reference.
+
+    Only the images where exactly one of the two is right tell them apart: the
+    reference right alone on ``lost`` of them, the candidate on ``gained``. If the two
+    were equally accurate, each such image would go either way with even odds, so
+    ``p_worse`` is the chance of the candidate losing at least ``lost`` of them by luck
+    (the exact one-sided sign test, McNemar's test without approximation). Why: on a
+    test split of ~170 images one image is 0.6 points of top-1, and a model as accurate
+    as Keras that differs on 4-8 images loses two of them net about a third of the time.
+    """
+    truth = np.asarray(labels)
+    if len(truth) == 0:
+        return {"lost": 0, "gained": 0, "p_worse": 1.0}
+    right = np.argmax(reference, axis=1) == truth
+    right_now = np.argmax(candidate, axis=1) == truth
+    lost, gained = int(np.sum(right & ~right_now)), int(np.sum(right_now & ~right))
+    return {"lost": lost, "gained": gained, "p_worse": sign_test(lost, gained)}
+
+
+def sign_test(lost: int, gained: int) -> float:
+    """P(at least ``lost`` of ``lost + gained`` fair coin flips go against the candidate)."""
+    total = lost + gained
+    if total == 0:
+        return 1.0
+    tail = sum(math.comb(total, k) for k in range(lost, total + 1))
+    return float(tail / 2**total)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:

@@ -265,7 +265,8 @@ def device_parity(
     difference = np.abs(keras - probs)
     gate = edge_gate.device_gate(reference.budget, max_drop, min_agreement)
     drop = metrics.drop_points(keras_top1, top1)
-    failures = edge_gate.failures(drop, agreement, gate)
+    evidence = metrics.worse_evidence(keras, probs, truth)
+    failures = edge_gate.failures(drop, agreement, gate, evidence["p_worse"])
     runtime = classifier.runtime
     return {
         "model": classifier.model_path,
@@ -285,6 +286,7 @@ def device_parity(
         "keras_top1": keras_top1,
         "top1": top1,
         "top1_drop_pts": drop,
+        "worse_than_keras": evidence,
         "agreement": agreement,
         "agreement_ci95": list(metrics.wilson_interval(agreeing, len(used))),
         "calibration_error": metrics.top1_calibration_error(probs, truth),
@@ -336,7 +338,8 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
     lines = [
         f"device parity on {report['n_images']} images ({device['arch']}, {device['runtime']}): "
         f"top-1 {report['top1']:.4f} vs keras {report['keras_top1']:.4f} "
-        f"(drop {report['top1_drop_pts']:+.2f} pts), agreement {report['agreement']:.4f}, "
+        f"({edge_gate.drop_text(report['top1_drop_pts'], report['worse_than_keras'])}), "
+        f"agreement {report['agreement']:.4f}, "
         f"calibration error {report['calibration_error']:.4f} vs keras "
         f"{report['keras_calibration_error']:.4f}"
     ]

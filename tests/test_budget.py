@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from edge.errors import BadInput
-from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, device_gate, failures
+from edge.metrics import sign_test, worse_evidence
 from toolchain.core.budget import Budget
-from toolchain.validate.figures import gate_failures
+from toolchain.validate.figures import gate_failures, gated
 
 
 def test_the_export_budget_is_always_whole_and_says_where_it_came_from():
@@ -26,9 +28,9 @@ def test_the_export_budget_is_always_whole_and_says_where_it_came_from():
 def test_validate_gates_only_the_bounds_it_is_given():
     gate = Budget.given(None, 0.9)
     assert not gate.whole and gate.max_drop is None
-    assert gate.misses(50.0, 0.95) == []  # no drop bound: any drop passes
-    assert gate.misses(0.0, 0.85) == ["agreement 0.8500 < --min-agreement 0.9"]
-    assert Budget.given(None, None).misses(100.0, 0.0) == []
+    assert gate.misses(50.0, 0.95, 0.0) == []  # no drop bound: any drop passes
+    assert gate.misses(0.0, 0.85, 1.0) == ["agreement 0.8500 < --min-agreement 0.9"]
+    assert Budget.given(None, None).misses(100.0, 0.0, 0.0) == []
 
 
 @pytest.mark.parametrize(
@@ -53,8 +55,60 @@ def test_gate_failures_name_the_model_the_bound_and_the_figures():
     drop, agreement = gate_failures([entry], Budget.of(1, 0.95))
     # the worse of tensor level and device path is held to each bound
     assert drop == (
-        "model_int8.tflite top-1 drop 2.50 pts > --max-drop 1 "
-        "(tflite 0.8500, device path 0.8500, agreement 0.9600)"
-    )
+        "model_int8.tflite top-1 drop 2.50 pts > --max-drop 1 (worse than Keras beyond "
+        "chance: p = 0) (tflite 0.8500, device path 0.8500, agreement 0.9600)"
+    )  # figures without the sign test (an older report) are judged by the point rule
     assert agreement == "model_int8.tflite agreement 0.9000 < --min-agreement 0.95"
     assert gate_failures([entry], Budget.of(5, 0.9)) == []
+
+
+def test_sign_test_is_the_exact_binomial_tail():
+    assert sign_test(0, 0) == 1.0  # no image tells the two apart
+    assert sign_test(2, 0) == 0.25  # both differing images lost: a coin does that 1 in 4
+    assert sign_test(5, 0) == 1 / 32
+    assert sign_test(3, 3) == 42 / 64  # P(at least 3 of 6 fair flips)
+    assert sign_test(0, 4) == 1.0
+
+
+def test_worse_evidence_counts_the_images_only_one_model_gets_right():
+    labels = np.array([0, 1, 2, 0, 1])
+    keras = np.eye(3)[[0, 1, 2, 1, 0]]  # right on images 0-2
+    model = np.eye(3)[[0, 2, 2, 0, 0]]  # loses image 1, gains image 3
+    assert worse_evidence(keras, model, labels) == {"lost": 1, "gained": 1, "p_worse": 0.75}
+    assert worse_evidence(keras[:0], model[:0], labels[:0])["p_worse"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "drop, p_worse, fails",
+    [
+        (1.17, 0.25, False),  # two images of 171 lost: the split cannot tell
+        (2.92, 1 / 32, True),  # five of five lost: worse beyond chance
+        (0.5, 0.001, False),  # within the bound, however sure
+        (1.0, 0.0, False),  # the bound itself passes
+    ],
+)
+def test_the_drop_bound_fails_only_past_the_bound_and_beyond_chance(drop, p_worse, fails):
+    budget = Budget.of(1.0, 0.0)
+    assert bool(budget.misses(drop, 1.0, p_worse)) is fails
+    device = device_gate({}, 1.0, 0.0)
+    assert bool(failures(drop, 1.0, device, p_worse)) is fails  # the device's gate agrees
+
+
+def test_the_gate_holds_the_side_that_misses():
+    """Tensor level within chance, device path past it: the device path decides."""
+    entry = {
+        "path": "/run/model_int8.tflite",
+        "top1": 0.85,
+        "top1_drop_pts": 3.0,
+        "worse_than_keras": {"lost": 3, "gained": 0, "p_worse": 0.125},
+        "agreement": 0.97,
+        "device_path": {
+            "top1": 0.84,
+            "top1_drop_pts": 2.0,
+            "worse_than_keras": {"lost": 6, "gained": 0, "p_worse": 1 / 64},
+            "agreement": 0.96,
+        },
+    }
+    figures = gated(entry, Budget.of(1.0, 0.95))
+    assert (figures["top1_drop_pts"], figures["p_worse"]) == (2.0, 1 / 64)
+    assert len(gate_failures([entry], Budget.of(1.0, 0.95))) == 1

@@ -30,6 +30,7 @@ import pytest
 from conftest import REPO, make_int8_hostile
 from typer.testing import CliRunner
 
+from edge.gate import drop_misses
 from edge.modelfile import read_embedded
 from toolchain import runlock
 from toolchain.cli import app
@@ -76,7 +77,8 @@ def check_run(run: Path, before: Dict[str, str], code: int, modes_missed_all: bo
         assert entry["status"] in ("passed", "not validated"), (entry["path"], entry["status"])
         if entry["status"] == "passed":
             budget, test = entry["budget"], entry["test"]
-            assert test["top1_drop_pts"] <= budget["max_drop"] + 1e-9, entry["path"]
+            # a drop past the bound passes only where the test images cannot tell
+            assert not drop_misses(test["top1_drop_pts"], test["p_worse"], budget["max_drop"])
             assert test["agreement"] >= budget["min_agreement"] - 1e-9, entry["path"]
     int8 = [n for n in on_disk if n in SHIPPABLE_INT8]
     assert len(int8) <= 1, int8

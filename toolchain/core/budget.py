@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from edge.errors import BadInput
-from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, drop_misses, drop_phrase
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,13 @@ class Budget:
     def whole(self) -> bool:
         return self.max_drop is not None and self.min_agreement is not None
 
-    def misses(self, drop: float, agreement: float) -> List[str]:
-        """One phrase per bound the figures miss (an unset bound misses nothing)."""
+    def misses(self, drop: float, agreement: float, p_worse: float) -> List[str]:
+        """One phrase per bound the figures miss (an unset bound misses nothing). The
+        drop bound is judged as ``edge.gate.drop_misses`` says: past it and worse than
+        Keras beyond chance (``p_worse``, ``edge.metrics.worse_evidence``)."""
         found = []
-        if self.max_drop is not None and drop > self.max_drop:
-            found.append(f"top-1 drop {drop:.2f} pts > --max-drop {self.max_drop:g}")
+        if self.max_drop is not None and drop_misses(drop, p_worse, self.max_drop):
+            found.append(drop_phrase(drop, p_worse, f"--max-drop {self.max_drop:g}"))
         if self.min_agreement is not None and agreement < self.min_agreement:
             found.append(f"agreement {agreement:.4f} < --min-agreement {self.min_agreement:g}")
         return found

@@ -133,6 +133,14 @@ def check_figures(entry: Dict[str, Any], where: str) -> None:
                 jsonfile.number(figures.get(key), low, high)
             except NotStrictJSON as error:
                 raise NotStrictJSON(f"{name} {key}: {error}") from None
+        evidence = figures.get("worse_than_keras")  # absent in reports of older edgetl
+        if evidence is not None:
+            try:
+                jsonfile.number(
+                    evidence.get("p_worse") if isinstance(evidence, dict) else None, 0, 1
+                )
+            except NotStrictJSON as error:
+                raise NotStrictJSON(f"{name} worse_than_keras p_worse: {error}") from None
 
 
 def check_parity(parity: Dict[str, Any]) -> None:

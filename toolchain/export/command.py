@@ -200,7 +200,7 @@ def judge_all(
     log, budget = job.log, job.budget
     log(f"budget: {budget.flags()}" + (" (the default)" if budget.defaulted else ""))
     parity = validate_within(job, results)
-    record_parity(job.out, results, parity, report)
+    record_parity(job.out, results, parity, report, budget)
     missed: Dict[str, str] = {}
     for result in [r for r in results if r.quant != "int8"]:
         entry = entry_of(parity, result.path)

@@ -135,6 +135,7 @@ def embed_parity(results: List[ExportResult], parity: Dict[str, Any]) -> None:
             "keras_top1": round(parity["keras"]["top1"], 4),
             "top1": round(figures["top1"], 4),
             "top1_drop_pts": round(figures["top1_drop_pts"], 2),
+            "worse_than_keras": figures["worse_than_keras"],
             "agreement": round(figures["agreement"], 4),
         }
         atomic.write_bytes(r.path, embed_metadata(r.payload, r.card, r.card["labels"]))

@@ -41,7 +41,7 @@ from toolchain.quantize import fallback
 from toolchain.quantize.diagnose import Calibrated, short_name, with_consumers
 from toolchain.validate.command import validate
 from toolchain.validate.decision import Judge
-from toolchain.validate.figures import gate_failures
+from toolchain.validate.figures import gate_failures, gated
 
 
 def missed(
@@ -49,8 +49,8 @@ def missed(
 ) -> str:
     """One line: which file, by how much it missed which bound, and what to try. A model
     within budget on the test split missed it on the decision images (``decided``)."""
-    test = test_figures(entry, n_images)
-    gaps = budget.misses(test["top1_drop_pts"], test["agreement"])
+    test = gated(entry, budget)
+    gaps = budget.misses(test["top1_drop_pts"], test["agreement"], test["p_worse"])
     if not gaps and decided is not None:
         return (
             f"INT8 budget missed: {Path(entry['path']).name} meets it on the {n_images} test "
@@ -64,7 +64,11 @@ def missed(
 
 
 def record_parity(
-    out: RunDir, results: List[ExportResult], parity: Dict[str, Any], report: Dict[str, Any]
+    out: RunDir,
+    results: List[ExportResult],
+    parity: Dict[str, Any],
+    report: Dict[str, Any],
+    budget: Budget,
 ) -> None:
     """Embed the figures in each file, and keep the report's sizes and each entry's
     test-split figures (what ``export_report.json`` holds it to) in step with them."""
@@ -75,18 +79,8 @@ def record_parity(
         entry["size_bytes"] = sizes.get(entry["path"], entry["size_bytes"])
         measured = figures.get(entry["path"])
         if measured is not None:
-            entry["test"] = test_figures(measured, parity["n_images"])
+            entry["test"] = {"n_images": parity["n_images"], **gated(measured, budget)}
     atomic.write_json(out.export_report, report)
-
-
-def test_figures(measured: Dict[str, Any], n_images: int) -> Dict[str, Any]:
-    """The figures a budget is checked on: the worse of tensor level and device path."""
-    device = measured["device_path"]
-    return {
-        "n_images": n_images,
-        "top1_drop_pts": max(measured["top1_drop_pts"], device["top1_drop_pts"]),
-        "agreement": min(measured["agreement"], device["agreement"]),
-    }
 
 
 def shipping(out: RunDir, report: Dict[str, Any], name: str, why: str, log: Log) -> None:
@@ -198,7 +192,7 @@ def set_aside_and_gate(
     set_aside(failed, report)
     atomic.write_json(job.out.export_report, report)
     parity = validate_within(job, [mixed])
-    record_parity(job.out, [mixed], parity, report)
+    record_parity(job.out, [mixed], parity, report, job.budget)
     entry = entry_of(parity, mixed.path)
     if gate_failures([entry], job.budget):
         hint = (

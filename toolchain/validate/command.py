@@ -31,6 +31,7 @@ import numpy as np
 from edge import atomic, metrics
 from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput, GateFailed
+from edge.gate import drop_text
 from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
 from edge.reference import reference_json
@@ -337,7 +338,8 @@ def log_model(entry: Dict[str, Any], keras_top1: float, n_images: int, log: Log)
     device = entry["device_path"]
     log(
         f"{name}: top-1 {entry['top1']:.4f} vs keras {keras_top1:.4f} "
-        f"(drop {entry['top1_drop_pts']:+.2f} pts), agreement {entry['agreement']:.4f}, "
+        f"({drop_text(entry['top1_drop_pts'], entry['worse_than_keras'])}), "
+        f"agreement {entry['agreement']:.4f}, "
         f"device path {device['top1']:.4f} [{entry['runtime']}]"
     )
     if device["skipped"]:

@@ -161,6 +161,7 @@ def model_entry_elsewhere(
             "same_decoder_as_training": device.get("resize") == DEFAULT_RESIZE,
             "top1": figures["top1"],
             "top1_drop_pts": figures["top1_drop_pts"],
+            "worse_than_keras": figures["worse_than_keras"],
             "agreement": figures["agreement"],
             "mean_abs_prob_diff": figures["mean_abs_prob_diff"],
             "n_images": int(len(kept)),

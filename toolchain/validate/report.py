@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edge.gate import SIGNIFICANCE
 from edge.metrics import WORST_SHOWN
 from toolchain.core import plots
 from toolchain.core.rundir import RunDir
@@ -78,7 +79,7 @@ def _summary_lines(report: Dict[str, Any]) -> List[str]:
     for m in report["models"]:
         lines.append(
             f"| {_model_name(m)} | {m['top1']:.4f} | {m['top1_ci95'][0]:.3f}–"
-            f"{m['top1_ci95'][1]:.3f} | {m['top5']:.4f} | {m['top1_drop_pts']:+.2f} | "
+            f"{m['top1_ci95'][1]:.3f} | {m['top5']:.4f} | {m['top1_drop_pts']:+.2f}{_evidence(m)} | "
             f"{m['agreement']:.4f} | {_device_cell(m['device_path'], report['n_images'])} | "
             f"{m['mean_abs_prob_diff']:.4f} |"
         )
@@ -87,12 +88,23 @@ def _summary_lines(report: Dict[str, Any]) -> List[str]:
         lines += [
             "",
             f"Gate (max drop {gate.get('max_drop')}, min agreement "
-            f"{gate.get('min_agreement')}): {'passed' if gate['passed'] else 'FAILED'}.",
+            f"{gate.get('min_agreement')}): {'passed' if gate['passed'] else 'FAILED'}. "
+            "A drop past the bound fails only when the images show the model worse than "
+            "Keras beyond chance (exact sign test on the images only one of the two gets "
+            f"right, p < {SIGNIFICANCE:g}).",
         ]
     if report.get("missing_classes"):
         missing = ", ".join(markdown_cell(name) for name in report["missing_classes"])
         lines += ["", f"No images for: {missing}."]
     return lines + _skipped_lines(report)
+
+
+def _evidence(m: Dict[str, Any]) -> str:
+    """The images behind the drop: lost, gained, and the sign test's p."""
+    evidence = m.get("worse_than_keras")
+    if not isinstance(evidence, dict):
+        return ""
+    return f" ({evidence['lost']} lost, {evidence['gained']} gained, p {evidence['p_worse']:.2g})"
 
 
 def _device_cell(device: Dict[str, Any], n_images: int) -> str:
