@@ -23,7 +23,7 @@ help:
 # The stamp depends on pyproject.toml: editing dependencies refreshes the venv.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[train-cpu,dev]'
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[train-cpu,dev,accelerators]'
 	touch $@
 
 # A device-like venv: `pip install .[edge]` only, so TensorFlow cannot be imported there.

@@ -33,7 +33,7 @@ LAZY_FIRST_PARTY_ALLOWED = {"toolchain.cli"}
 LAYERS = (
     ("toolchain",),
     ("toolchain.train", "toolchain.export"),
-    ("toolchain.validate",),
+    ("toolchain.validate", "toolchain.accelerators"),
     ("toolchain.confidence",),
     ("toolchain.quantize",),
     ("toolchain.core",),

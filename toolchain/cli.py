@@ -342,6 +342,7 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
     """What a .tflite says about itself: labels, card, tensors, ops, size, runtimes."""
     from collections import Counter
 
+    from edge import edgetpu_check
     from edge.classifier import Classifier
     from edge.compat import probe_all
     from edge.tensors import operators, tensor_table
@@ -377,6 +378,7 @@ def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None
     except EdgetlError:  # no TensorFlow here: op counts from the interpreter instead
         ops = Counter(op["op_name"] for op in operators(classifier.interpreter))
         say("ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
+    say(edgetpu_check.summary(edgetpu_check.check(classifier.interpreter)))
     for result in probe_all(str(model)):
         status = "loads and runs" if result["ok"] else f"fails: {result['error']}"
         say(f"runtime {result['runtime']} {result.get('version', '')}: {status}")

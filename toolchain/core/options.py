@@ -21,11 +21,10 @@ from edge.runtime import RUNTIMES
 
 QUANT_MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
-# cpu: INT8 where it keeps the budget, float where it must (CPU kernels run both);
-# accelerator: every op INT8, as Edge TPU / NPU delegates need.
-TARGETS = ("cpu", "accelerator")
-# The default accuracy budget (toolchain/core/budget.py says why) is declared in
-# edge/gate.py, which the device's `edgetl parity` falls back to without the toolchain.
+# cpu: float where the budget needs it; the rest: all INT8, batch 1 (toolchain/accelerators/)
+TARGETS = ("cpu", "accelerator", "edgetpu", "ethos-u")
+ACCELERATOR_TARGETS = TARGETS[1:]
+# The default budget is declared in edge/gate.py (the device's `edgetl parity` needs it).
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
 
@@ -212,7 +211,7 @@ class ExportOptions:
     )
     target: str = option(
         "cpu",
-        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, as Edge TPU / NPU delegates need, or exit 1.",
+        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, batch fixed at 1, no float op at the input, or exit 1, with the Edge TPU rules and Arm Vela's verdict in the report; edgetpu / ethos-u: the same, and that accelerator's check must pass (ethos-u needs vela: pip install ethos-u-vela).",
         choices=TARGETS,
     )
     validate: bool = option(

@@ -18,9 +18,11 @@ from typing import Any, Dict, List, Optional
 from edge import atomic
 from edge.errors import BadInput, GateFailed
 from toolchain import __version__
+from toolchain.accelerators import ethos_u
 from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core.budget import Budget
 from toolchain.core.options import (
+    ACCELERATOR_TARGETS,
     IO_TYPES,
     QUANT_MODES,
     TARGETS,
@@ -40,6 +42,7 @@ from toolchain.export.exported import (
 from toolchain.export.job import ExportJob
 from toolchain.export.qat.finetune import qat_or_ptq, qat_python
 from toolchain.export.repair import entry_of, record_parity, set_aside, ship, validate_within
+from toolchain.quantize.accelerator_form import static_batch
 from toolchain.quantize.calibration import calibration_set, config_seed
 from toolchain.quantize.converter import convert
 from toolchain.validate.decision import Judge
@@ -62,6 +65,8 @@ def check_export_options(options: ExportOptions) -> List[str]:
         raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
     if options.target not in TARGETS:
         raise BadInput(f"--target {options.target}: choose one of {', '.join(TARGETS)}")
+    if options.target == "ethos-u" and "int8" in modes:
+        ethos_u.find_vela()  # before any work: the compiler is what this target checks with
     samples = options.calibration_samples
     if "int8" in modes and (
         not isinstance(samples, int) or isinstance(samples, bool) or samples < 1
@@ -162,7 +167,10 @@ def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, An
     for mode in modes:
         io = options.io if mode == "int8" else "float32"
         start = time.perf_counter()
-        flatbuffer = convert(job.model, mode, io, job.calibration, job.run.export_log)
+        flatbuffer = convert(
+            job.model, mode, io, job.calibration, job.run.export_log,
+            accelerator=options.target in ACCELERATOR_TARGETS,
+        )  # fmt: skip
         card = model_card(
             job.config, mode, io, calibration_info if mode == "int8" else {}, job.answer
         )
@@ -172,6 +180,8 @@ def convert_all(job: ExportJob, modes: List[str], calibration_info: Dict[str, An
                 job.run, job.model, job.calibration, job.config, io, options.qat_epochs,
                 flatbuffer, card, judge, job.budget, log,
             )  # fmt: skip
+            if options.target in ACCELERATOR_TARGETS:
+                flatbuffer = static_batch(flatbuffer)  # QAT's own conversion included
         seconds = time.perf_counter() - start
         results.append(write_model(job.out.tflite(mode), flatbuffer, card, seconds, log))
     report: Dict[str, Any] = {

@@ -24,9 +24,10 @@ import numpy as np
 
 from edge import atomic
 from edge.errors import GateFailed, NotFinite
+from toolchain.accelerators.verdicts import target_miss, verdicts
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
-from toolchain.core.options import ValidateOptions
+from toolchain.core.options import ACCELERATOR_TARGETS, ValidateOptions
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
 from toolchain.export.exported import (
@@ -121,21 +122,27 @@ def ship(
     entry = entry_of(parity, full.path)
     passes = not gate_failures([entry], budget)
     n = parity["n_images"]
-    if options.target == "accelerator" or not options.auto_fallback:
+    accelerator = options.target in ACCELERATOR_TARGETS
+    if accelerator or not options.auto_fallback:
+        described = next(m for m in report["models"] if m["path"] == full.path.name)
+        if accelerator:  # first, so a rejected file's report has the compilers' verdicts too
+            described["accelerators"] = verdicts(full.path, options.target, log)
         if not passes:
             hint = (
                 "--target cpu lets the few layers INT8 hurts most run in float"
-                if options.target == "accelerator"
+                if accelerator
                 else "drop --no-auto-fallback to let the export keep the layers INT8 hurts most in float"
             )
             raise GateFailed(missed(entry, n, budget, hint))
-        float_ops = next(m for m in report["models"] if m["path"] == full.path.name)["float_ops"]
-        if options.target == "accelerator" and float_ops:
+        if accelerator and described["float_ops"]:
             raise GateFailed(
-                f"{full.path.name} computes {', '.join(float_ops)} in float, which an "
-                "INT8-only accelerator cannot run; use --target cpu"
+                f"{full.path.name} computes {', '.join(described['float_ops'])} in float, which "
+                "an INT8-only accelerator cannot run; use --target cpu"
             )
-        why = "every op INT8 (--target accelerator)" if options.target == "accelerator" else ""
+        refused = accelerator and target_miss(described["accelerators"], options.target)
+        if refused:
+            raise GateFailed(f"--target {options.target}: {full.path.name}: {refused}")
+        why = f"every op INT8 (--target {options.target})" if accelerator else ""
         why = f"full INT8 meets the budget on the {n} test images" + (f"; {why}" if why else "")
         shipping(out, report, full.path.name, why, log)
         return

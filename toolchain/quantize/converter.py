@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from toolchain.core.quiet import captured_output, tensorflow
+from toolchain.quantize.accelerator_form import static_batch
 from toolchain.quantize.calibration import anchor_input_range
 from toolchain.quantize.fast_input import delegate_uint8_input
 
@@ -84,14 +85,21 @@ def converter_for(model: Any, quant: str, io: str, calibration: Optional[np.ndar
 
 
 def convert(
-    model: Any, quant: str, io: str, calibration: Optional[np.ndarray], log_path: Path
+    model: Any,
+    quant: str,
+    io: str,
+    calibration: Optional[np.ndarray],
+    log_path: Path,
+    accelerator: bool = False,
 ) -> bytes:
     """Run the converter for one mode; returns the flatbuffer bytes. The converter's
-    C++ logs go to ``log_path``."""
+    C++ logs go to ``log_path``. An INT8 file gets the CPU's fast input
+    (``fast_input``), or for an ``accelerator`` the form its compiler takes
+    (``accelerator_form``: batch 1, the converter's own input op)."""
     converter = converter_for(model, quant, io, calibration)
     with captured_output(log_path):
         flatbuffer = converter.convert()
     if quant == "int8":
         # Before the metadata is embedded: the rewrite does not carry the appended zip.
-        flatbuffer = delegate_uint8_input(flatbuffer)
+        flatbuffer = static_batch(flatbuffer) if accelerator else delegate_uint8_input(flatbuffer)
     return flatbuffer

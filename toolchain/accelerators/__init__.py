@@ -1,0 +1,1 @@
+"""Accelerator compilers as judges of an exported file: what runs on the accelerator."""
