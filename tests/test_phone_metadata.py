@@ -73,3 +73,32 @@ def test_mediapipe_names_the_out_of_class_answer_like_the_edgetl_runner(micro_ru
             assert name == ours.classify(pixels, 1)[0].label
             names.append(name)
     assert names[:4] == ["unknown"] * 4  # far from every class, by name, in MediaPipe too
+
+
+def test_validate_runtime_mediapipe_gates_a_phone_apps_decisions(micro_copy):
+    """``validate --runtime mediapipe``: the held-out files through MediaPipe Tasks, in
+    parity.json beside Keras with the same figures and gate, and how often MediaPipe
+    decides as edgetl's own runner does on the same files."""
+    pytest.importorskip("mediapipe")
+    from conftest import edgetl_here
+
+    result = edgetl_here("validate", micro_copy, "--runtime", "mediapipe")
+    assert result.returncode == 0, result.stderr
+    assert "MediaPipe decides as edgetl's runner does" in result.stderr
+    parity = json.loads((micro_copy / "parity.json").read_text())
+    (entry,) = parity["models"]
+    assert entry["runtime"].startswith("mediapipe ")
+    assert entry["device_path"]["n_images"] == parity["n_images"]  # every file read
+    assert 0.0 <= entry["edgetl_runner_agreement"] <= 1.0
+    assert entry["agreement"] >= 0.9 and parity["gate"]["passed"]  # the export's budget
+    assert set(entry["worse_than_keras"]) == {"lost", "gained", "p_worse"}
+    assert "as edgetl's runner does" in (micro_copy / "parity.md").read_text()
+
+
+def test_validate_runtime_mediapipe_refuses_a_device_resize_in_one_line(micro_copy):
+    from conftest import assert_one_line_error, edgetl_here
+
+    result = edgetl_here(
+        "validate", micro_copy, "--runtime", "mediapipe", "--device-resize", "nearest"
+    )
+    assert_one_line_error(result, 2, "--device-resize", "MediaPipe")

@@ -22,6 +22,7 @@ from edge.runtime import RUNTIMES
 QUANT_MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
 # cpu: float where the budget needs it; the rest: all INT8, batch 1 (toolchain/accelerators/)
+VALIDATE_RUNTIMES = (*RUNTIMES, "mediapipe")  # MediaPipe Tasks: a phone app's whole path
 TARGETS = ("cpu", "accelerator", "edgetpu", "ethos-u")
 ACCELERATOR_TARGETS = TARGETS[1:]
 # The default budget is declared in edge/gate.py (the device's `edgetl parity` needs it).
@@ -299,9 +300,8 @@ class ValidateOptions:
     )
     runtime: Optional[str] = option(
         None,
-        "Measure with this TFLite runtime; one this process lacks (tflite_runtime beside "
-        "TensorFlow) runs in a device environment: .venv-edge/.venv-legacy or EDGETL_RUNTIME_PYTHONS.",
-        choices=RUNTIMES,
+        "Measure with this runtime; one this process lacks (tflite_runtime beside TensorFlow) runs in a device environment (.venv-edge/.venv-legacy or EDGETL_RUNTIME_PYTHONS); mediapipe: MediaPipe Tasks' ImageClassifier on the files, as a phone app calls it.",
+        choices=VALIDATE_RUNTIMES,
     )
     diagnose: bool = option(
         False, "Rank INT8 layers by quantization error (also done when a gate fails)."

@@ -35,12 +35,11 @@ from edge.gate import drop_text
 from edge.image import RESIZE_FILTERS
 from edge.metrics import disagreements
 from edge.reference import reference_json
-from edge.runtime import RUNTIMES
 from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
 from toolchain.core.failures import describe_failure
-from toolchain.core.options import ValidateOptions
+from toolchain.core.options import VALIDATE_RUNTIMES, ValidateOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.plots import risk_coverage
 from toolchain.core.progress import Log, stderr_log
@@ -48,7 +47,7 @@ from toolchain.core.rundir import RunDir
 from toolchain.core.text import few, single_line
 from toolchain.quantize.calibration import config_seed, representative_images, scrambled_copies
 from toolchain.quantize.diagnose import layer_errors, short_name
-from toolchain.validate import unknown
+from toolchain.validate import mediapipe_path, unknown
 from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
 from toolchain.validate.evalset import EvalSet, check_model_paths, load_eval_set
 from toolchain.validate.figures import (
@@ -69,8 +68,11 @@ def check_validate_options(options: ValidateOptions) -> List[Path]:
         raise BadInput(
             f"--device-resize {single_line(resize)!r}: choose one of {', '.join(RESIZE_FILTERS)}"
         )
-    if runtime is not None and runtime not in RUNTIMES:
-        raise BadInput(f"--runtime {single_line(runtime)!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime is not None and runtime not in VALIDATE_RUNTIMES:
+        choices = ", ".join(VALIDATE_RUNTIMES)
+        raise BadInput(f"--runtime {single_line(runtime)!r}: choose one of {choices}")
+    if runtime == mediapipe_path.NAME and resize is not None:
+        raise BadInput("--device-resize: MediaPipe decodes and resizes its own way; drop one")
     return check_model_paths(options.models)
 
 
@@ -125,6 +127,8 @@ def validate(
 
     def measure_model(path: Path, reference_path: Path) -> Dict[str, Any]:
         """In this process, or through ``edgetl parity`` where the runtime lives."""
+        if options.runtime == mediapipe_path.NAME:
+            return mediapipe_path.model_entry(path, keras_probs, eval_set, labels)
         if options.runtime is not None and not installed_here(options.runtime):
             if options.device_resize:
                 raise BadInput(
@@ -342,6 +346,11 @@ def log_model(entry: Dict[str, Any], keras_top1: float, n_images: int, log: Log)
         f"agreement {entry['agreement']:.4f}, "
         f"device path {device['top1']:.4f} [{entry['runtime']}]"
     )
+    if "edgetl_runner_agreement" in entry:
+        log(
+            f"{name}: MediaPipe decides as edgetl's runner does on "
+            f"{entry['edgetl_runner_agreement']:.4f} of the files (its own JPEG decode and resize)"
+        )
     if device["skipped"]:
         path, reason = device["skipped"][0]
         log(

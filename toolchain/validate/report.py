@@ -83,6 +83,14 @@ def _summary_lines(report: Dict[str, Any]) -> List[str]:
             f"{m['agreement']:.4f} | {_device_cell(m['device_path'], report['n_images'])} | "
             f"{m['mean_abs_prob_diff']:.4f} |"
         )
+    for m in report["models"]:
+        if "edgetl_runner_agreement" in m:
+            lines += [
+                "",
+                f"{_model_name(m)} through MediaPipe Tasks ({markdown_cell(m['runtime'])}): it "
+                f"decides as edgetl's runner does on {m['edgetl_runner_agreement']:.4f} of the "
+                "files (MediaPipe decodes and resizes them its own way).",
+            ]
     gate = report.get("gate", {})
     if gate.get("max_drop") is not None or gate.get("min_agreement") is not None:
         lines += [
