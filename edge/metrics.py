@@ -83,8 +83,14 @@ def sign_test(lost: int, gained: int) -> float:
     total = lost + gained
     if total == 0:
         return 1.0
-    tail = sum(math.comb(total, k) for k in range(lost, total + 1))
-    return float(tail / 2**total)
+    # In logs (lgamma), so a split of tens of thousands of differing images stays fast.
+    terms = [
+        math.lgamma(total + 1) - math.lgamma(k + 1) - math.lgamma(total - k + 1)
+        for k in range(lost, total + 1)
+    ]
+    top = max(terms)
+    log_tail = top + math.log(sum(math.exp(t - top) for t in terms)) - total * math.log(2)
+    return float(min(1.0, math.exp(log_tail)))
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:

@@ -145,7 +145,7 @@ def _accelerator_export(run: Path, target: str, env: dict | None = None):
     return edgetl_here("export", run, "--force", "--target", target, *budget, env=env)
 
 
-@pytest.mark.parametrize("target", ["accelerator", "edgetpu", "ethos-u"])
+@pytest.mark.parametrize("target", ["accelerator", "ethos-u"])  # edgetpu: below
 def test_accelerator_targets_ship_a_batch_one_file_with_no_float_op(micro_copy, target):
     result = _accelerator_export(micro_copy, target)
     assert result.returncode == 0, result.stderr
@@ -246,3 +246,23 @@ def test_target_edgetpu_runs_the_compiler_where_present_and_fails_on_cpu_ops(mic
     result = _accelerator_export(micro_copy, "edgetpu", {"EDGETL_EDGETPU_COMPILER": str(part)})
     assert_one_line_error(result, 1, "--target edgetpu", "28 of 30 ops mapped", "LEAKY_RELU")
     assert (micro_copy / "model_int8.tflite").read_bytes() == shipped  # nothing changed
+
+
+def test_named_targets_refuse_no_validate_in_one_line(micro_copy):
+    result = edgetl_here("export", micro_copy, "--force", "--target", "ethos-u", "--no-validate")
+    assert_one_line_error(result, 2, "--target ethos-u", "--no-validate")
+
+
+def test_a_vela_that_cannot_start_is_not_checked_or_exit_3_when_named(micro_copy, tmp_path):
+    """A moved venv leaves a ``vela`` script whose interpreter is gone."""
+    broken = tmp_path / "vela"
+    broken.write_text("#!/nonexistent/python\n")
+    broken.chmod(0o755)
+    env = {"EDGETL_VELA": str(broken)}
+    result = _accelerator_export(micro_copy, "accelerator", env)
+    assert result.returncode == 0, result.stderr  # Vela only informs this target
+    report = json.loads((micro_copy / "export_report.json").read_text())
+    entry = next(m for m in report["models"] if m["path"] == "model_int8.tflite")
+    assert "cannot start" in entry["accelerators"]["ethos_u"]["not_checked"]
+    result = _accelerator_export(micro_copy, "ethos-u", env)
+    assert_one_line_error(result, 3, "vela", "cannot start")

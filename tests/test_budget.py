@@ -64,17 +64,20 @@ def test_gate_failures_name_the_model_the_bound_and_the_figures():
 
 def test_sign_test_is_the_exact_binomial_tail():
     assert sign_test(0, 0) == 1.0  # no image tells the two apart
-    assert sign_test(2, 0) == 0.25  # both differing images lost: a coin does that 1 in 4
-    assert sign_test(5, 0) == 1 / 32
-    assert sign_test(3, 3) == 42 / 64  # P(at least 3 of 6 fair flips)
-    assert sign_test(0, 4) == 1.0
+    assert sign_test(2, 0) == pytest.approx(0.25)  # both lost: a coin does that 1 in 4
+    assert sign_test(5, 0) == pytest.approx(1 / 32)
+    assert sign_test(3, 3) == pytest.approx(42 / 64)  # P(at least 3 of 6 fair flips)
+    assert sign_test(0, 4) == pytest.approx(1.0)
+    assert sign_test(60, 40) == pytest.approx(0.028444, abs=1e-6)  # exact binomial tail
 
 
 def test_worse_evidence_counts_the_images_only_one_model_gets_right():
     labels = np.array([0, 1, 2, 0, 1])
     keras = np.eye(3)[[0, 1, 2, 1, 0]]  # right on images 0-2
     model = np.eye(3)[[0, 2, 2, 0, 0]]  # loses image 1, gains image 3
-    assert worse_evidence(keras, model, labels) == {"lost": 1, "gained": 1, "p_worse": 0.75}
+    evidence = worse_evidence(keras, model, labels)
+    assert (evidence["lost"], evidence["gained"]) == (1, 1)
+    assert evidence["p_worse"] == pytest.approx(0.75)
     assert worse_evidence(keras[:0], model[:0], labels[:0])["p_worse"] == 1.0
 
 

@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
+from edge.gate import drop_text
 from toolchain import runlock
 from toolchain.cli_options import check_json_output, takes_options
 from toolchain.core.failures import describe_failure
@@ -231,7 +232,8 @@ def validate(run_dir: RunDirArgument, options: ValidateOptions) -> None:
     )
     for m in report["models"]:
         say(
-            f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  drop {m['top1_drop_pts']:+.2f} pts  "
+            f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  "
+            f"{drop_text(m['top1_drop_pts'], m['worse_than_keras'])}  "
             f"agreement {m['agreement']:.4f}  device path {m['device_path']['top1']:.4f}"
         )
 

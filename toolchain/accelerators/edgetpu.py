@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from edge.errors import BadInput
+from edge.errors import MissingEnvironment
+from toolchain.accelerators.failed import CompilerFailed
 from toolchain.core.text import single_line
 
 TIMEOUT_S = 600  # the compiler's own timer is 180 s per segment
@@ -32,7 +33,12 @@ def find_compiler() -> Optional[str]:
     """``EDGETL_EDGETPU_COMPILER``, else ``edgetpu_compiler`` on the PATH, else None."""
     named = os.environ.get("EDGETL_EDGETPU_COMPILER")
     if named:
-        return named if Path(named).is_file() and os.access(named, os.X_OK) else None
+        if not (Path(named).is_file() and os.access(named, os.X_OK)):
+            raise MissingEnvironment(
+                f"EDGETL_EDGETPU_COMPILER={named} is not an executable file; point it at "
+                "Coral's edgetpu_compiler or unset it"
+            )
+        return named
     return shutil.which("edgetpu_compiler")
 
 
@@ -40,7 +46,10 @@ def parse_log(text: str) -> Dict[str, Any]:
     """The compiler's printed summary as figures."""
     total = re.search(r"^Total number of operations: (\d+)", text, re.M)
     if not total:
-        raise BadInput("edgetpu_compiler printed no operation count; its log has what it said")
+        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+        raise CompilerFailed(
+            f"edgetpu_compiler printed no operation count (last line: {single_line(last[0])})"
+        )
     rows = re.findall(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$", text, re.M)
     mapped = sum(int(count) for _, count, status in rows if status == MAPPED)
     on_cpu = re.search(r"^Number of operations that will run on CPU: (\d+)", text, re.M)
@@ -67,16 +76,22 @@ def compile_model(compiler: str, model: Path, min_runtime: int) -> Dict[str, Any
     with tempfile.TemporaryDirectory(prefix="edgetl-edgetpu-") as folder:
         command = [compiler, "-s", "-m", str(min_runtime), "-o", folder, str(model)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+            done = subprocess.run(
+                command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
-            raise BadInput(
+            raise CompilerFailed(
                 f"edgetpu_compiler did not finish {model.name} in {TIMEOUT_S} s"
+            ) from None
+        except OSError as error:
+            raise CompilerFailed(
+                f"edgetpu_compiler ({compiler}) cannot start: {single_line(error)}"
             ) from None
         text = done.stdout + done.stderr
         if done.returncode != 0:
             last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-            raise BadInput(
-                f"edgetpu_compiler could not compile {model.name} (exit {done.returncode}: "
+            raise CompilerFailed(
+                f"edgetpu_compiler failed on {model.name} (exit {done.returncode}: "
                 f"{single_line(last[0])})"
             )
         verdict = parse_log(text)

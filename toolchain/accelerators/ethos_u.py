@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-from edge.errors import BadInput, MissingEnvironment
+from edge.errors import MissingEnvironment
+from toolchain.accelerators.failed import CompilerFailed
 from toolchain.core.text import single_line
 
 VELA_VERSION = "5.2.0"  # the pinned wheel (pyproject's `accelerators` extra)
@@ -69,16 +70,20 @@ def compile_model(model: Path, out_dir: Path) -> Dict[str, Any]:
     command = [vela, str(model), "--output-dir", str(out_dir), "--accelerator-config"]
     command += [ACCELERATOR, *SYSTEM]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
-        raise BadInput(f"vela did not finish compiling {model.name} in {TIMEOUT_S} s") from None
+        raise CompilerFailed(
+            f"vela did not finish compiling {model.name} in {TIMEOUT_S} s"
+        ) from None
+    except OSError as error:  # a moved venv's script, a wrong architecture
+        raise CompilerFailed(f"vela ({vela}) cannot start: {single_line(error)}") from None
     text = done.stdout + done.stderr
-    (out_dir / "vela.log").write_text(text)
     if done.returncode != 0:
         last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-        raise BadInput(
-            f"vela could not compile {model.name} (exit {done.returncode}: "
-            f"{single_line(last[0])}); its log is {out_dir / 'vela.log'}"
+        raise CompilerFailed(
+            f"vela failed on {model.name} (exit {done.returncode}: {single_line(last[0])})"
         )
     verdict = parse_summary(text)
     compiled = out_dir / f"{model.stem}_vela.tflite"
@@ -101,7 +106,10 @@ def parse_summary(text: str) -> Dict[str, Any]:
         if m
     }
     if "NPU" not in counts:
-        raise BadInput("vela printed no operator summary; its log has what it said")
+        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+        raise CompilerFailed(
+            f"vela printed no operator summary (last line: {single_line(last[0])})"
+        )
     declined: List[Dict[str, str]] = []
     for m in re.finditer(
         r"^Warning \(supported operators\) operator: (\S+), ofm: '([^']*)'\s*\nReason: (.*)$",

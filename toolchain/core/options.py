@@ -221,7 +221,7 @@ class ExportOptions:
     )
     max_drop: Optional[float] = option(
         None,
-        f"Budget: most top-1 points a shipped model may lose against Keras (default {DEFAULT_MAX_DROP:g}).",
+        f"Budget: most top-1 points a shipped model may lose against Keras, beyond chance on the test split (default {DEFAULT_MAX_DROP:g}).",
         min=0.0,
         max=100.0,
     )
@@ -288,7 +288,7 @@ class ValidateOptions:
     )
     max_drop: Optional[float] = option(
         None,
-        "Fail (exit 1) when a model's top-1 is more than this many percentage points below Keras.",
+        "Fail (exit 1) when a model's top-1 is more than this many points below Keras and the images show it worse beyond chance (sign test, p < 0.05).",
         min=0.0,
         max=100.0,
     )
@@ -372,7 +372,7 @@ class ParityOptions:
     )
     max_drop: Optional[float] = option(
         None,
-        "Fail (exit 1) past this many points of top-1 below Keras (default: the export's budget).",
+        "Fail (exit 1) past this many points of top-1 below Keras, beyond chance (default: the export's budget).",
         min=0.0,
         max=100.0,
     )

@@ -65,6 +65,11 @@ def check_export_options(options: ExportOptions) -> List[str]:
         raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
     if options.target not in TARGETS:
         raise BadInput(f"--target {options.target}: choose one of {', '.join(TARGETS)}")
+    if options.target in ("edgetpu", "ethos-u") and not options.validate:
+        raise BadInput(
+            f"--target {options.target} checks the file it ships with that accelerator's "
+            "compiler, which --no-validate skips; drop --no-validate or use --target accelerator"
+        )
     if options.target == "ethos-u" and "int8" in modes:
         ethos_u.find_vela()  # before any work: the compiler is what this target checks with
     samples = options.calibration_samples
