@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality pi-check clean-pi-check clean help
+.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality accelerators pi-check clean-pi-check clean help
 
 help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
@@ -17,6 +17,7 @@ help:
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
 	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --skip-scale --scale-sizes 3000,30000 --runs N --shared DIR')"
 	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
+	@echo "make accelerators  the README recipe exported for accelerator, edgetpu, ethos-u; each file judged by its compiler (ACCELERATOR_ARGS='--run RUN')"
 	@echo "make pi-check edgetl on emulated 64- and 32-bit Raspberry Pi OS vs x86 (root, Debian; build/pi-check/)"
 	@echo "make lint    ruff"
 
@@ -101,6 +102,11 @@ bench: $(VENV)/.installed
 # Slow (about 10 min per fold on a 2-core CPU the first time; trained folds are reused).
 quality: $(VENV)/.installed $(QAT_VENV)/.installed
 	EDGETL_QAT_PYTHON=$(CURDIR)/$(QAT_VENV)/bin/python $(BIN)/python tests/tools/quality.py --out build/quality $(QUALITY_ARGS)
+
+# The README recipe exported for every accelerator target, each file judged by its
+# compiler (Vela installs with `make setup`; Coral's compiler where on the PATH).
+accelerators: $(VENV)/.installed
+	$(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
 
 # Opt-in, as root: Debian Bookworm arm64/armhf root file systems under QEMU (cached in
 # build/pi-check/, ~1.3 GB), edgetl installed there as the README tells a Pi user.

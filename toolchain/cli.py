@@ -231,10 +231,9 @@ def validate(run_dir: RunDirArgument, options: ValidateOptions) -> None:
         f"keras: top-1 {keras['top1']:.4f}  top-5 {keras['top5']:.4f}  on {report['n_images']} images"
     )
     for m in report["models"]:
+        drop = drop_text(m["top1_drop_pts"], m["worse_than_keras"])
         say(
-            f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  "
-            f"{drop_text(m['top1_drop_pts'], m['worse_than_keras'])}  "
-            f"agreement {m['agreement']:.4f}  device path {m['device_path']['top1']:.4f}"
+            f"{Path(m['path']).name}: top-1 {m['top1']:.4f}  {drop}  agreement {m['agreement']:.4f}"
         )
 
 
