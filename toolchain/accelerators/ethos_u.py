@@ -62,6 +62,22 @@ def find_vela() -> str:
     return found
 
 
+def runnable_vela() -> str:
+    """``find_vela``, proven to start (``vela --version``): a moved venv keeps a ``vela``
+    script whose interpreter is gone, and ``--target ethos-u`` should say so before
+    minutes of conversion, not after."""
+    vela = find_vela()
+    try:
+        done = subprocess.run([vela, "--version"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise CompilerFailed(f"vela ({vela}) cannot start: {single_line(error)}") from None
+    if done.returncode != 0:
+        raise CompilerFailed(
+            f"vela ({vela}) cannot start: `vela --version` exits {done.returncode}"
+        )
+    return vela
+
+
 def compile_model(model: Path, out_dir: Path) -> Dict[str, Any]:
     """Run Vela on ``model`` into ``out_dir``; its verdict (``parse_summary``) plus the
     compiled file's name and the exact command. ``BadInput`` when Vela refuses it."""

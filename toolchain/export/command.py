@@ -71,7 +71,7 @@ def check_export_options(options: ExportOptions) -> List[str]:
             "compiler, which --no-validate skips; drop --no-validate or use --target accelerator"
         )
     if options.target == "ethos-u" and "int8" in modes:
-        ethos_u.find_vela()  # before any work: the compiler is what this target checks with
+        ethos_u.runnable_vela()  # before any work: the compiler is what this target checks with
     samples = options.calibration_samples
     if "int8" in modes and (
         not isinstance(samples, int) or isinstance(samples, bool) or samples < 1
