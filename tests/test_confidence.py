@@ -129,3 +129,22 @@ def test_the_answer_is_a_class_unknown_below_the_floor_and_always_a_class_at_zer
 def test_hostile_cards_never_break_the_answer(card, index, floor):
     assert card_unknown_index(card, 3) == index
     assert card_floor(card) == pytest.approx(floor)
+
+
+def test_the_floor_is_the_lowest_whose_bound_reaches_the_promise():
+    """The shortcut (one binomial tail per candidate) picks what bounding every candidate
+    by bisection picks, and reports the chosen floor's bound."""
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        scores = rng.beta(5, 1.5, 200)
+        correct = rng.random(200) < scores
+        floor = choose_floor(scores, correct, 0.9, 0.7)
+        order = np.argsort(-scores, kind="stable")
+        hits = np.cumsum(correct[order])
+        passing = [
+            scores[order][i]
+            for i in range(200)
+            if precision_lower_bound(int(hits[i]), i + 1, 0.7) >= 0.9
+        ]
+        assert floor.floor == pytest.approx(min(passing)) if passing else floor.answered == 0
+        assert floor.precision_lower_bound >= 0.9 or floor.answered == 0

@@ -114,13 +114,16 @@ def choose_floor(
         if sorted_scores[i] > 0.0:
             ends.add(i)
     chosen = None
-    for i in sorted(ends):
+    # The bound reaches the promise exactly when the promise itself leaves seeing this
+    # many right answers less likely than 1 - confidence (the tail rises with p): one
+    # tail per candidate, the lowest floor first, and the bisection only for the chosen.
+    for i in sorted(ends, reverse=True):
         answered = int(i + 1)
         if hits[i] < min_precision * answered:
             continue  # below the promise already: no bound can pass
-        bound = precision_lower_bound(int(hits[i]), answered, confidence)
-        if bound >= min_precision:
-            chosen = (i, bound)
+        if binomial_tail(int(hits[i]), answered, min_precision) < 1.0 - confidence:
+            chosen = (i, precision_lower_bound(int(hits[i]), answered, confidence))
+            break
     if chosen is None:
         return Floor(NEVER, min_precision, confidence, BOUND, 0.0, float("nan"), 0.0, 0, n)
     i, bound = chosen
