@@ -63,9 +63,10 @@ def rule_files(tmp_path_factory) -> Dict[str, Path]:
         )
 
     folder = tmp_path_factory.mktemp("rules")
+    dynamic = _convert(model())  # the converter leaves the batch open
     files = {
-        "ok": static_batch(_convert(model())),
-        "dynamic batch": _convert(model()),
+        "ok": static_batch(dynamic),
+        "dynamic batch": dynamic,
         "float": static_batch(_convert(model(), int8=False)),
         "unsupported op": static_batch(_convert(model(layers.LeakyReLU(0.1)))),
     }

@@ -48,7 +48,7 @@ from toolchain.core.text import few, single_line
 from toolchain.quantize.calibration import config_seed, representative_images, scrambled_copies
 from toolchain.quantize.diagnose import layer_errors, short_name
 from toolchain.validate import mediapipe_path, unknown
-from toolchain.validate.elsewhere import installed_here, model_entry_elsewhere
+from toolchain.validate.elsewhere import environment_with, installed_here, model_entry_elsewhere
 from toolchain.validate.evalset import EvalSet, check_model_paths, load_eval_set
 from toolchain.validate.figures import (
     accuracy_with_interval,
@@ -98,6 +98,8 @@ def validate(
     model_paths = given or run.tflite_models()
     if not model_paths:
         raise BadInput(f"{run.path}: no .tflite model; run `edgetl export {run.path}` first")
+    if options.runtime not in (None, mediapipe_path.NAME) and not installed_here(options.runtime):
+        environment_with(options.runtime, Path(model_paths[0]))  # nowhere: exit 3 before work
 
     start = time.perf_counter()
     eval_set = load_eval_set(run, options.data, size, classes)
