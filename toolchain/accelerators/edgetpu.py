@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from edge.errors import MissingEnvironment
-from toolchain.accelerators.failed import CompilerFailed
-from toolchain.core.text import single_line
+from toolchain.accelerators.failed import CompilerFailed, last_line, run_compiler
 
 TIMEOUT_S = 600  # the compiler's own timer is 180 s per segment
 MAPPED = "Mapped to Edge TPU"
@@ -46,9 +44,8 @@ def parse_log(text: str) -> Dict[str, Any]:
     """The compiler's printed summary as figures."""
     total = re.search(r"^Total number of operations: (\d+)", text, re.M)
     if not total:
-        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
         raise CompilerFailed(
-            f"edgetpu_compiler printed no operation count (last line: {single_line(last[0])})"
+            f"edgetpu_compiler printed no operation count (last line: {last_line(text)})"
         )
     rows = re.findall(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$", text, re.M)
     mapped = sum(int(count) for _, count, status in rows if status == MAPPED)
@@ -75,25 +72,7 @@ def compile_model(compiler: str, model: Path, min_runtime: int) -> Dict[str, Any
     """Run the compiler on ``model`` in a temporary folder; its verdict and command."""
     with tempfile.TemporaryDirectory(prefix="edgetl-edgetpu-") as folder:
         command = [compiler, "-s", "-m", str(min_runtime), "-o", folder, str(model)]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S
-            )
-        except subprocess.TimeoutExpired:
-            raise CompilerFailed(
-                f"edgetpu_compiler did not finish {model.name} in {TIMEOUT_S} s"
-            ) from None
-        except OSError as error:
-            raise CompilerFailed(
-                f"edgetpu_compiler ({compiler}) cannot start: {single_line(error)}"
-            ) from None
-        text = done.stdout + done.stderr
-        if done.returncode != 0:
-            last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-            raise CompilerFailed(
-                f"edgetpu_compiler failed on {model.name} (exit {done.returncode}: "
-                f"{single_line(last[0])})"
-            )
+        text = run_compiler("edgetpu_compiler", command, model.name, TIMEOUT_S)
         verdict = parse_log(text)
     return {**verdict, "command": f"edgetpu_compiler -s -m {min_runtime} {model.name}"}
 

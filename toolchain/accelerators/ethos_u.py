@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from edge.errors import MissingEnvironment
-from toolchain.accelerators.failed import CompilerFailed
+from toolchain.accelerators.failed import CompilerFailed, last_line, run_compiler
 from toolchain.core.text import single_line
 
 VELA_VERSION = "5.2.0"  # the pinned wheel (pyproject's `accelerators` extra)
@@ -80,27 +80,12 @@ def runnable_vela() -> str:
 
 def compile_model(model: Path, out_dir: Path) -> Dict[str, Any]:
     """Run Vela on ``model`` into ``out_dir``; its verdict (``parse_summary``) plus the
-    compiled file's name and the exact command. ``BadInput`` when Vela refuses it."""
+    compiled file's name and the exact command. ``CompilerFailed`` when Vela fails."""
     vela = find_vela()
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [vela, str(model), "--output-dir", str(out_dir), "--accelerator-config"]
     command += [ACCELERATOR, *SYSTEM]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired:
-        raise CompilerFailed(
-            f"vela did not finish compiling {model.name} in {TIMEOUT_S} s"
-        ) from None
-    except OSError as error:  # a moved venv's script, a wrong architecture
-        raise CompilerFailed(f"vela ({vela}) cannot start: {single_line(error)}") from None
-    text = done.stdout + done.stderr
-    if done.returncode != 0:
-        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-        raise CompilerFailed(
-            f"vela failed on {model.name} (exit {done.returncode}: {single_line(last[0])})"
-        )
+    text = run_compiler("vela", command, model.name, TIMEOUT_S)
     verdict = parse_summary(text)
     compiled = out_dir / f"{model.stem}_vela.tflite"
     return {
@@ -122,10 +107,7 @@ def parse_summary(text: str) -> Dict[str, Any]:
         if m
     }
     if "NPU" not in counts:
-        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-        raise CompilerFailed(
-            f"vela printed no operator summary (last line: {single_line(last[0])})"
-        )
+        raise CompilerFailed(f"vela printed no operator summary (last line: {last_line(text)})")
     declined: List[Dict[str, str]] = []
     for m in re.finditer(
         r"^Warning \(supported operators\) operator: (\S+), ofm: '([^']*)'\s*\nReason: (.*)$",

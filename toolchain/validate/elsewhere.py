@@ -32,7 +32,6 @@ from edge.errors import (
     MissingEnvironment,
     NotFinite,
 )
-from edge.image import DEFAULT_RESIZE
 from edge.metrics import disagreements
 from edge.modelfile import read_embedded
 from edge.runtime import _interpreter_class
@@ -40,7 +39,7 @@ from toolchain.core import runjson
 from toolchain.core.runtimes import runtime_pythons
 from toolchain.core.text import single_line
 from toolchain.validate.evalset import EvalSet
-from toolchain.validate.figures import compare
+from toolchain.validate.figures import compare, measured_elsewhere
 
 TIMEOUT = 3600  # seconds: a large held-out folder on a slow runtime, never endless
 
@@ -156,17 +155,7 @@ def model_entry_elsewhere(
         "size_bytes": path.stat().st_size,
         **figures,
         "tensor_level": "measured through the device path (the runtime is in another environment)",
-        "device_path": {
-            "resize": device.get("resize"),
-            "same_decoder_as_training": device.get("resize") == DEFAULT_RESIZE,
-            "top1": figures["top1"],
-            "top1_drop_pts": figures["top1_drop_pts"],
-            "worse_than_keras": figures["worse_than_keras"],
-            "agreement": figures["agreement"],
-            "mean_abs_prob_diff": figures["mean_abs_prob_diff"],
-            "n_images": int(len(kept)),
-            "skipped": skipped,
-        },
+        "device_path": measured_elsewhere(figures, device.get("resize"), len(kept), skipped),
         "disagreements": disagreements(keras, probs, truth, paths, names),
         "seconds": round(time.perf_counter() - start, 3),
     }

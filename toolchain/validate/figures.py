@@ -96,6 +96,21 @@ def device_path_figures(
     }
 
 
+def measured_elsewhere(
+    figures: Dict[str, Any], resize: Any, n_images: int, skipped: List[List[str]]
+) -> Dict[str, Any]:
+    """The ``device_path`` of a runtime whose only path is the device's (another
+    environment, or MediaPipe): its figures are ``compare``'s on the files it read."""
+    keys = ("top1", "top1_drop_pts", "worse_than_keras", "agreement", "mean_abs_prob_diff")
+    return {
+        "resize": resize,
+        "same_decoder_as_training": resize == DEFAULT_RESIZE,
+        **{key: figures[key] for key in keys},
+        "n_images": int(n_images),
+        "skipped": skipped,
+    }
+
+
 def accuracy_with_interval(probabilities: np.ndarray, labels: np.ndarray, k: int) -> tuple:
     accuracy = metrics.topk_accuracy(probabilities, labels, k)
     hits = int(round(accuracy * len(labels)))

@@ -24,13 +24,12 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from edge import metrics
-from edge.classifier import Classifier
+from edge.classifier import Classifier, probabilities_of
 from edge.errors import BadInput, MissingEnvironment
-from edge.image import load_rgb
 from edge.metrics import disagreements
 from toolchain.core.text import single_line
 from toolchain.validate.evalset import EvalSet
-from toolchain.validate.figures import compare
+from toolchain.validate.figures import compare, measured_elsewhere
 
 NAME = "mediapipe"
 DECODE = "MediaPipe's own decode and resize (Image.create_from_file)"
@@ -94,7 +93,8 @@ def model_entry(
     paths = [eval_set.paths[i] for i in kept]
     figures = compare(keras, probs, truth, names)
     runner = Classifier(path)
-    ours = np.array([runner.probabilities(load_rgb(p, runner.image_size)) for p in paths])
+    # edgetl's runner on the pixels validate already decoded (read a batch at a time)
+    ours = probabilities_of(runner, eval_set.pixels)[kept]
     return {
         "path": str(path),
         "quant": str(runner.card.metadata.get("quant", path.stem.replace("model_", ""))),
@@ -102,17 +102,7 @@ def model_entry(
         "size_bytes": path.stat().st_size,
         **figures,
         "tensor_level": "measured through MediaPipe (a phone app's only path)",
-        "device_path": {
-            "resize": DECODE,
-            "same_decoder_as_training": False,
-            "top1": figures["top1"],
-            "top1_drop_pts": figures["top1_drop_pts"],
-            "worse_than_keras": figures["worse_than_keras"],
-            "agreement": figures["agreement"],
-            "mean_abs_prob_diff": figures["mean_abs_prob_diff"],
-            "n_images": int(len(kept)),
-            "skipped": skipped,
-        },
+        "device_path": measured_elsewhere(figures, DECODE, len(kept), skipped),
         "edgetl_runner_agreement": metrics.top1_agreement(ours, probs),
         "disagreements": disagreements(keras, probs, truth, paths, names),
         "seconds": round(time.perf_counter() - start, 3),
