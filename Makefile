@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality accelerators pi-check clean-pi-check clean help
+.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality accelerators web-runtime web-check pi-check clean-pi-check clean help
 
 help:
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
@@ -18,6 +18,8 @@ help:
 	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --skip-scale --scale-sizes 3000,30000 --runs N --shared DIR')"
 	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
 	@echo "make accelerators  the README recipe exported for accelerator, edgetpu, ethos-u; each file judged by its compiler (ACCELERATOR_ARGS='--run RUN')"
+	@echo "make web-runtime  MediaPipe's web runtime (@mediapipe/tasks-vision, npm) into build/web/ for edgetl serve"
+	@echo "make web-check  the README recipe's shipped model in headless Chromium: file and fake-camera paths vs Keras and MediaPipe Python (build/web-check/)"
 	@echo "make pi-check edgetl on emulated 64- and 32-bit Raspberry Pi OS vs x86 (root, Debian; build/pi-check/)"
 	@echo "make lint    ruff"
 
@@ -109,6 +111,24 @@ accelerators: $(VENV)/.installed
 	$(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
 
 # Opt-in, as root: Debian Bookworm arm64/armhf root file systems under QEMU (cached in
+# MediaPipe's web runtime for `edgetl serve`, from npm (the page loads nothing from the internet).
+MEDIAPIPE_WEB ?= 1.1.0
+WEB_RUNTIME = build/web/tasks-vision-$(MEDIAPIPE_WEB)
+$(WEB_RUNTIME)/vision_bundle.mjs:
+	@command -v npm >/dev/null || { echo "make web-runtime needs npm: sudo apt-get install npm"; exit 3; }
+	mkdir -p build/web/npm
+	cd build/web/npm && npm pack --silent @mediapipe/tasks-vision@$(MEDIAPIPE_WEB) >/dev/null
+	rm -rf $(WEB_RUNTIME).partial && mkdir -p $(WEB_RUNTIME).partial
+	tar xzf build/web/npm/mediapipe-tasks-vision-$(MEDIAPIPE_WEB).tgz -C $(WEB_RUNTIME).partial --strip-components=1
+	rm -rf $(WEB_RUNTIME) && mv $(WEB_RUNTIME).partial $(WEB_RUNTIME)
+
+web-runtime: $(WEB_RUNTIME)/vision_bundle.mjs
+
+# Opt-in: trains the README recipe once (build/web-check/run), installs headless Chromium
+# from Debian when missing (root), and drives the page over the test split.
+web-check: $(VENV)/.installed web-runtime
+	$(BIN)/python tests/tools/web_check.py --out build/web-check --runtime $(WEB_RUNTIME) $(WEB_CHECK_ARGS)
+
 # build/pi-check/, ~1.3 GB), edgetl installed there as the README tells a Pi user.
 pi-check: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
 	$(BIN)/python tests/tools/pi_check.py --out build/pi-check $(PI_CHECK_ARGS)

@@ -132,6 +132,7 @@ def _shown_default(field) -> str | None:
         ("classify", "ClassifyOptions"),
         ("bench", "BenchOptions"),
         ("parity", "ParityOptions"),
+        ("serve", "ServeOptions"),
     ],
 )
 def test_every_option_field_is_in_help_with_its_default_range_and_choices(command, options_class):
@@ -142,9 +143,9 @@ def test_every_option_field_is_in_help_with_its_default_range_and_choices(comman
 
     from toolchain.cli import app
     from toolchain.cli_options import cli_fields, option_name
-    from toolchain.core import options
+    from toolchain.core import device_options, options
 
-    cls = getattr(options, options_class)
+    cls = getattr(options, options_class, None) or getattr(device_options, options_class)
     help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}).stdout
     entries = _help_entries(help_text)
     for field in cli_fields(cls):

@@ -88,7 +88,8 @@ def test_console_script_target_is_in_the_wheel(wheel):
 
 def test_wheel_holds_every_package_source(wheel):
     """Nothing of the product is lost on the way: every ``.py`` git knows under the
-    packages (tracked, or new and not ignored) is in the wheel."""
+    packages (tracked, or new and not ignored) is in the wheel, and so are the phone
+    page's files (``edgetl serve`` hands them out)."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", *PACKAGES],
         capture_output=True,
@@ -100,6 +101,7 @@ def test_wheel_holds_every_package_source(wheel):
     sources = {
         path
         for path in listed.stdout.splitlines()
-        if path.endswith(".py") and (REPO / path).is_file()
+        if path.endswith((".py", ".html", ".js")) and (REPO / path).is_file()
     }
+    assert {"edge/web/page/index.html", "edge/web/page/app.js"} <= sources
     assert sources <= set(wheel.namelist())

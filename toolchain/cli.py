@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 import traceback
@@ -23,19 +22,18 @@ from typing import Annotated, Callable, Optional
 import typer
 from typer.core import TyperGroup
 
-from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput, EdgetlError
+from edge.errors import BAD_INPUT, ENVIRONMENT, INTERNAL, INTERRUPTED, BadInput
 from edge.gate import drop_text
 from toolchain import runlock
 from toolchain.cli_options import check_json_output, takes_options
-from toolchain.core.failures import describe_failure
-from toolchain.core.options import (
+from toolchain.core.device_options import (
     BenchOptions,
     ClassifyOptions,
-    ExportOptions,
     ParityOptions,
-    TrainOptions,
-    ValidateOptions,
+    ServeOptions,
 )
+from toolchain.core.failures import describe_failure
+from toolchain.core.options import ExportOptions, TrainOptions, ValidateOptions
 
 try:  # Typer 0.2x carries its own copy of Click
     from typer._click import exceptions as click_exceptions
@@ -339,52 +337,38 @@ def bench(
 
 @app.command()
 @reports_errors
+@takes_options(ServeOptions)
+def serve(
+    model: Annotated[Path, typer.Argument(help="The .tflite to try on a phone.")],
+    options: ServeOptions,
+) -> None:
+    """A page that runs the model in a phone's browser (MediaPipe Tasks for the web):
+    prints the address and a QR code; Ctrl-C stops."""
+    from edge.web import server
+
+    httpd, url, lines = server.start(
+        model, options.host, options.port, options.web_runtime, options.cdn,
+        options.cert, options.key,
+    )  # fmt: skip
+    for line in lines:
+        print(line, file=sys.stderr)
+    say(url)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:  # how a server is stopped: not a failure
+        print("edgetl serve: stopped", file=sys.stderr)
+    finally:
+        httpd.server_close()
+
+
+@app.command()
+@reports_errors
 def info(model: Annotated[Path, typer.Argument(help="A .tflite file.")]) -> None:
     """What a .tflite says about itself: labels, card, tensors, ops, size, runtimes."""
-    from collections import Counter
+    from toolchain.info import info_lines
 
-    from edge import edgetpu_check
-    from edge.classifier import Classifier
-    from edge.compat import probe_all
-    from edge.tensors import operators, tensor_table
-
-    classifier = Classifier(model, threads=1)
-    card = classifier.card.metadata
-    say(f"{model}: {model.stat().st_size} bytes")
-    say(f"labels ({classifier.card.labels_source}): {', '.join(classifier.labels)}")
-    for key in ("quant", "io", "image_size", "edgetl_version", "float_layers"):
-        if key in card:
-            say(f"{key}: {card[key]}")
-    if card.get("input"):
-        say(f"input contract: {json.dumps(card['input'])}")
-    for row in tensor_table(classifier.interpreter):
-        say(
-            f"{row['kind']}: {row['dtype']} {row['shape']} scale {row['scale']:.6g} "
-            f"zero point {row['zero_point']}"
-        )
-    try:
-        from toolchain.export.modelinfo import inspect_tflite
-
-        details = inspect_tflite(model)
-        say(
-            "ops: "
-            + ", ".join(f"{n} v{o['version']} x{o['count']}" for n, o in details["ops"].items())
-        )
-        say(f"min runtime version (converter's estimate): {details['min_runtime_version']}")
-        if details["size_vs_float32_weights"]:
-            say(
-                f"size vs float32 weights: {details['size_vs_float32_weights']:.2f}x "
-                f"({details['float32_weight_bytes']} bytes as float32)"
-            )
-    except EdgetlError:  # no TensorFlow here: op counts from the interpreter instead
-        ops = Counter(op["op_name"] for op in operators(classifier.interpreter))
-        say("ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
-    say(edgetpu_check.summary(edgetpu_check.check(classifier.interpreter)))
-    for result in probe_all(str(model)):
-        status = "loads and runs" if result["ok"] else f"fails: {result['error']}"
-        say(f"runtime {result['runtime']} {result.get('version', '')}: {status}")
-    if card.get("train"):
-        say("train: " + json.dumps(card["train"]))
+    for line in info_lines(model):
+        say(line)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""``edgetl serve``: the model in a phone's browser (MediaPipe Tasks for the web)."""
