@@ -49,18 +49,7 @@ def _fixture_export():
 
 
 def build_tiny_run(run_dir: str) -> None:
-    """Train and export the tiny run (what ``tiny_run`` returns) in the background
-    process ``pytest_collection_finish`` starts. It ends itself when pytest is gone
-    (its stdin, a pipe from pytest, closes: the QAT worker's lifeline), and marks a
-    finished run with ``DONE`` (its exit code alone could be TensorFlow's teardown
-    after the work was done)."""
-    import threading
-
-    def lifeline() -> None:
-        sys.stdin.buffer.read()  # returns only when pytest's end of the pipe closes
-        os._exit(1)
-
-    threading.Thread(target=lifeline, daemon=True).start()
+    """Train and export the tiny run (what ``tiny_run`` returns)."""
     from toolchain.core.options import TrainOptions
     from toolchain.export.command import export
     from toolchain.train.command import train
@@ -69,76 +58,115 @@ def build_tiny_run(run_dir: str) -> None:
     # read; the micro run trains with the default, the `unknown` output included.
     train(TrainOptions(out=run_dir, **TINY, out_of_class=False), log=print)
     export(Path(run_dir), _fixture_export(), log=print)
+
+
+def build_micro_run(run_dir: str) -> None:
+    """The micro run (what ``micro_run`` returns): the tiny run's images, splits and
+    labels (same generator and seed; only the head phase is trained, which is quick)
+    with a four-layer CNN in MobileNetV2's place, exported like ``tiny_run``."""
+    from toolchain.core.options import TrainOptions
+    from toolchain.export.command import export
+    from toolchain.train.command import train
+
+    head_only = {**TINY, "fine_tune_epochs": 0}  # the default: with the unknown output
+    train(TrainOptions(out=run_dir, **head_only), log=print)
+    _micro_model(Path(run_dir)).save(Path(run_dir) / "model.keras")
+    export(Path(run_dir), _fixture_export(), log=print)
+
+
+def build_in_background(name: str, run_dir: str) -> None:
+    """Build one shared run in the background process ``pytest_collection_finish``
+    starts. It ends itself when pytest is gone (its stdin, a pipe from pytest,
+    closes: the QAT worker's lifeline), and marks a finished run with ``DONE`` (its
+    exit code alone could be TensorFlow's teardown after the work was done)."""
+    import threading
+
+    def lifeline() -> None:
+        sys.stdin.buffer.read()  # returns only when pytest's end of the pipe closes
+        os._exit(1)
+
+    threading.Thread(target=lifeline, daemon=True).start()
+    {"tiny": build_tiny_run, "micro": build_micro_run}[name](run_dir)
     (Path(run_dir).parent / DONE).write_text("ok")
     sys.stdout.flush()
     os._exit(0)
 
 
-DONE = "tiny-run.done"
-TINY_BUILD: dict = {}  # the background build of the tiny run: process, folder, log
+DONE = "run.done"
+BUILDS: dict = {}  # each background build (tiny, micro): process, folder, log
 
 
-def _needs_tiny(item) -> bool:
-    return "tiny_run" in getattr(item, "fixturenames", ())
+def _needs(item, name: str) -> bool:
+    return f"{name}_run" in getattr(item, "fixturenames", ())
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """Tests that need the tiny MobileNetV2 run go last: ``pytest_collection_finish``
-    starts building it in the background, and the tests before them overlap that
-    time (much of a test is one core's work, and so is the ~35 s of graph tracing
-    before training's first step)."""
-    items[:] = [item for item in items if not _needs_tiny(item)] + [
-        item for item in items if _needs_tiny(item)
-    ]
+    """Tests that need a shared run go after those that need none, the micro run's
+    first and the tiny MobileNetV2 run's last: ``pytest_collection_finish`` starts
+    building both in the background, and the tests before them overlap that time
+    (much of a test is one core's work, and so is the ~35 s of graph tracing before
+    the tiny run's first fine-tuning step)."""
+    items[:] = sorted(items, key=lambda item: (_needs(item, "tiny"), _needs(item, "micro")))
 
 
 def pytest_collection_finish(session) -> None:
-    """Start the tiny run's build (a real ``edgetl`` training and export, ~2 min) once
-    the selection is final (``-m``, ``-k``, ``--lf`` applied), if a test needs it."""
-    if session.config.option.collectonly or not any(map(_needs_tiny, session.items)):
+    """Start each needed shared run's build (a real training and export: ~35 s for the
+    micro run, ~2 min for the tiny one) once the selection is final (``-m``, ``-k``,
+    ``--lf`` applied)."""
+    if session.config.option.collectonly:
         return
-    folder = session.config._tmp_path_factory.mktemp("tiny")
-    code = f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
-    code += f"from conftest import build_tiny_run; build_tiny_run({str(folder / 'run')!r})"
-    with (folder / "build.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-u", "-c", code],
-            cwd=REPO,
-            stdin=subprocess.PIPE,  # its lifeline: held open until this session ends
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its runtime probes go with it (killpg)
-        )
-    TINY_BUILD.update(folder=folder, log=folder / "build.log", process=process)
+    for name in ("micro", "tiny"):
+        if not any(_needs(item, name) for item in session.items):
+            continue
+        folder = session.config._tmp_path_factory.mktemp(name)
+        code = f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+        code += "from conftest import build_in_background\n"
+        code += f"build_in_background({name!r}, {str(folder / 'run')!r})"
+        with (folder / "build.log").open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-u", "-c", code],
+                cwd=REPO,
+                stdin=subprocess.PIPE,  # its lifeline: held open until this session ends
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its runtime probes go with it (killpg)
+            )
+        BUILDS[name] = dict(folder=folder, log=folder / "build.log", process=process)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    process = TINY_BUILD.get("process")
-    if process is not None:
+    for build in BUILDS.values():
+        process = build["process"]
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         process.stdin.close()
 
 
-@pytest.fixture(scope="session")
-def tiny_run() -> Path:
-    """A trained tiny run directory with ``model_int8.tflite`` exported (built in the
-    background since collection; this waits for it)."""
-    process = TINY_BUILD.get("process")
-    if process is None:  # only when collection itself was skipped (--collect-only)
-        pytest.skip("the tiny run is built only for a session that runs a test needing it")
+def _built(name: str) -> Path:
+    """The run the background build made (waiting for it), or the test fails with its log."""
+    build = BUILDS.get(name)
+    if build is None:  # only when collection itself was skipped (--collect-only)
+        pytest.skip(f"the {name} run is built only for a session that runs a test needing it")
+    process = build["process"]
     try:
         process.wait(timeout=1800)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    if not (TINY_BUILD["folder"] / DONE).is_file():
-        log = TINY_BUILD["log"].read_text()
+    if not (build["folder"] / DONE).is_file():
+        log = build["log"].read_text()
         tail = log[log.find("Traceback") :] if "Traceback" in log else log[-3000:]
-        pytest.fail(f"building the tiny run failed (exit {process.returncode}):\n{tail[-3000:]}")
-    return TINY_BUILD["folder"] / "run"
+        pytest.fail(f"building the {name} run failed (exit {process.returncode}):\n{tail[-3000:]}")
+    return build["folder"] / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> Path:
+    """A trained tiny run directory with ``model_int8.tflite`` exported (built in the
+    background since collection; this waits for it)."""
+    return _built("tiny")
 
 
 def _micro_model(run_dir: Path):
@@ -244,22 +272,12 @@ def with_hostile_int8(run: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def micro_run(tmp_path_factory) -> Path:
-    """The tiny run's images, splits and labels (same generator and seed; only the
-    head phase is trained, which is quick) with a four-layer CNN in MobileNetV2's
-    place, exported like ``tiny_run``. For tests of what the commands do with files,
-    reports, gates and exit codes, not of MobileNetV2: TFLite converts it in about a
-    second a mode, where MobileNetV2 takes about 17 s on the 2-core CI machine."""
-    from toolchain.core.options import TrainOptions
-    from toolchain.export.command import export
-    from toolchain.train.command import train
-
-    run_dir = tmp_path_factory.mktemp("micro") / "run"
-    head_only = {**TINY, "fine_tune_epochs": 0}  # the default: with the unknown output
-    train(TrainOptions(out=str(run_dir), **head_only), log=lambda message: None)
-    _micro_model(run_dir).save(run_dir / "model.keras")
-    export(run_dir, _fixture_export(), log=lambda message: None)
-    return run_dir
+def micro_run() -> Path:
+    """The micro run (``build_micro_run``): for tests of what the commands do with
+    files, reports, gates and exit codes, not of MobileNetV2. TFLite converts its CNN
+    in about a second a mode, where MobileNetV2 takes about 17 s on the 2-core CI
+    machine. Built in the background since collection; this waits for it."""
+    return _built("micro")
 
 
 @pytest.fixture
