@@ -110,7 +110,6 @@ quality: $(VENV)/.installed $(QAT_VENV)/.installed
 accelerators: $(VENV)/.installed
 	$(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
 
-# Opt-in, as root: Debian Bookworm arm64/armhf root file systems under QEMU (cached in
 # MediaPipe's web runtime for `edgetl serve`, from npm (the page loads nothing from the internet).
 MEDIAPIPE_WEB ?= 1.1.0
 WEB_RUNTIME = build/web/tasks-vision-$(MEDIAPIPE_WEB)
@@ -129,6 +128,7 @@ web-runtime: $(WEB_RUNTIME)/vision_bundle.mjs
 web-check: $(VENV)/.installed web-runtime
 	$(BIN)/python tests/tools/web_check.py --out build/web-check --runtime $(WEB_RUNTIME) $(WEB_CHECK_ARGS)
 
+# Opt-in, as root: Debian Bookworm arm64/armhf root file systems under QEMU (cached in
 # build/pi-check/, ~1.3 GB), edgetl installed there as the README tells a Pi user.
 pi-check: $(VENV)/.installed $(EDGE_VENV)/.installed $(LEGACY_VENV)/.installed
 	$(BIN)/python tests/tools/pi_check.py --out build/pi-check $(PI_CHECK_ARGS)

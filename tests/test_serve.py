@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from conftest import REPO, assert_one_line_error, edgetl_here
 from edge import answer
 from edge.errors import BadInput, MissingEnvironment
 from edge.modelfile import read_model_card
-from edge.web import server
+from edge.web import server, site
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def runtime_dir(tmp_path) -> Path:
     """A stand-in for ``@mediapipe/tasks-vision``: the five files the page loads (their
     contents do not matter to the server), plus one it must not serve."""
     folder = tmp_path / "tasks-vision"
-    for name in server.RUNTIME_FILES:
+    for name in site.RUNTIME_FILES:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(f"runtime file {name}".encode())
     (folder / "package.json").write_text("{}")
@@ -41,7 +43,7 @@ def runtime_dir(tmp_path) -> Path:
 @pytest.fixture
 def served(micro_run, runtime_dir):
     model = micro_run / "model_int8.tflite"
-    httpd = server.bind(server.build_site(model, runtime_dir), "127.0.0.1", 0)
+    httpd = server.bind(site.build_site(model, runtime_dir), "127.0.0.1", 0)
     server.serve_in_background(httpd)
     yield model, httpd
     httpd.shutdown()
@@ -68,7 +70,7 @@ def test_serves_the_model_its_card_and_the_runtime(served, runtime_dir):
     assert config["labels"] == card.labels and config["card"] == card.metadata
     assert config["card"]["unknown"]["index"] == len(card.labels) - 1  # the out-of-class output
     assert config["check"] is None  # no check routes outside make web-check
-    for name in server.RUNTIME_FILES:
+    for name in site.RUNTIME_FILES:
         response, data = get(httpd, f"/mediapipe/{name}")
         assert response.status == 200 and data == (runtime_dir / name).read_bytes()
     response, _ = get(httpd, "/mediapipe/wasm/vision_wasm_internal.wasm")
@@ -88,8 +90,8 @@ def test_the_page_may_reach_only_this_server(served):
         assert directives["connect-src"] == "'self'"
         assert directives["default-src"] == "'self'"
         assert "googleapis" not in policy and "*" not in policy
-    cdn = server.policy(cdn=True)
-    assert server.CDN in cdn and "googleapis" not in cdn
+    cdn = site.policy(cdn=True)
+    assert site.CDN in cdn and "googleapis" not in cdn
 
 
 @pytest.mark.parametrize(
@@ -123,9 +125,9 @@ def test_posts_are_refused_outside_a_check(served):
 
 def test_check_results_are_bounded_and_parsed(micro_run, runtime_dir):
     posted = []
-    check = server.Check([], "files", posted.append)
+    check = site.Check([], "files", posted.append)
     httpd = server.bind(
-        server.build_site(micro_run / "model_int8.tflite", runtime_dir, check=check), "127.0.0.1", 0
+        site.build_site(micro_run / "model_int8.tflite", runtime_dir, check=check), "127.0.0.1", 0
     )
     server.serve_in_background(httpd)
     try:
@@ -140,7 +142,7 @@ def test_check_results_are_bounded_and_parsed(micro_run, runtime_dir):
 
 def test_binds_only_the_address_it_is_given(micro_run, runtime_dir):
     httpd = server.bind(
-        server.build_site(micro_run / "model_int8.tflite", runtime_dir), "127.0.0.1", 0
+        site.build_site(micro_run / "model_int8.tflite", runtime_dir), "127.0.0.1", 0
     )
     server.serve_in_background(httpd)
     port = httpd.server_address[1]
@@ -162,14 +164,18 @@ def test_a_runtime_file_that_escapes_its_folder_is_refused(micro_run, runtime_di
     target.unlink()
     target.symlink_to(outside)
     with pytest.raises(MissingEnvironment, match="make web-runtime"):
-        server.build_site(micro_run / "model_int8.tflite", runtime_dir)
+        site.build_site(micro_run / "model_int8.tflite", runtime_dir)
 
 
 def test_not_a_model_is_bad_input(tmp_path, runtime_dir):
     photo = tmp_path / "photo.tflite"
     photo.write_bytes(b"\xff\xd8\xff\xe0 a jpeg, renamed")
     with pytest.raises(BadInput, match="not a TFLite model"):
-        server.build_site(photo, runtime_dir)
+        site.build_site(photo, runtime_dir)
+    bare = tmp_path / "bare.tflite"  # a flatbuffer header with no card and no labels.txt
+    bare.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    with pytest.raises(BadInput, match="no labels"):
+        site.build_site(bare, runtime_dir)
 
 
 def test_cli_errors_are_one_line(micro_run, runtime_dir, tmp_path):
@@ -185,7 +191,8 @@ def test_cli_errors_are_one_line(micro_run, runtime_dir, tmp_path):
         edgetl_here("serve", model, "--cert", model, *runtime), 2, "--cert and --key"
     )
     assert_one_line_error(edgetl_here("serve", model, "--cdn", *runtime), 2, "give one")
-    # 192.0.2.0/24 is reserved for documentation: never an address of this machine
+    # 192.0.2.0/24 is reserved for documentation; .123 is not one of this machine's
+    assert server.lan_address() != "192.0.2.123"
     assert_one_line_error(
         edgetl_here("serve", model, "--host", "192.0.2.123", "--port", "0", *runtime),
         2,
@@ -214,6 +221,8 @@ def test_serve_prints_its_address_serves_and_stops_on_ctrl_c(micro_run, runtime_
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "edgetl serve printed no address"
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/")
         host, port = url[len("http://") : -1].split(":")
@@ -227,6 +236,54 @@ def test_serve_prints_its_address_serves_and_stops_on_ctrl_c(micro_run, runtime_
     assert process.returncode == 0 and "Traceback" not in err
     assert "bound to 127.0.0.1 only" in err and "live camera: on" in err
     assert "▀" in err or "█" in err  # the QR code
+
+
+def test_https_serves_and_a_silent_client_does_not_hold_it(micro_run, runtime_dir, tmp_path):
+    """The handshake runs in each connection's thread: one client that connects and
+    says nothing must not keep a phone from loading the page."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    pages = site.build_site(micro_run / "model_int8.tflite", runtime_dir)
+    httpd = server.bind(pages, "127.0.0.1", 0, (cert, key))
+    server.serve_in_background(httpd)
+    host, port = httpd.server_address[:2]
+    silent = socket.create_connection((host, port), timeout=5)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection(host, port, timeout=10, context=context)
+        connection.request("GET", "/model.tflite")
+        assert connection.getresponse().read() == (micro_run / "model_int8.tflite").read_bytes()
+        connection.close()
+        assert server.url_of(httpd, True).startswith("https://127.0.0.1:")
+    finally:
+        silent.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_encrypted_key_is_one_line_not_a_prompt(micro_run, runtime_dir, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:secret", "-subj",
+         "/CN=x", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    result = edgetl_here(
+        "serve", str(micro_run / "model_int8.tflite"), "--cert", str(cert), "--key", str(key),
+        "--host", "127.0.0.1", "--port", "0", "--web-runtime", str(runtime_dir),
+    )  # fmt: skip
+    assert_one_line_error(result, 2, "encrypted")
 
 
 def test_the_page_answers_as_the_runner_does(tmp_path):

@@ -8,19 +8,17 @@ tries a model on the device they carry without building an app.
 What the server promises, and the tests check:
 
 - **Only what it names.** Every URL it answers is in one table built at start
-  (``Site.routes``): the page, ``config.json``, the model read once into memory,
-  and the runtime's five files. Anything else is 404, so no path, however
-  spelled (``..``, ``%2e%2e``, a symlink in the runtime folder), reaches a file
-  outside them.
+  (``site.py``); anything else is 404.
 - **Only where it is told.** It binds the one address given (default: this
   machine's LAN address, the one a phone on the same network reaches), never
   every interface unless ``--host 0.0.0.0`` says so.
-- **Nothing from the page leaves the phone.** MediaPipe's web package sends
-  usage metrics to Google (its README's privacy notice) and has no switch to
-  turn that off, so every response carries a Content-Security-Policy that lets
-  the page reach this server only (and the pinned CDN with ``--cdn``): the
-  browser blocks the metrics request before it is sent. Photos never leave the
-  phone at all: the page has no upload path.
+- **Nothing from the page leaves the phone.** Every response carries the
+  site's Content-Security-Policy (``site.policy``: MediaPipe's usage metrics are
+  blocked in the browser). Photos never leave the phone: the page has no upload
+  path.
+- **No traceback, no stall.** A phone that drops a download is not news; an
+  https handshake happens in the connection's own thread; a silent connection
+  is let go after 30 s.
 
 The live camera needs a secure context (https, or localhost); over plain http
 on a LAN the page takes photos through the phone's camera app
@@ -34,152 +32,18 @@ import http.server
 import json
 import socket
 import ssl
+import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from edge.errors import BadInput, MissingEnvironment
-from edge.modelfile import read_model_card
+from edge.errors import BadInput
+from edge.web.site import Route, Site, build_site
 
-PAGE = Path(__file__).resolve().parent / "page"
-MEDIAPIPE_VERSION = "1.1.0"
-CDN = f"https://cdn.jsdelivr.net/npm/@mediapipe/tasks-vision@{MEDIAPIPE_VERSION}"
-RUNTIME_FOLDER = Path("build/web") / f"tasks-vision-{MEDIAPIPE_VERSION}"
-# FilesetResolver picks the SIMD or the plain build by what the browser validates.
-RUNTIME_FILES = (
-    "vision_bundle.mjs",
-    "wasm/vision_wasm_internal.js",
-    "wasm/vision_wasm_internal.wasm",
-    "wasm/vision_wasm_nosimd_internal.js",
-    "wasm/vision_wasm_nosimd_internal.wasm",
-)
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".json": "application/json",
-    ".wasm": "application/wasm",  # instantiateStreaming refuses anything else
-    ".tflite": "application/octet-stream",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-}
 MAX_POST_BYTES = 16 << 20
+QUIET_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError)  # a phone that went away
 DEFAULT_PORT = 8000
-
-
-@dataclass(frozen=True)
-class Route:
-    """One URL's answer: a file streamed from disk, or bytes held in memory."""
-
-    content_type: str
-    file: Optional[Path] = None
-    body: Optional[bytes] = None
-
-
-@dataclass(frozen=True)
-class Check:
-    """A browser check's extra routes: images to classify and where results go.
-    Never set by ``edgetl serve`` itself; ``make web-check`` drives it."""
-
-    images: List[Path]
-    mode: str  # "files" or "camera"
-    on_results: Callable[[Dict[str, Any]], None]
-    frame: Optional[Dict[str, int]] = None  # the fake camera's frame layout
-
-
-@dataclass(frozen=True)
-class Site:
-    routes: Dict[str, Route]
-    csp: str
-    check: Optional[Check] = None
-    model_name: str = ""
-    labels: List[str] = field(default_factory=list)
-
-
-def content_type(name: str) -> str:
-    return CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
-
-
-def model_bytes(model: Path) -> bytes:
-    """The model, checked to be a TFLite flatbuffer and read once: the phone gets
-    the file as it was when the server started, whatever happens to it later."""
-    try:
-        data = model.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(
-            f"{model}: no such model file; give the .tflite that export shipped"
-        ) from None
-    except IsADirectoryError:
-        raise BadInput(f"{model} is a folder; give a .tflite file inside it") from None
-    except OSError as error:
-        raise BadInput(f"{model}: cannot read it ({error.strerror})") from None
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise BadInput(f"{model}: not a TFLite model (no TFL3 identifier); give a .tflite file")
-    return data
-
-
-def runtime_routes(runtime: Path) -> Dict[str, Route]:
-    """The runtime's files, each checked to be a regular file inside ``runtime``."""
-    routes = {}
-    base = runtime.resolve()
-    for name in RUNTIME_FILES:
-        path = (runtime / name).resolve()
-        if not path.is_file() or base not in path.parents:
-            raise MissingEnvironment(
-                f"no MediaPipe web runtime at {runtime} ({name} missing); run `make web-runtime` "
-                f"(npm pack @mediapipe/tasks-vision@{MEDIAPIPE_VERSION}), pass --web-runtime DIR, "
-                "or --cdn"
-            )
-        routes[f"/mediapipe/{name}"] = Route(content_type(name), file=path)
-    return routes
-
-
-def policy(cdn: bool) -> str:
-    """The page may load and fetch from this server only (and the pinned CDN with
-    ``--cdn``): MediaPipe's usage metrics are blocked in the browser."""
-    remote = f" {CDN}/" if cdn else ""
-    return (
-        f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{remote}; "
-        f"connect-src 'self'{remote}; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
-        "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; object-src 'none'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-
-
-def build_site(
-    model: Path, runtime: Optional[Path], cdn: bool = False, check: Optional[Check] = None
-) -> Site:
-    """Every route the server will ever answer, decided here, before it binds."""
-    data = model_bytes(model)
-    card = read_model_card(model)
-    runtime_url = CDN if cdn else "./mediapipe"
-    config = {
-        "model": model.name,
-        "model_url": "model.tflite",
-        "runtime_url": runtime_url,
-        "mediapipe_version": MEDIAPIPE_VERSION,
-        "labels": card.labels,
-        "card": card.metadata,
-        "check": None if check is None else {"mode": check.mode, "count": len(check.images)},
-    }
-    if check is not None and check.frame is not None:
-        config["check"]["frame"] = check.frame
-    routes = {
-        "/": Route(content_type("index.html"), file=PAGE / "index.html"),
-        "/app.js": Route(content_type("app.js"), file=PAGE / "app.js"),
-        "/answer.js": Route(content_type("answer.js"), file=PAGE / "answer.js"),
-        "/config.json": Route(content_type("x.json"), body=json.dumps(config).encode()),
-        "/model.tflite": Route(content_type("x.tflite"), body=data),
-    }
-    if not cdn:
-        routes.update(runtime_routes(runtime or RUNTIME_FOLDER))
-    if check is not None:
-        for i, path in enumerate(check.images):
-            routes[f"/check/image/{i}"] = Route(content_type(path.name), file=path)
-    return Site(routes, policy(cdn), check, model.name, card.labels)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -188,6 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     site: Site
     server_version = "edgetl"
     sys_version = ""
+    timeout = 30  # a connection that sends nothing (or less than it announced) lets go
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Quiet: a phone's requests are not the user's business on the terminal."""
@@ -213,16 +78,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(route.body)
             return
         try:
-            with open(route.file, "rb") as handle:
-                size = handle.seek(0, 2)
-                handle.seek(0)
-                self.send_response(200)
-                self.headers_for(route, size)
-                if send_body:
-                    while block := handle.read(1 << 20):
-                        self.wfile.write(block)
+            handle = open(route.file, "rb")  # noqa: SIM115 (a 404 only before any header)
         except OSError:
             self.send_error(404, "not served here")
+            return
+        with handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            self.send_response(200)
+            self.headers_for(route, size)
+            if send_body:
+                while block := handle.read(1 << 20):
+                    self.wfile.write(block)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's spelling)
         self.answer(True)
@@ -255,6 +122,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    tls: Optional[ssl.SSLContext] = None
+
+    def get_request(self) -> Tuple[socket.socket, Any]:
+        """With https, the handshake happens in the connection's own thread (on its
+        first read), so one silent client cannot hold the accepting loop."""
+        connection, address = self.socket.accept()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A phone that drops a download or a bad handshake is not news on the terminal;
+        anything else is printed in one line, never as a traceback."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, QUIET_ERRORS):
+            print(
+                f"edgetl serve: {client_address[0]}: {type(error).__name__}: {error}",
+                file=sys.stderr,
+            )
 
 
 def lan_address() -> Optional[str]:
@@ -283,7 +171,7 @@ def bind(site: Site, host: str, port: int, tls: Optional[Tuple[Path, Path]] = No
             raise BadInput(
                 f"port {port} on {host} is in use; pass --port N (0 picks a free one)"
             ) from None
-        if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL):
             raise BadInput(
                 f"--host {host} is not an address of this machine; give one of its addresses, "
                 "127.0.0.1 for this machine only, or 0.0.0.0 for every interface"
@@ -299,20 +187,28 @@ def bind(site: Site, host: str, port: int, tls: Optional[Tuple[Path, Path]] = No
         raise
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+        def no_passphrase() -> str:  # OpenSSL would prompt on the terminal instead
+            raise ValueError("the key is encrypted; give an unencrypted PEM key")
+
         try:
-            context.load_cert_chain(str(tls[0]), str(tls[1]))
-        except (OSError, ssl.SSLError) as error:
+            context.load_cert_chain(str(tls[0]), str(tls[1]), password=no_passphrase)
+        except (OSError, ssl.SSLError, ValueError) as error:
             server.server_close()
+            reason = getattr(error, "strerror", None) or str(error)
             raise BadInput(
-                f"--cert {tls[0]} / --key {tls[1]}: cannot load them ({error}); give a PEM "
-                "certificate and its private key"
+                f"--cert {tls[0]} / --key {tls[1]}: cannot load them ({reason}); give a PEM "
+                "certificate and its unencrypted private key"
             ) from None
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.tls = context
     return server
 
 
 def url_of(server: Server, tls: bool) -> str:
+    """The address to open: on every interface, the LAN one (0.0.0.0 opens nothing)."""
     host, port = server.server_address[:2]
+    if host in ("0.0.0.0", "::"):
+        host = lan_address() or "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
     return f"{'https' if tls else 'http'}://{shown}:{port}/"
 

@@ -52,7 +52,7 @@ from edge.classifier import Classifier, card_resize, probabilities_of  # noqa: E
 from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT  # noqa: E402
 from edge.image import load_many  # noqa: E402
 from edge.reference import FILE_NAME, match_source, read_reference  # noqa: E402
-from edge.web import server  # noqa: E402
+from edge.web import server, site  # noqa: E402
 
 BROWSERS = ("chromium-headless-shell", "chromium")
 BITS, STRIP, FRAMES_PER_IMAGE, FPS = 16, 16, 3, 30
@@ -165,9 +165,9 @@ def in_browser(
         results.update(posted)
         done.set()
 
-    check = server.Check(paths, mode, on_results, frame)
-    site = server.build_site(model, runtime, check=check)
-    httpd = server.bind(site, "127.0.0.1", 0)
+    check = site.Check(paths, mode, on_results, frame)
+    pages = site.build_site(model, runtime, check=check)
+    httpd = server.bind(pages, "127.0.0.1", 0)
     server.serve_in_background(httpd)
     args = [
         browser(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
@@ -324,7 +324,7 @@ def main(
     ] = None,
     runtime: Annotated[
         Path, typer.Option(help="MediaPipe's web runtime (make web-runtime).")
-    ] = REPO / server.RUNTIME_FOLDER,
+    ] = REPO / site.RUNTIME_FOLDER,
     photos: Annotated[
         Optional[Path], typer.Option(help="Where the test split's photos are (default flowers128).")
     ] = None,
@@ -363,7 +363,7 @@ def main(
         "recipe": "edgetl train --alpha 0.35 --image-size 128 --weights <shared 0.35 weights>",
         "model": model.name,
         "images": len(paths),
-        "mediapipe_web": server.MEDIAPIPE_VERSION,
+        "mediapipe_web": site.MEDIAPIPE_VERSION,
         "mediapipe_python": {
             "images": len(mp_kept),
             "top1": float(np.mean(python_mp.argmax(1) == truth[mp_kept])),

@@ -4,6 +4,12 @@
 import { cardRule, decide as decideWith } from "./answer.js";
 
 const $ = (id) => document.getElementById(id);
+const fail = (what, error) => {
+  $("status").textContent = `${what}: ${error?.message || error}`;
+  $("status").style.color = "#a00";
+};
+window.addEventListener("unhandledrejection", (event) => fail("error", event.reason));
+window.addEventListener("error", (event) => fail("error", event.message));
 const blocked = [];  // requests the Content-Security-Policy stopped (MediaPipe's metrics)
 document.addEventListener("securitypolicyviolation", (event) => {
   blocked.push(event.blockedURI);
@@ -14,7 +20,13 @@ const labels = config.labels;
 const { unknownIndex, floor } = cardRule(config.card, labels.length);
 $("title").textContent = `${config.model} · ${labels.filter((_, i) => i !== unknownIndex).length} classes`;
 
-const vision = await import(`${config.runtime_url}/vision_bundle.mjs`);
+let vision;
+try {
+  vision = await import(`${config.runtime_url}/vision_bundle.mjs`);
+} catch (error) {
+  fail(`MediaPipe's runtime did not load from ${config.runtime_url}`, error);
+  throw error;
+}
 const fileset = await vision.FilesetResolver.forVisionTasks(`${config.runtime_url}/wasm`);
 const classifier = await vision.ImageClassifier.createFromOptions(fileset, {
   baseOptions: { modelAssetPath: config.model_url, delegate: "CPU" },
@@ -78,13 +90,21 @@ function drawBitmap(bitmap) {
 $("photo").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   if (!file) return;
-  const bitmap = await decode(file);
+  let bitmap;
+  try {
+    bitmap = await decode(file);
+  } catch (error) {
+    fail(`this browser cannot decode ${file.name}`, error);
+    return;
+  }
   drawBitmap(bitmap);
   show(classify(bitmap), "photo");
   bitmap.close();
 });
 
-// The live camera: the centre square of each frame, the crop a square model sees.
+// The fake camera's frames (make web-check) carry index strips above and below the
+// photo: the centre square is the photo. The live camera hands MediaPipe the whole
+// frame, resized as edgetl's runner resizes a camera frame (no crop).
 const crop = document.createElement("canvas");
 function centreSquare(video) {
   const w = video.videoWidth, h = video.videoHeight, side = Math.min(w, h);
@@ -110,12 +130,19 @@ function eachFrame(video, onFrame) {
 if (window.isSecureContext && navigator.mediaDevices?.getUserMedia) {
   $("camera").disabled = false;
   $("camera").addEventListener("click", async () => {
-    const video = await openCamera({ facingMode: "environment", width: { ideal: 640 } });
-    $("view").style.display = "block";
+    $("camera").disabled = true;  // one stream, one frame loop
+    let video;
+    try {
+      video = await openCamera({ facingMode: "environment", width: { ideal: 640 } });
+    } catch (error) {
+      fail("the camera did not open", error);
+      $("camera").disabled = false;
+      return;
+    }
+    video.style.display = "block";
+    video.style.width = "100%";
     eachFrame(video, () => {
-      const square = centreSquare(video);
-      drawBitmap(square);
-      show(classify(square), "live camera");
+      show(classify(video), "live camera");
     });
   });
 } else {
