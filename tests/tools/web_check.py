@@ -16,9 +16,12 @@ twice:
   index in a strip of black and white blocks above the picture (and its
   complement below), so frames are matched to photos however the stream is timed.
 
-It compares the browser's decisions with Keras (``parity_reference.json``) and with
+It compares the browser's decisions with Keras (``parity_reference.json``), with
 MediaPipe's Python ``ImageClassifier`` on the same files (``validate --runtime
-mediapipe``'s path), and writes ``OUT/report.json`` and ``OUT/report.md``.
+mediapipe``'s path) and with edgetl's runner, each path's figures computed as
+``validate`` computes a model's (``toolchain.validate.figures.compare``: top-1,
+drop and its sign test, agreement, calibration, per class), and writes
+``OUT/report.json`` and ``OUT/report.md``.
 
 Chromium comes from Debian (``apt-get install chromium-headless-shell``, run here
 when missing and root), MediaPipe's web runtime from npm (``make web-runtime``).
@@ -53,6 +56,7 @@ from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT  # noqa: E402
 from edge.image import load_many  # noqa: E402
 from edge.reference import FILE_NAME, match_source, read_reference  # noqa: E402
 from edge.web import server, site  # noqa: E402
+from toolchain.validate.figures import compare as parity_figures  # noqa: E402
 
 BROWSERS = ("chromium-headless-shell", "chromium")
 BITS, STRIP, FRAMES_PER_IMAGE, FPS = 16, 16, 3, 30
@@ -200,7 +204,7 @@ def in_browser(
 
 def compare(
     rows: List[Dict[str, Any]], keras: np.ndarray, truth: np.ndarray, python_mp: np.ndarray,
-    mp_kept: np.ndarray, runner: np.ndarray,
+    mp_kept: np.ndarray, runner: np.ndarray, names: List[str],
 ) -> Dict[str, Any]:  # fmt: skip
     """The browser's decisions against Keras, MediaPipe's Python path and edgetl's runner."""
     index = np.array([row["index"] for row in rows], dtype=np.int64)
@@ -211,6 +215,8 @@ def compare(
     n_keras = keras.shape[1]
     return {
         "images": len(rows),
+        # validate's own figures (parity.json's definitions: drop, sign test, agreement)
+        "figures": parity_figures(keras[index], probs[:, :n_keras], truth[index], names),
         "top1_browser": float(np.mean(probs[:, :n_keras].argmax(1) == truth[index]))
         if len(rows)
         else None,
@@ -228,6 +234,14 @@ def compare(
             "first": float(ms[0]) if len(ms) else None,
         },
     }
+
+
+def drop_cell(figures: Dict[str, Any]) -> str:
+    worse = figures["worse_than_keras"]
+    return (
+        f"{figures['top1_drop_pts']:+.2f} pts ({worse['lost']}/{worse['gained']}, "
+        f"p {worse['p_worse']:.3f})"
+    )
 
 
 def export_lines(export: Dict[str, Any]) -> List[str]:
@@ -248,24 +262,28 @@ def markdown(report: Dict[str, Any]) -> str:
         "this machine: see report.json.",
         "",
         *export_lines(report["export"]),
-        "| path | images | top-1 | top-1 Keras | agreement with Keras "
+        "| path | images | top-1 | top-1 Keras | top-1 drop (lost/gained, p) | agreement with Keras "
         "| with MediaPipe Python | with edgetl's runner | ms per image (median, p90) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in report["paths"].items():
         ms = row["ms_per_image"]
         mp = row["agreement_with_mediapipe_python"]
         lines.append(
             f"| browser, {name} | {row['images']} | {row['top1_browser']:.4f} | {row['top1_keras']:.4f} | "
+            f"{drop_cell(row['figures'])} | "
             f"{row['agreement_with_keras']:.4f} | {'–' if mp is None else f'{mp:.4f}'} | "
             f"{row['agreement_with_edgetl_runner']:.4f} | {ms['median']:.1f}, {ms['p90']:.1f} |"
         )
     python = report["mediapipe_python"]
     lines += [
         f"| MediaPipe Python (`validate --runtime mediapipe`) | {python['images']} | "
-        f"{python['top1']:.4f} | – | {python['agreement_with_keras']:.4f} | – | "
+        f"{python['top1']:.4f} | – | {drop_cell(python['figures'])} | "
+        f"{python['agreement_with_keras']:.4f} | – | "
         f"{python['agreement_with_edgetl_runner']:.4f} | – |",
-        f"| edgetl's runner (`edgetl classify`) | {report['images']} | – | – | "
+        f"| edgetl's runner (`edgetl classify`) | {report['images']} | "
+        f"{report['edgetl_runner']['figures']['top1']:.4f} | – | "
+        f"{drop_cell(report['edgetl_runner']['figures'])} | "
         f"{report['edgetl_runner']['agreement_with_keras']:.4f} | – | – | – |",
         "",
         f"`edgetl validate --runtime mediapipe` against the default budget: {report['mediapipe_gate']}",
@@ -369,8 +387,12 @@ def main(
             "top1": float(np.mean(python_mp.argmax(1) == truth[mp_kept])),
             "agreement_with_keras": metrics.top1_agreement(keras[mp_kept], python_mp),
             "agreement_with_edgetl_runner": metrics.top1_agreement(runner[mp_kept], python_mp),
+            "figures": parity_figures(keras[mp_kept], python_mp, truth[mp_kept], reference.labels),
         },
-        "edgetl_runner": {"agreement_with_keras": metrics.top1_agreement(keras, runner)},
+        "edgetl_runner": {
+            "agreement_with_keras": metrics.top1_agreement(keras, runner),
+            "figures": parity_figures(keras, runner, truth, reference.labels),
+        },
         "export": json.loads((out / "export.json").read_text())
         if (out / "export.json").is_file()
         else {"default": "shipped"},
@@ -381,7 +403,9 @@ def main(
     for mode in ("files", "camera"):
         say(f"headless Chromium, {mode} path, {len(paths)} photos")
         posted = in_browser(model, runtime, paths, mode, out, size)
-        report["paths"][mode] = compare(posted["rows"], keras, truth, python_mp, mp_kept, runner)
+        report["paths"][mode] = compare(
+            posted["rows"], keras, truth, python_mp, mp_kept, runner, reference.labels
+        )
         report["blocked"] += posted.get("blocked", [])
         report["user_agent"] = posted.get("userAgent", "")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
