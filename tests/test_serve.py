@@ -50,10 +50,11 @@ def served(micro_run, runtime_dir):
     httpd.server_close()
 
 
-def get(httpd, path: str, method: str = "GET", body: bytes | None = None):
+def get(httpd, path: str, method: str = "GET", body: bytes | None = None, host_header=None):
     host, port = httpd.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=10)
-    connection.request(method, path, body=body)
+    headers = {"Host": host_header} if host_header else {}
+    connection.request(method, path, body=body, headers=headers)
     response = connection.getresponse()
     data = response.read()
     connection.close()
@@ -115,6 +116,18 @@ def test_refuses_every_other_path(served, path):
     response, data = get(httpd, path)
     assert response.status == 404
     assert b"root:" not in data and b"[project]" not in data
+
+
+def test_a_page_that_names_the_server_by_another_name_is_refused(served):
+    """DNS rebinding: a page elsewhere points its own name at this machine; the
+    browser then sends that name as Host. The printed URL uses an IP address."""
+    model, httpd = served
+    port = httpd.server_address[1]
+    for host in (f"attacker.example:{port}", "attacker.example", "127.0.0.1.nip.io"):
+        response, data = get(httpd, "/model.tflite", host_header=host)
+        assert response.status == 421 and data != model.read_bytes()
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "192.168.1.20"):
+        assert get(httpd, "/config.json", host_header=host)[0].status == 200, host
 
 
 def test_posts_are_refused_outside_a_check(served):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import ipaddress
 import json
 import socket
 import ssl
@@ -66,7 +67,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
 
+    def addressed_by_ip(self) -> bool:
+        """The request names this server by an IP address or localhost, as the printed
+        URL does. A page elsewhere that points its own DNS name at this machine (DNS
+        rebinding) names it by that name instead, and is refused, so it cannot read
+        the model through the phone's browser."""
+        host = urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+
     def answer(self, send_body: bool) -> None:
+        if not self.addressed_by_ip():
+            self.send_error(421, "open the address edgetl serve printed (an IP address)")
+            return
         route = self.site.routes.get(urlsplit(self.path).path)
         if route is None:
             self.send_error(404, "not served here")
@@ -99,7 +117,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         check = self.site.check
-        if check is None or urlsplit(self.path).path != "/check/results":
+        if (
+            check is None
+            or urlsplit(self.path).path != "/check/results"
+            or not self.addressed_by_ip()
+        ):
             self.send_error(404, "not served here")
             return
         try:
