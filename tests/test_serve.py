@@ -43,11 +43,10 @@ def runtime_dir(tmp_path) -> Path:
 @pytest.fixture
 def served(micro_run, runtime_dir):
     model = micro_run / "model_int8.tflite"
-    httpd = server.bind(site.build_site(model, runtime_dir), "127.0.0.1", 0)
-    server.serve_in_background(httpd)
-    yield model, httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with server.in_background(
+        server.bind(site.build_site(model, runtime_dir), "127.0.0.1", 0)
+    ) as httpd:
+        yield model, httpd
 
 
 def get(httpd, path: str, method: str = "GET", body: bytes | None = None, host_header=None):
@@ -139,35 +138,23 @@ def test_posts_are_refused_outside_a_check(served):
 def test_check_results_are_bounded_and_parsed(micro_run, runtime_dir):
     posted = []
     check = site.Check([], "files", posted.append)
-    httpd = server.bind(
-        site.build_site(micro_run / "model_int8.tflite", runtime_dir, check=check), "127.0.0.1", 0
-    )
-    server.serve_in_background(httpd)
-    try:
+    pages = site.build_site(micro_run / "model_int8.tflite", runtime_dir, check=check)
+    with server.in_background(server.bind(pages, "127.0.0.1", 0)) as httpd:
         assert get(httpd, "/check/results", "POST", b"not json")[0].status == 400
         assert get(httpd, "/check/results", "POST", b"")[0].status == 413
         assert get(httpd, "/check/results", "POST", b'{"rows": []}')[0].status == 204
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert posted == [{"rows": []}]
 
 
 def test_binds_only_the_address_it_is_given(micro_run, runtime_dir):
-    httpd = server.bind(
-        site.build_site(micro_run / "model_int8.tflite", runtime_dir), "127.0.0.1", 0
-    )
-    server.serve_in_background(httpd)
-    port = httpd.server_address[1]
-    try:
+    pages = site.build_site(micro_run / "model_int8.tflite", runtime_dir)
+    with server.in_background(server.bind(pages, "127.0.0.1", 0)) as httpd:
+        port = httpd.server_address[1]
         assert get(httpd, "/")[0].status == 200
         others = ["127.0.0.2"] + [a for a in [server.lan_address()] if a and a != "127.0.0.1"]
         for other in others:
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((other, port), timeout=5).close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_a_runtime_file_that_escapes_its_folder_is_refused(micro_run, runtime_dir, tmp_path):
@@ -251,47 +238,41 @@ def test_serve_prints_its_address_serves_and_stops_on_ctrl_c(micro_run, runtime_
     assert "▀" in err or "█" in err  # the QR code
 
 
-def test_https_serves_and_a_silent_client_does_not_hold_it(micro_run, runtime_dir, tmp_path):
-    """The handshake runs in each connection's thread: one client that connects and
-    says nothing must not keep a phone from loading the page."""
+def certificate(folder: Path, passphrase: str | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate and its key (encrypted with ``passphrase``), by openssl."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    secret = ["-passout", f"pass:{passphrase}"] if passphrase else ["-nodes"]
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", *secret, "-subj", "/CN=127.0.0.1",
          "-days", "1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+def test_https_serves_and_a_silent_client_does_not_hold_it(micro_run, runtime_dir, tmp_path):
+    """The handshake runs in each connection's thread: one client that connects and
+    says nothing must not keep a phone from loading the page."""
+    cert, key = certificate(tmp_path)
     pages = site.build_site(micro_run / "model_int8.tflite", runtime_dir)
-    httpd = server.bind(pages, "127.0.0.1", 0, (cert, key))
-    server.serve_in_background(httpd)
-    host, port = httpd.server_address[:2]
-    silent = socket.create_connection((host, port), timeout=5)
-    try:
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False
-        connection = http.client.HTTPSConnection(host, port, timeout=10, context=context)
-        connection.request("GET", "/model.tflite")
-        assert connection.getresponse().read() == (micro_run / "model_int8.tflite").read_bytes()
-        connection.close()
+    with server.in_background(server.bind(pages, "127.0.0.1", 0, (cert, key))) as httpd:
+        host, port = httpd.server_address[:2]
+        with socket.create_connection((host, port), timeout=5):  # the silent client
+            context = ssl.create_default_context(cafile=str(cert))
+            context.check_hostname = False
+            connection = http.client.HTTPSConnection(host, port, timeout=10, context=context)
+            connection.request("GET", "/model.tflite")
+            model = (micro_run / "model_int8.tflite").read_bytes()
+            assert connection.getresponse().read() == model
+            connection.close()
         assert server.url_of(httpd, True).startswith("https://127.0.0.1:")
-    finally:
-        silent.close()
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_an_encrypted_key_is_one_line_not_a_prompt(micro_run, runtime_dir, tmp_path):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:secret", "-subj",
-         "/CN=x", "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = certificate(tmp_path, passphrase="secret")
     result = edgetl_here(
         "serve", str(micro_run / "model_int8.tflite"), "--cert", str(cert), "--key", str(key),
         "--host", "127.0.0.1", "--port", "0", "--web-runtime", str(runtime_dir),

@@ -27,6 +27,7 @@ on a LAN the page takes photos through the phone's camera app
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.server
 import ipaddress
@@ -36,7 +37,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from edge.errors import BadInput
@@ -235,10 +236,18 @@ def url_of(server: Server, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{shown}:{port}/"
 
 
-def serve_in_background(server: Server) -> threading.Thread:
+@contextlib.contextmanager
+def in_background(server: Server) -> Iterator[Server]:
+    """``server`` answering from a thread for the ``with`` block, then shut down and
+    its socket closed (``make web-check`` and the tests; ``edgetl serve`` serves in
+    the foreground)."""
     thread = threading.Thread(target=server.serve_forever, name="edgetl-serve", daemon=True)
     thread.start()
-    return thread
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def terminal_qr(text: str) -> Optional[str]:
