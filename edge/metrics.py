@@ -93,6 +93,36 @@ def sign_test(lost: int, gained: int) -> float:
     return float(min(1.0, math.exp(log_tail)))
 
 
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(at most ``k`` successes in ``n`` trials of probability ``p``), summed in logs
+    (lgamma) like ``sign_test``, so tens of thousands of images stay fast and exact."""
+    if k >= n:
+        return 1.0
+    if k < 0:
+        return 0.0
+    if p >= 1.0:
+        return 0.0
+    if p <= 0.0:
+        return 1.0
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+        + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(0, k + 1)
+    ]  # fmt: skip
+    top = max(terms)
+    return float(min(1.0, math.exp(top + math.log(sum(math.exp(t - top) for t in terms)))))
+
+
+def agreement_below_evidence(agreement: float, n_images: int, bound: float) -> float:
+    """How strongly ``n_images`` say the true agreement is below ``bound``: the chance
+    that a model agreeing at exactly ``bound`` agrees on this few images or fewer (the
+    exact one-sided binomial test). Why: on 257 images one image is 0.4 points of
+    agreement, and a model agreeing 0.96 on every photo reads under 0.95 on such a split
+    about one time in five."""
+    agreeing = int(round(agreement * n_images))
+    return binomial_cdf(agreeing, int(n_images), float(bound))
+
+
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)

@@ -266,7 +266,7 @@ def device_parity(
     gate = edge_gate.device_gate(reference.budget, max_drop, min_agreement)
     drop = metrics.drop_points(keras_top1, top1)
     evidence = metrics.worse_evidence(keras, probs, truth)
-    failures = edge_gate.failures(drop, agreement, gate, evidence["p_worse"])
+    failures = edge_gate.failures(drop, agreement, gate, evidence["p_worse"], len(used))
     runtime = classifier.runtime
     return {
         "model": classifier.model_path,

@@ -10,7 +10,7 @@ import pytest
 
 from edge.errors import BadInput
 from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, device_gate, failures
-from edge.metrics import sign_test, worse_evidence
+from edge.metrics import agreement_below_evidence, binomial_cdf, sign_test, worse_evidence
 from toolchain.core.budget import Budget
 from toolchain.validate.figures import gate_failures, gated
 
@@ -95,6 +95,43 @@ def test_the_drop_bound_fails_only_past_the_bound_and_beyond_chance(drop, p_wors
     assert bool(budget.misses(drop, 1.0, p_worse)) is fails
     device = device_gate({}, 1.0, 0.0)
     assert bool(failures(drop, 1.0, device, p_worse)) is fails  # the device's gate agrees
+
+
+def test_binomial_cdf_is_the_exact_lower_tail():
+    assert binomial_cdf(3, 10, 0.5) == pytest.approx(176 / 1024)
+    assert binomial_cdf(10, 10, 0.3) == 1.0 and binomial_cdf(-1, 10, 0.3) == 0.0
+    assert binomial_cdf(9, 10, 1.0) == 0.0  # a bound of 1: any difference is conclusive
+    assert binomial_cdf(0, 5, 0.2) == pytest.approx(0.8**5)
+
+
+@pytest.mark.parametrize(
+    "differing, n, fails",
+    [
+        (14, 257, False),  # 0.9455 where 12.85 differ at the bound: the split cannot tell
+        (13, 171, False),  # 0.924, p = 0.089
+        (14, 171, True),  # 0.918, p = 0.049: below the bound beyond chance
+        (16, 158, True),  # 0.899: the four-flower file the point rule also failed
+        (1, 500, False),  # above the bound
+    ],
+)
+def test_the_agreement_bound_fails_only_below_it_beyond_chance(differing, n, fails):
+    agreement = 1 - differing / n
+    budget = Budget.of(100.0, 0.95)
+    assert bool(budget.misses(0.0, agreement, 1.0, n)) is fails
+    device = device_gate({}, 100.0, 0.95)
+    assert bool(failures(0.0, agreement, device, 1.0, n)) is fails  # the device's gate agrees
+    if fails:
+        p = agreement_below_evidence(agreement, n, 0.95)
+        assert (
+            f"beyond chance on {n} images: p = {p:.3g}" in budget.misses(0.0, agreement, 1.0, n)[0]
+        )
+
+
+def test_an_agreement_bound_of_one_fails_any_difference_and_old_figures_keep_the_point_rule():
+    assert Budget.of(100.0, 1.0).misses(0.0, 0.999, 1.0, 1000)  # one image of 1,000 differs
+    # no image count (a report written before edgetl judged agreement by chance): point rule
+    assert Budget.of(100.0, 0.95).misses(0.0, 0.9455, 1.0, None)
+    assert not Budget.of(100.0, 0.95).misses(0.0, 0.9455, 1.0, 257)
 
 
 def test_the_gate_holds_the_side_that_misses():

@@ -17,7 +17,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from edge.errors import BadInput
-from edge.gate import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, drop_misses, drop_phrase
+from edge.gate import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    agreement_misses,
+    agreement_phrase,
+    drop_misses,
+    drop_phrase,
+)
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,22 @@ class Budget:
     def whole(self) -> bool:
         return self.max_drop is not None and self.min_agreement is not None
 
-    def misses(self, drop: float, agreement: float, p_worse: float) -> List[str]:
-        """One phrase per bound the figures miss (an unset bound misses nothing). The
-        drop bound is judged as ``edge.gate.drop_misses`` says: past it and worse than
-        Keras beyond chance (``p_worse``, ``edge.metrics.worse_evidence``)."""
+    def misses(
+        self, drop: float, agreement: float, p_worse: float, n_images: Optional[int] = None
+    ) -> List[str]:
+        """One phrase per bound the figures miss (an unset bound misses nothing). Each
+        bound is judged to what the ``n_images`` behind the figures resolve: the drop as
+        ``edge.gate.drop_misses`` says (past it and worse than Keras beyond chance,
+        ``p_worse``), the agreement as ``edge.gate.agreement_misses`` says."""
         found = []
         if self.max_drop is not None and drop_misses(drop, p_worse, self.max_drop):
             found.append(drop_phrase(drop, p_worse, f"--max-drop {self.max_drop:g}"))
-        if self.min_agreement is not None and agreement < self.min_agreement:
-            found.append(f"agreement {agreement:.4f} < --min-agreement {self.min_agreement:g}")
+        if self.min_agreement is not None and agreement_misses(
+            agreement, n_images, self.min_agreement
+        ):
+            found.append(
+                agreement_phrase(agreement, n_images, self.min_agreement, "--min-agreement")
+            )
         return found
 
     def flags(self) -> str:

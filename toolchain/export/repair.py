@@ -51,7 +51,9 @@ def missed(
     """One line: which file, by how much it missed which bound, and what to try. A model
     within budget on the test split missed it on the decision images (``decided``)."""
     test = gated(entry, budget)
-    gaps = budget.misses(test["top1_drop_pts"], test["agreement"], test["p_worse"])
+    gaps = budget.misses(
+        test["top1_drop_pts"], test["agreement"], test["p_worse"], test["agreement_images"]
+    )
     if not gaps and decided is not None:
         return (
             f"INT8 budget missed: {Path(entry['path']).name} meets it on the {n_images} test "

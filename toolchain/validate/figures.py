@@ -136,6 +136,7 @@ def compare(
         "top1_drop_pts": metrics.drop_points(keras_top1, top1),
         "worse_than_keras": metrics.worse_evidence(keras_probs, probs, labels),
         "agreement": metrics.top1_agreement(keras_probs, probs),
+        "n_images": int(len(labels)),
         "calibration_error": metrics.top1_calibration_error(probs, labels),
         "keras_calibration_error": metrics.top1_calibration_error(keras_probs, labels),
         "mean_abs_prob_diff": float(difference.mean()) if difference.size else 0.0,
@@ -175,10 +176,12 @@ def gated(measured: Dict[str, Any], budget: Budget) -> Dict[str, Any]:
             f["top1_drop_pts"],
         ),
     )
+    agreement_side = min(sides, key=lambda f: f["agreement"])
     return {
         "top1_drop_pts": drop_side["top1_drop_pts"],
         "p_worse": p_worse(drop_side),
-        "agreement": min(f["agreement"] for f in sides),
+        "agreement": agreement_side["agreement"],
+        "agreement_images": agreement_side.get("n_images"),
     }
 
 
@@ -192,7 +195,10 @@ def gate_failures(models: List[Dict[str, Any]], budget: Budget) -> List[str]:
         )
         figures = gated(m, budget)
         for miss in budget.misses(
-            figures["top1_drop_pts"], figures["agreement"], figures["p_worse"]
+            figures["top1_drop_pts"],
+            figures["agreement"],
+            figures["p_worse"],
+            figures["agreement_images"],
         ):
             problems.append(f"{Path(m['path']).name} {miss}" + (detail if "drop" in miss else ""))
     return problems
