@@ -76,7 +76,7 @@ def agreement_phrase(agreement: float, n_images: Optional[int], bound: float, na
     if not n_images:
         return phrase
     p = agreement_below_evidence(agreement, int(n_images), bound)
-    return f"{phrase} (below it beyond chance on {n_images} images: p = {p:.3g})"
+    return f"{phrase} (below it beyond chance: p = {p:.3g})"
 
 
 def drop_phrase(drop: float, p_worse: float, bound: str) -> str:

@@ -122,9 +122,7 @@ def test_the_agreement_bound_fails_only_below_it_beyond_chance(differing, n, fai
     assert bool(failures(0.0, agreement, device, 1.0, n)) is fails  # the device's gate agrees
     if fails:
         p = agreement_below_evidence(agreement, n, 0.95)
-        assert (
-            f"beyond chance on {n} images: p = {p:.3g}" in budget.misses(0.0, agreement, 1.0, n)[0]
-        )
+        assert f"(below it beyond chance: p = {p:.3g})" in budget.misses(0.0, agreement, 1.0, n)[0]
 
 
 def test_an_agreement_bound_of_one_fails_any_difference_and_old_figures_keep_the_point_rule():

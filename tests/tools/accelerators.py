@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional
@@ -29,19 +28,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import machine  # noqa: E402
-from bench_training import WEIGHTS_FILE  # noqa: E402
+from recipe import (  # noqa: E402
+    DEFAULT_SHARED,
+    RECIPE,
+    Retrain,
+    Shared,
+    edgetl,
+    error_line,
+    shared_inputs,
+    train_recipe,
+)
 
 TARGETS = ("accelerator", "edgetpu", "ethos-u")
-
-
-def edgetl(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "toolchain.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-
-
-def error_line(result: subprocess.CompletedProcess) -> Optional[str]:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("edgetl: error")]
-    return lines[-1] if lines else None
 
 
 def target_row(run: Path, target: str, out: Path) -> Dict[str, Any]:
@@ -121,18 +119,13 @@ def markdown(rows: List[Dict[str, Any]], recipe: str) -> str:
 
 def main(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("build/accelerators"),
-    shared: Annotated[
-        Path,
-        typer.Option(
-            envvar="EDGETL_SHARED", help="Shared folder with data/flowers128 and weights/."
-        ),
-    ] = REPO.parent / "shared",
-    retrain: Annotated[bool, typer.Option(help="Train the run again.")] = False,
+    shared: Shared = DEFAULT_SHARED,
+    retrain: Retrain = False,
     run: Annotated[
         Optional[Path], typer.Option(help="Use this trained run instead (e.g. a quality fold's).")
     ] = None,
 ) -> None:
-    photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
+    photos, weights = shared_inputs(shared)
     if not (photos.is_dir() and weights.is_file()):
         typer.echo(f"accelerators: skipped, {photos} or {weights} is absent", err=True)
         raise typer.Exit(0)
@@ -141,16 +134,14 @@ def main(
     run = run or out / "run"
     if not given and (retrain or not (run / "train_report.json").is_file()):
         typer.echo("accelerators: training the README recipe on flowers128", err=True)
-        args = ["train", "--data", str(photos), "--weights", str(weights), "--alpha", "0.35"]
-        result = edgetl(*args, "--image-size", "128", "--out", str(run), "--force")
+        result = train_recipe(photos, weights, run)
         if result.returncode != 0:
             typer.echo(f"accelerators: training failed: {error_line(result)}", err=True)
             raise typer.Exit(1)
     rows = [target_row(run, target, out) for target in TARGETS]
-    recipe = "edgetl train --alpha 0.35 --image-size 128 --weights <shared 0.35 weights>"
-    report = {"machine": machine(), "recipe": recipe, "run": str(run), "targets": rows}
+    report = {"machine": machine(), "recipe": RECIPE, "run": str(run), "targets": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(rows, recipe))
+    (out / "report.md").write_text(markdown(rows, RECIPE))
     typer.echo(f"accelerators: wrote {out / 'report.json'} and report.md", err=True)
 
 

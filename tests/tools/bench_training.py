@@ -21,8 +21,6 @@ from toolchain.core.options import ExportOptions, TrainOptions, ValidateOptions
 
 Log = Callable[[str], None]
 
-WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-
 
 def quiet(message: str) -> None:
     """A log that drops everything: the bench prints its own lines."""

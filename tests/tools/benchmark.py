@@ -14,12 +14,10 @@ from typing import Annotated
 import typer
 from bench_scale import SIZES, scale, scale_plot
 from bench_speed import machine, speed
-from bench_training import WEIGHTS_FILE, training
+from bench_training import training
+from recipe import DEFAULT_SHARED, Shared, shared_inputs
 
 from edge import atomic
-
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SHARED = REPO.parent / "shared"
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 
@@ -41,23 +39,17 @@ def bench(
     scale_sizes: Annotated[
         str, typer.Option(help="Generated dataset sizes for the scale figures, comma-separated.")
     ] = ",".join(str(n) for n in SIZES),
-    shared: Annotated[
-        Path,
-        typer.Option(
-            envvar="EDGETL_SHARED",
-            help="Shared folder with data/flowers128 and weights/ (default: `shared` beside the repository).",
-        ),
-    ] = DEFAULT_SHARED,
+    shared: Shared = DEFAULT_SHARED,
 ) -> None:
     """Write OUT/bench.json: INT8 vs float32, the folder pipeline vs the invoke and
     label_image loops, then (unless --skip-training) training and parity figures, then
     (unless --skip-scale) peak memory and images/s against dataset size (scale.png)."""
     # How the report names the shared folder when its files are absent.
     shown = "../shared" if shared.resolve() == DEFAULT_SHARED.resolve() else str(shared)
-    photos = shared / "data" / "flowers128"
+    photos, weights = shared_inputs(shared)
     report = speed(out, photos, shown, runs)
     if not skip_training:
-        report["training"] = training(photos, shared / "weights" / WEIGHTS_FILE, shown)
+        report["training"] = training(photos, weights, shown)
         atomic.write_json(out / "bench.json", report)
     if not skip_scale:
         sizes = [int(n) for n in scale_sizes.split(",") if n.strip()]

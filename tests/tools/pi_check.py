@@ -57,8 +57,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import machine  # noqa: E402
-from bench_training import WEIGHTS_FILE  # noqa: E402
 from pi_check_safety import UnsafeFolder, safe_build_folder  # noqa: E402
+from recipe import RECIPE_FLAGS, WEIGHTS_FILE  # noqa: E402
 
 from edge import atomic  # noqa: E402
 
@@ -379,8 +379,7 @@ def prepare_run(
     photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
     run_dir = out / "run"
     if photos.is_dir() and weights.is_file():
-        train = ["--data", str(photos), "--weights", str(weights), "--alpha", "0.35"]
-        train += ["--image-size", "128"]
+        train = ["--data", str(photos), "--weights", str(weights), *RECIPE_FLAGS]
         data = f"flowers128 photos, alpha 0.35 ImageNet weights, 128 px ({photos})"
     else:
         train = ["--data", "synthetic", "--weights", "none", "--alpha", "0.35"]

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import machine  # noqa: E402
-from bench_training import WEIGHTS_FILE  # noqa: E402
+from recipe import (  # noqa: E402
+    DEFAULT_SHARED,
+    RECIPE,
+    Retrain,
+    Shared,
+    edgetl,
+    shared_inputs,
+    train_recipe,
+)
 
 from edge import atomic  # noqa: E402
 
-DEFAULT_SHARED = REPO.parent / "shared"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # Each policy is the flags a user passes to `edgetl export RUN`.
 POLICIES: Dict[str, List[str]] = {
@@ -81,23 +87,6 @@ def link_folder(target: Path, files: Dict[str, List[Path]]) -> None:
                 os.link(path.resolve(), target / label / path.name)
             except OSError:
                 shutil.copy2(path.resolve(), target / label / path.name)
-
-
-def edgetl(*args: str, log_file: Optional[Path] = None) -> subprocess.CompletedProcess:
-    """``edgetl ARGS`` in a fresh process, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-m", "toolchain.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    if log_file is not None:
-        with log_file.open("a") as handle:
-            handle.write(f"$ edgetl {' '.join(args)}\n-> exit {result.returncode}\n")
-            handle.write(result.stderr[-20000:] + "\n")
-    return result
 
 
 def shipped_int8(run: Path) -> Optional[Path]:
@@ -356,18 +345,11 @@ def quality(
     policies: Annotated[
         str, typer.Option(help="Comma-separated policies to export: " + ", ".join(POLICIES))
     ] = ",".join(POLICIES),
-    retrain: Annotated[
-        bool, typer.Option(help="Train again even when a fold's run exists.")
-    ] = False,
-    shared: Annotated[
-        Path,
-        typer.Option(
-            envvar="EDGETL_SHARED", help="Shared folder with data/flowers128 and weights/."
-        ),
-    ] = DEFAULT_SHARED,
+    retrain: Retrain = False,
+    shared: Shared = DEFAULT_SHARED,
 ) -> None:
     """Train k folds, export each with every policy, measure what ships on the held-out fold."""
-    photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
+    photos, weights = shared_inputs(shared)
     if not (photos.is_dir() and weights.is_file()):
         typer.echo(f"quality: skipped, {photos} or {weights} is absent", err=True)
         raise typer.Exit(0)
@@ -397,9 +379,7 @@ def quality(
                         rest.setdefault(label, []).extend(paths)
             link_folder(fold_dir / "data", rest)
             typer.echo(f"fold {index}: training on {sum(map(len, rest.values()))} photos", err=True)
-            args = ["train", "--data", str(fold_dir / "data"), "--weights", str(weights)]
-            args += ["--alpha", "0.35", "--image-size", "128", "--out", str(trained), "--force"]
-            result = edgetl(*args, log_file=log_file)
+            result = train_recipe(fold_dir / "data", weights, trained, log_file=log_file)
             if result.returncode != 0:
                 raise RuntimeError(f"fold {index}: training failed: {result.stderr[-2000:]}")
         # the agreement bias: full INT8 on training images vs on the held-out fold
@@ -482,7 +462,7 @@ def quality(
     report: Dict[str, Any] = {
         "photos": str(photos),
         "k": k,
-        "recipe": "edgetl train --alpha 0.35 --image-size 128 --weights <shared 0.35 weights>",
+        "recipe": RECIPE,
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "train_agreement_bias": summarize([{"b": b} for b in biases], "b"),

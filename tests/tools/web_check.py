@@ -48,7 +48,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import machine  # noqa: E402
-from bench_training import WEIGHTS_FILE  # noqa: E402
+from recipe import (  # noqa: E402
+    DEFAULT_SHARED,
+    RECIPE,
+    Retrain,
+    Shared,
+    edgetl,
+    error_line,
+    have_shared,
+    shared_inputs,
+    train_recipe,
+)
 
 from edge import metrics  # noqa: E402
 from edge.classifier import Classifier, card_resize, probabilities_of  # noqa: E402
@@ -65,18 +75,12 @@ BITS, STRIP, FRAMES_PER_IMAGE, FPS = 16, 16, 3, 30
 LOOSENED = ("--min-agreement", "0.9", "--max-drop", "3")
 
 
-def edgetl(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "toolchain.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-
-
 def say(message: str) -> None:
     typer.echo(f"web-check: {message}", err=True)
 
 
-def error_line(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("edgetl: error")]
-    return lines[-1] if lines else f"exit {result.returncode}"
+def failure(result: subprocess.CompletedProcess) -> str:
+    return error_line(result) or f"exit {result.returncode}"
 
 
 def must(result: subprocess.CompletedProcess, what: str) -> None:
@@ -293,21 +297,20 @@ def markdown(report: Dict[str, Any]) -> str:
 
 def prepared_run(out: Path, shared: Path, run: Optional[Path], retrain: bool) -> Path:
     """OUT/run: trained (or copied from --run), exported, validated through MediaPipe."""
-    photos, weights = shared / "data" / "flowers128", shared / "weights" / WEIGHTS_FILE
+    photos, weights = shared_inputs(shared)
     target = out / "run"
     if run is not None and run.resolve() != target.resolve():
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(run, target)
     elif retrain or not (target / "train_report.json").is_file():
         say("training the README recipe on flowers128")
-        args = ["train", "--data", str(photos), "--weights", str(weights), "--alpha", "0.35"]
-        must(edgetl(*args, "--image-size", "128", "--out", str(target), "--force"), "training")
+        must(train_recipe(photos, weights, target), "training")
     export = {"default": "shipped"}
     if not (target / "export_report.json").is_file():
         say("export (the default: INT8, the budget)")
         result = edgetl("export", str(target))
         if result.returncode == 1:  # the budget: the page is still worth checking
-            export["default"] = error_line(result)
+            export["default"] = failure(result)
             export["loosened"] = list(LOOSENED)
             say(f"the default export missed the budget; exporting with {' '.join(LOOSENED)}")
             result = edgetl("export", str(target), *LOOSENED)
@@ -318,20 +321,15 @@ def prepared_run(out: Path, shared: Path, run: Optional[Path], retrain: bool) ->
     result = edgetl("validate", str(target), "--runtime", "mediapipe", *budget)
     if result.returncode != 1:  # 1: MediaPipe's path misses the budget, a finding to report
         must(result, "validate --runtime mediapipe")
-    gate = error_line(result) if result.returncode == 1 else "passed"
+    gate = failure(result) if result.returncode == 1 else "passed"
     (out / "mediapipe_gate.txt").write_text(gate + "\n")
     return target
 
 
 def main(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("build/web-check"),
-    shared: Annotated[
-        Path,
-        typer.Option(
-            envvar="EDGETL_SHARED", help="Shared folder with data/flowers128 and weights/."
-        ),
-    ] = REPO.parent / "shared",
-    retrain: Annotated[bool, typer.Option(help="Train the run again.")] = False,
+    shared: Shared = DEFAULT_SHARED,
+    retrain: Retrain = False,
     run: Annotated[
         Optional[Path], typer.Option(help="Use this trained run instead (copied to OUT/run).")
     ] = None,
@@ -342,8 +340,8 @@ def main(
         Optional[Path], typer.Option(help="Where the test split's photos are (default flowers128).")
     ] = None,
 ) -> None:
-    flowers = shared / "data" / "flowers128"
-    if run is None and not (flowers.is_dir() and (shared / "weights" / WEIGHTS_FILE).is_file()):
+    flowers, _ = shared_inputs(shared)
+    if run is None and not have_shared(shared):
         say(f"skipped, {flowers} or the shared weights are absent")
         raise typer.Exit(0)
     chromium = browser()
@@ -373,7 +371,7 @@ def main(
     report: Dict[str, Any] = {
         "machine": machine(),
         "browser": chromium,
-        "recipe": "edgetl train --alpha 0.35 --image-size 128 --weights <shared 0.35 weights>",
+        "recipe": RECIPE,
         "model": model.name,
         "images": len(paths),
         "mediapipe_web": site.MEDIAPIPE_VERSION,
