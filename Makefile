@@ -4,13 +4,15 @@ VENV   ?= .venv
 EDGE_VENV ?= .venv-edge
 LEGACY_VENV ?= .venv-legacy
 QAT_VENV ?= .venv-qat
+IMX500_VENV ?= .venv-imx500
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: setup setup-edge setup-qat test test-slow test-all demo lint format bench quality accelerators web-runtime web-check pi-check clean-pi-check clean help
+.PHONY: setup setup-edge setup-qat setup-imx500 test test-slow test-all demo lint format bench quality accelerators web-runtime web-check pi-check clean-pi-check clean help
 
 help:
+	@echo "make setup-imx500  the IMX500 (Raspberry Pi AI Camera) converter's venv ($(IMX500_VENV), 2.3 GB) and Java 17"
 	@echo "make setup   workstation venv ($(VENV)): TensorFlow (CPU wheel), tfds, ai-edge-litert, dev tools"
 	@echo "make test    the test suite (offline, CPU) but its slow tier: a few minutes"
 	@echo "make test-slow  the slow tier: multi-worker, QAT, several trainings, kills (CI runs it too)"
@@ -46,6 +48,16 @@ $(QAT_VENV)/.installed: pyproject.toml
 	test -x $(QAT_VENV)/bin/python || $(PYTHON) -m venv $(QAT_VENV)
 	$(QAT_VENV)/bin/python -m pip install $(PIP_FLAGS) '.[qat-cpu]'
 	touch $@
+
+# `edgetl export --target imx500` converts in this venv: Sony's converter pins TensorFlow
+# 2.15 / Keras 2 (2.3 GB), and its backend runs Java 17, installed from Debian when missing.
+$(IMX500_VENV)/.installed:
+	command -v java >/dev/null || apt-get install -y -q openjdk-17-jre-headless
+	test -x $(IMX500_VENV)/bin/python || $(PYTHON) -m venv $(IMX500_VENV)
+	$(IMX500_VENV)/bin/python -m pip install $(PIP_FLAGS) 'imx500-converter[tf]==3.19.2' 'model-compression-toolkit==2.5.1'
+	touch $@
+
+setup-imx500: $(IMX500_VENV)/.installed
 
 setup: $(VENV)/.installed
 
@@ -107,8 +119,8 @@ quality: $(VENV)/.installed $(QAT_VENV)/.installed
 
 # The README recipe exported for every accelerator target, each file judged by its
 # compiler (Vela installs with `make setup`; Coral's compiler where on the PATH).
-accelerators: $(VENV)/.installed
-	$(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
+accelerators: $(VENV)/.installed $(IMX500_VENV)/.installed
+	EDGETL_IMX500_PYTHON=$(CURDIR)/$(IMX500_VENV)/bin/python $(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
 
 # MediaPipe's web runtime for `edgetl serve`, from npm (the page loads nothing from the internet).
 MEDIAPIPE_WEB ?= 1.1.0

@@ -209,6 +209,13 @@ def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
     """Convert the trained model to TFLite: RUN_DIR/model_<quant>.tflite."""
     from toolchain.export.command import export as run_export
 
+    if options.target == "imx500":
+        from toolchain.accelerators.imx500 import export_imx500
+
+        with runlock.held(run_dir):
+            packed = export_imx500(run_dir, options)
+        say(f"exported: {packed} ({packed.stat().st_size} bytes)")
+        return
     with runlock.held(run_dir):
         results = run_export(run_dir, options)
     for result in results:

@@ -23,8 +23,8 @@ QUANT_MODES = ("int8", "float16", "dynamic", "float32")
 IO_TYPES = ("uint8", "int8", "float32")
 # cpu: float where the budget needs it; the rest: all INT8, batch 1 (toolchain/accelerators/)
 VALIDATE_RUNTIMES = (*RUNTIMES, "mediapipe")  # MediaPipe Tasks: a phone app's whole path
-TARGETS = ("cpu", "accelerator", "edgetpu", "ethos-u")
-ACCELERATOR_TARGETS = TARGETS[1:]
+TARGETS = ("cpu", "accelerator", "edgetpu", "ethos-u", "imx500")
+ACCELERATOR_TARGETS = ("accelerator", "edgetpu", "ethos-u")  # all-INT8 TFLite files
 # The default budget is declared in edge/gate.py (the device's `edgetl parity` needs it).
 STRATEGIES = ("auto", "mirrored", "multiworker")
 CLASS_WEIGHT_MODES = ("auto", "on", "off")
@@ -212,7 +212,7 @@ class ExportOptions:
     )
     target: str = option(
         "cpu",
-        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, batch fixed at 1, no float op at the input, or exit 1, with the Edge TPU rules and Arm Vela's verdict in the report; edgetpu / ethos-u: the same, and that accelerator's check must pass (ethos-u needs vela: pip install ethos-u-vela).",
+        "cpu: INT8 where it keeps the accuracy budget, float for the few layers that cannot (CPU kernels run both); accelerator: every op INT8, batch fixed at 1, no float op at the input, or exit 1, with the Edge TPU rules and Arm Vela's verdict in the report; edgetpu / ethos-u: the same, and that accelerator's check must pass (ethos-u needs vela: pip install ethos-u-vela); imx500: the Raspberry Pi AI Camera's network (RUN/imx500/packerOut.zip) by Sony's MCT and converter, held to the same budget (make setup-imx500, Java 17).",
         choices=TARGETS,
     )
     validate: bool = option(

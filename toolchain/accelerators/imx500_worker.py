@@ -1,0 +1,193 @@
+"""The IMX500 conversion, run by ``toolchain.accelerators.imx500`` in a Python of its own.
+
+Why a process and a venv of its own: Sony's converter (``imx500-converter[tf]``)
+pins TensorFlow 2.14-2.15 with Keras 2, and its quantizer, the Model Compression
+Toolkit (MCT), goes with it; edgetl trains with TensorFlow 2.21 and Keras 3. So
+this module imports nothing of edgetl: it reads a work folder the parent wrote and
+writes the converter's files and the quantized model's answers back.
+
+In (``argv[1]``, the work folder): ``spec.json`` (image size, alpha, classes,
+calibration batch), ``reference.npy`` (Keras's probabilities on the first test
+images: the rebuild is checked against them before anything else), ``weights.npz`` (every layer's weights by layer name, from the
+run's classes-only Keras model: the calibrated head), ``calibration.npy`` (uint8
+training pixels) and ``sets.npz`` (named uint8 pixel sets to answer: the test split
+and the decision images). Out: ``out/`` (``packerOut.zip``, ``dnnParams.xml``, the
+memory report, MCT's ``model_q.keras``), ``probs.npz`` (the quantized model's
+probabilities per set) and ``report.json``. Failures end in one ``imx500-error:``
+line on stderr and an ``EXIT_*`` code the parent maps.
+
+Traps this handles (measured on flowers128, alpha 0.35, 128 px):
+- The converter has no ``Rescaling`` ("unsupported ops"): the model's own
+  [0, 255] -> [-1, 1] map becomes a 1x1 depthwise convolution with the same
+  scale and offset, which it runs. The input stays raw uint8 pixels (the
+  converter's ``dnnParams.xml`` says: unsigned 8 bit, scale 1), as the camera
+  hands them over.
+- The converter refuses a float model and a softmax inside ``Dense``: MCT
+  quantizes first, and the softmax is its own layer.
+- MCT's quantized model is a fake-quant Keras model, so it answers on the
+  workstation: the export holds it to the same budget as a TFLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+EXIT_SETUP = 3  # the venv lacks a package: the parent says how to install it
+EXIT_REFUSED = 5  # the converter refused the network: the parent exits 1 with its line
+EXIT_BUG = 7  # an exception: the parent exits 4 with its last line
+INPUT_SCALING = "to_minus1_1"
+
+
+def say(message: str) -> None:
+    print(f"imx500: {message}", file=sys.stderr, flush=True)
+
+
+def build_float(tf, spec):
+    """The edgetl classifier (classes only) as a flat Keras 2 graph the converter takes:
+    the input scaling as a depthwise convolution, the softmax as its own layer."""
+    size = int(spec["image_size"])
+    inputs = tf.keras.Input(shape=(size, size, 3), name="pixels")
+    scaling = tf.keras.layers.DepthwiseConv2D(1, use_bias=True, name=INPUT_SCALING)
+    x = scaling(inputs)
+    scaling.set_weights(
+        [np.full((1, 1, 3, 1), 1.0 / 127.5, np.float32), np.full((3,), -1.0, np.float32)]
+    )
+    base = tf.keras.applications.MobileNetV2(
+        input_tensor=x, alpha=float(spec["alpha"]), include_top=False, weights=None
+    )
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
+    logits = tf.keras.layers.Dense(int(spec["num_classes"]), name="probabilities")(x)
+    outputs = tf.keras.layers.Softmax(name="softmax")(logits)
+    return tf.keras.Model(inputs, outputs, name="edgetl_mobilenetv2_imx500")
+
+
+def copy_weights(model, weights) -> int:
+    """Every layer's weights from ``weights`` (``name/index`` keys), but the scaling's."""
+    by_layer = {}
+    for key in weights.files:
+        name, index = key.rsplit("/", 1)
+        by_layer.setdefault(name, {})[int(index)] = weights[key]
+    copied = 0
+    for layer in model.layers:
+        if not layer.weights or layer.name == INPUT_SCALING:
+            continue
+        arrays = by_layer[layer.name]
+        layer.set_weights([arrays[i] for i in range(len(arrays))])
+        copied += 1
+    return copied
+
+
+def predict(model, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
+    parts = [
+        model.predict(pixels[i : i + batch].astype(np.float32), verbose=0)
+        for i in range(0, len(pixels), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def convert(converter: Path, model_path: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(converter), "-i", str(model_path), "-o", str(out), "--overwrite-output"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def converter_error(result: subprocess.CompletedProcess) -> str:
+    """The converter's own ERROR line (it logs Python paths after each message)."""
+    for line in (result.stdout + result.stderr).splitlines():
+        if " ERROR " in line or line.startswith("ERROR"):
+            return line.split(" ERROR : ", 1)[-1].split(" [/", 1)[0].strip()
+    tail = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    return tail[-1] if tail else f"exit {result.returncode}"
+
+
+def main(work: Path) -> int:
+    try:
+        import model_compression_toolkit as mct
+        import tensorflow as tf
+    except ImportError as error:
+        print(f"imx500-error: missing package: {error.name}", file=sys.stderr, flush=True)
+        return EXIT_SETUP
+    converter = Path(sys.executable).parent / "imxconv-tf"
+    if not converter.is_file():
+        print("imx500-error: missing package: imx500-converter", file=sys.stderr, flush=True)
+        return EXIT_SETUP
+    spec = json.loads((work / "spec.json").read_text())
+    started = time.perf_counter()
+    model = build_float(tf, spec)
+    copied = copy_weights(model, np.load(work / "weights.npz"))
+    sets = np.load(work / "sets.npz")
+    reference = np.load(work / "reference.npy")  # Keras's answers on the first test images
+    gap = float(np.abs(predict(model, sets["test"][: len(reference)]) - reference).max())
+    if gap > 1e-3:
+        print(f"imx500-error: the rebuilt model differs from Keras by {gap:.2g}", file=sys.stderr)
+        return EXIT_BUG
+    calibration = np.load(work / "calibration.npy", mmap_mode="r")
+    batch = int(spec.get("calibration_batch", 16))
+    say(f"rebuilt MobileNetV2 for the converter ({copied} layers copied)")
+
+    def representative():
+        for start in range(0, len(calibration), batch):
+            yield [np.asarray(calibration[start : start + batch], np.float32)]
+
+    tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
+    say(f"MCT post-training quantization for the IMX500 on {len(calibration)} training images")
+    quantized, _ = mct.ptq.keras_post_training_quantization(
+        model, representative, target_platform_capabilities=tpc
+    )
+    probs = {name: predict(quantized, sets[name]) for name in sets.files}
+    np.savez(work / "probs.npz", **probs)
+    out = work / "out"
+    out.mkdir(exist_ok=True)
+    model_path = out / "model_q.keras"
+    mct.exporter.keras_export_model(model=quantized, save_model_path=str(model_path))
+    say("imxconv-tf: compiling for the IMX500")
+    began = time.perf_counter()
+    result = convert(converter, model_path, out)
+    report = {
+        "tensorflow": tf.__version__,
+        "mct": getattr(mct, "__version__", "?"),
+        "layers_copied": copied,
+        "calibration_images": int(len(calibration)),
+        "rebuild_max_probability_gap": gap,
+        "converter_seconds": round(time.perf_counter() - began, 1),
+        "converter_exit": result.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (work / "report.json").write_text(json.dumps(report))
+    if result.returncode != 0 or not (out / "packerOut.zip").is_file():
+        print(f"imx500-error: imxconv-tf: {converter_error(result)}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    say(f"converted in {report['converter_seconds']:.0f}s")
+    return 0
+
+
+def run(argv) -> int:
+    try:
+        return main(Path(argv[1]))
+    except MemoryError:
+        print("imx500-error: out of memory", file=sys.stderr, flush=True)
+        return EXIT_BUG
+    except Exception as error:  # the parent turns it into exit 4 with this line
+        traceback.print_exc()
+        reason = " ".join(str(error).split())[:300]
+        print(f"imx500-error: {type(error).__name__}: {reason}", file=sys.stderr, flush=True)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    code = run(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip TensorFlow's teardown, as the QAT worker does
