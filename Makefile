@@ -120,7 +120,7 @@ quality: $(VENV)/.installed $(QAT_VENV)/.installed
 # The README recipe exported for every accelerator target, each file judged by its
 # compiler (Vela installs with `make setup`; Coral's compiler where on the PATH).
 accelerators: $(VENV)/.installed $(IMX500_VENV)/.installed
-	EDGETL_IMX500_PYTHON=$(CURDIR)/$(IMX500_VENV)/bin/python $(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
+	EDGETL_IMX500_PYTHON=$(abspath $(IMX500_VENV))/bin/python $(BIN)/python tests/tools/accelerators.py --out build/accelerators $(ACCELERATOR_ARGS)
 
 # MediaPipe's web runtime for `edgetl serve`, from npm (the page loads nothing from the internet).
 MEDIAPIPE_WEB ?= 1.1.0

@@ -172,6 +172,8 @@ def test_training_over_a_run_needs_force(micro_copy):
     assert list(micro_copy.glob("model_int8*.tflite"))
     (micro_copy / "rejected").mkdir()  # what a failed export leaves (transaction)
     (micro_copy / "rejected" / "model_int8.tflite.rejected").write_bytes(b"old evidence")
+    (micro_copy / "imx500").mkdir()  # an AI Camera export of the old model
+    (micro_copy / "imx500" / "packerOut.zip").write_bytes(b"old network")
 
     replaced = edgetl_here(
         "train",
@@ -188,7 +190,7 @@ def test_training_over_a_run_needs_force(micro_copy):
     assert (micro_copy / "model.keras").read_bytes() != before
     # the old export no longer matches the new model, so it is gone with it
     assert not list(micro_copy.glob("model_*.tflite")) and not (micro_copy / "parity.json").exists()
-    assert not (micro_copy / "rejected").exists()
+    assert not (micro_copy / "rejected").exists() and not (micro_copy / "imx500").exists()
 
 
 @pytest.mark.slow

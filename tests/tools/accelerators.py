@@ -8,9 +8,10 @@ collects from each export's own report (the shipped one, or ``rejected/`` when
 the budget or a compiler refused it): the files, their size, the compilers'
 verdicts (the Edge TPU's documented rules, Coral's compiler where installed,
 Arm's Vela), top-1 drop and agreement against Keras on the test split, and
-whether the budget was met. Writes ``OUT/report.json`` and ``OUT/report.md``.
-
-The IMX500 (Raspberry Pi AI Camera) target is not built yet: its row says so.
+whether the budget was met. The IMX500 (Raspberry Pi AI Camera) row is Sony's
+converter's verdict (does the network fit the sensor's 8 MB?) from the export's
+``imx500/imx500_report.json``; ``make accelerators`` builds its venv first
+(``make setup-imx500``). Writes ``OUT/report.json`` and ``OUT/report.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from recipe import (  # noqa: E402
     train_recipe,
 )
 
-TARGETS = ("accelerator", "edgetpu", "ethos-u")
+TARGETS = ("accelerator", "edgetpu", "ethos-u", "imx500")
 
 
 def target_row(run: Path, target: str, out: Path) -> Dict[str, Any]:
@@ -52,6 +53,8 @@ def target_row(run: Path, target: str, out: Path) -> Dict[str, Any]:
     folder = copy if result.returncode == 0 else copy / "rejected"
     row: Dict[str, Any] = {"target": target, "exit_code": result.returncode}
     row["error"] = error_line(result)
+    if target == "imx500":
+        return imx500_row(row, copy / "imx500" if result.returncode == 0 else folder / "imx500")
     report_path = folder / "export_report.json"
     if not report_path.is_file():
         return row
@@ -65,6 +68,32 @@ def target_row(run: Path, target: str, out: Path) -> Dict[str, Any]:
     row["budget_met"] = result.returncode == 0
     row["accelerators"] = entry.get("accelerators")
     return row
+
+
+def imx500_row(row: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    """The IMX500 export's figures: its own report beside ``packerOut.zip``."""
+    report_path = folder / "imx500_report.json"
+    if not report_path.is_file():
+        return row
+    report = json.loads(report_path.read_text())
+    packed = folder / "packerOut.zip"
+    row["file"] = "imx500/packerOut.zip"
+    row["size_bytes"] = packed.stat().st_size if packed.is_file() else None
+    row["test"] = report.get("test")
+    row["budget_met"] = row["exit_code"] == 0
+    row["imx500"] = report.get("memory")
+    return row
+
+
+def imx500_cell(row: Dict[str, Any]) -> str:
+    memory = row.get("imx500")
+    if not memory:
+        return "–"
+    fits = "fits in the chip" if memory.get("Fit In Chip") else "does NOT fit the chip"
+    return (
+        f"{fits}: {memory.get('Memory Usage')} of {memory.get('Total Memory Available On Chip')}"
+        " (every op on the sensor)"
+    )
 
 
 def verdict_cells(row: Dict[str, Any]) -> List[str]:
@@ -96,21 +125,20 @@ def markdown(rows: List[Dict[str, Any]], recipe: str) -> str:
         f"{recipe}; figures on the run's test split; this machine: see report.json.",
         "",
         "| target | file | size (KiB) | Edge TPU rules | Coral compiler | Arm Vela (Ethos-U55-128) "
-        "| top-1 drop (pts) | agreement | budget met | exit |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Sony imxconv-tf (IMX500) | top-1 drop (pts) | agreement | budget met | exit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         test = row.get("test") or {}
         size = f"{row['size_bytes'] / 1024:.0f}" if row.get("size_bytes") else "–"
         drop = f"{test['top1_drop_pts']:+.2f}" if "top1_drop_pts" in test else "–"
         agreement = f"{test['agreement']:.4f}" if "agreement" in test else "–"
-        cells = verdict_cells(row)
+        cells = verdict_cells(row) if row["target"] != "imx500" else ["–", "–", "–"]
         lines.append(
             f"| {row['target']} | {row.get('file', '–')} | {size} | {cells[0]} | {cells[1]} | "
-            f"{cells[2]} | {drop} | {agreement} | {'yes' if row.get('budget_met') else 'no'} "
-            f"| {row['exit_code']} |"
+            f"{cells[2]} | {imx500_cell(row)} | {drop} | {agreement} | "
+            f"{'yes' if row.get('budget_met') else 'no'} | {row['exit_code']} |"
         )
-    lines.append("| imx500 | – | – | – | – | – | – | – | – | not built yet (MCT + imxconv-tf) |")
     misses = [f"- {r['target']}: {r['error']}" for r in rows if r.get("error")]
     if misses:
         lines += ["", "Why an export exited non-zero:", "", *misses]

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any, Dict, List
@@ -44,21 +43,24 @@ from toolchain.core.budget import Budget
 from toolchain.core.options import ExportOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.progress import Log, stderr_log
-from toolchain.core.rundir import RunDir
+from toolchain.core.rundir import IMX500_EXPORT, IMX500_STAGING, RunDir
 from toolchain.export.qat.finetune import layer_weights
 from toolchain.quantize.calibration import calibration_set, config_seed
 from toolchain.validate.decision import Judge
 from toolchain.validate.figures import compare, p_worse
 
 IMX500_VENV = ".venv-imx500"
-FOLDER = "imx500"
+FOLDER = IMX500_EXPORT
 REPORT = "imx500_report.json"
 INSTALL = "make setup-imx500 (a venv with imx500-converter[tf] and model-compression-toolkit)"
 JAVA_INSTALL = "sudo apt install openjdk-17-jre-headless"
 WORKER = Path(__file__).with_name("imx500_worker.py")
 REFERENCE_ROWS = 64  # Keras answers the worker checks its rebuild against
 EXIT_SETUP, EXIT_REFUSED = 3, 5  # the worker's codes (imx500_worker.py)
-PI_STEPS = "on the Pi: sudo apt install imx500-all; imx500-package -i {zip} -o OUT (writes OUT/network.rpk)"
+PI_STEPS = (
+    "on the Pi: sudo apt install imx500-all imx500-tools; imx500-package -i {zip} -o OUT "
+    "(writes OUT/network.rpk, what the camera loads)"
+)
 
 
 def imx500_python() -> str:
@@ -196,7 +198,9 @@ def export_imx500(run_dir: str | Path, options: ExportOptions, log: Log = stderr
     truth = np.array([labels[i] for i in kept])
     keras_test = predict_in_batches(model, pixels)
     sets = {"test": (pixels, keras_test), "decision": (judge.decision.pixels, judge.keras_probs)}
-    work = Path(tempfile.mkdtemp(prefix=".imx500-", dir=run.path))
+    work = run.path / IMX500_STAGING  # the run lock is held: a leftover is a killed export's
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
         write_work(work, run, config, model, calibration, sets)
         calibration.close()
