@@ -52,7 +52,7 @@ $(QAT_VENV)/.installed: pyproject.toml
 # `edgetl export --target imx500` converts in this venv: Sony's converter pins TensorFlow
 # 2.15 / Keras 2 (2.3 GB), and its backend runs Java 17, installed from Debian when missing.
 $(IMX500_VENV)/.installed:
-	command -v java >/dev/null || apt-get install -y -q openjdk-17-jre-headless
+	command -v java >/dev/null || (apt-get update -q && apt-get install -y -q openjdk-17-jre-headless)
 	test -x $(IMX500_VENV)/bin/python || $(PYTHON) -m venv $(IMX500_VENV)
 	$(IMX500_VENV)/bin/python -m pip install $(PIP_FLAGS) 'imx500-converter[tf]==3.19.2' 'model-compression-toolkit==2.5.1'
 	touch $@

@@ -17,9 +17,10 @@ import pytest
 
 from edge.errors import GateFailed
 from tests.conftest import assert_one_line_error, edgetl_here
-from toolchain.accelerators import imx500, imx500_worker
 from toolchain.core.budget import Budget
 from toolchain.core.rundir import RunDir
+from toolchain.export.imx500 import convert as imx500
+from toolchain.export.imx500 import worker as imx500_worker
 from toolchain.validate.decision import DecisionSet, Judge
 
 WORKER_PYTHON = {"EDGETL_IMX500_PYTHON": sys.executable}
@@ -47,6 +48,7 @@ def test_missing_java_is_one_line_naming_the_package(micro_copy, tmp_path):
         (("--qat",), "drop --qat"),
         (("--no-validate",), "drop --no-validate"),
         (("--quant", "float16"), "drop --quant"),
+        (("--io", "float32"), "drop --io"),
     ],
 )
 def test_what_the_sensor_cannot_honour_is_refused_up_front(micro_copy, flags, fragment):
@@ -170,4 +172,4 @@ def test_a_miss_keeps_the_earlier_export_and_sets_the_files_aside(judged, tmp_pa
         )
     assert why.split()[0] in str(failed.value)
     assert (earlier / "packerOut.zip").read_bytes() == b"earlier"
-    assert (run.path / "rejected" / "imx500" / "packerOut.zip").is_file()
+    assert (run.path / "rejected-imx500" / "packerOut.zip").is_file()

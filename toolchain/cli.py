@@ -210,7 +210,7 @@ def export(run_dir: RunDirArgument, options: ExportOptions) -> None:
     from toolchain.export.command import export as run_export
 
     if options.target == "imx500":
-        from toolchain.accelerators.imx500 import export_imx500
+        from toolchain.export.imx500.convert import export_imx500
 
         with runlock.held(run_dir):
             packed = export_imx500(run_dir, options)

@@ -64,11 +64,12 @@ DERIVED_FILES = (
 # files of the last export that shipped nothing. Derived too: removed whole with them.
 EXPORT_STAGING = ".export-staging"
 EXPORT_REJECTED = "rejected"
-# `export --target imx500` (toolchain/accelerators/imx500.py): the AI Camera's files,
+# `export --target imx500` (toolchain/export/imx500/): the AI Camera's files,
 # and the folder the converter's worker writes in until they are judged.
 IMX500_EXPORT = "imx500"
 IMX500_STAGING = ".imx500-staging"
-DERIVED_FOLDERS = (EXPORT_STAGING, EXPORT_REJECTED, IMX500_EXPORT, IMX500_STAGING)
+IMX500_REJECTED = "rejected-imx500"  # the files of the last IMX500 export that missed
+DERIVED_FOLDERS = (EXPORT_STAGING, EXPORT_REJECTED, IMX500_EXPORT, IMX500_STAGING, IMX500_REJECTED)
 # Training's own working state: folders edgetl creates inside a run and owns whole.
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"

@@ -65,6 +65,8 @@ def check_export_options(options: ExportOptions) -> List[str]:
         raise BadInput(f"--io {options.io}: choose one of {', '.join(IO_TYPES)}")
     if options.target not in TARGETS:
         raise BadInput(f"--target {options.target}: choose one of {', '.join(TARGETS)}")
+    if options.target == "imx500":  # the CLI hands it to toolchain.export.imx500.convert
+        raise BadInput("--target imx500 is exported by toolchain.export.imx500.convert")
     if options.target in ("edgetpu", "ethos-u") and not options.validate:
         raise BadInput(
             f"--target {options.target} checks the file it ships with that accelerator's "

@@ -5,7 +5,7 @@ quantization for the IMX500, then ``imxconv-tf``, which writes ``packerOut.zip``
 (and a memory report: does it fit the chip's 8 MB?); on the Pi, ``imx500-package``
 turns that into the ``network.rpk`` the camera loads. The chain needs TensorFlow
 2.15 / Keras 2 and Java 17, so it runs in a Python of its own
-(``make setup-imx500``, ``toolchain.accelerators.imx500_worker``); what it writes is
+(``make setup-imx500``, ``toolchain.export.imx500.worker``); what it writes is
 staged in the run and committed as ``RUN/imx500/`` only when it meets the budget.
 
 Decisions:
@@ -14,7 +14,7 @@ Decisions:
   decision images with it; the test split is gated as ``validate`` gates
   (``Budget.misses``), and the decision images (validation plus training
   images, ~1,200) by the same rule. There is no repair: nothing of the network can stay in float on the sensor.
-  A miss exits 1 with the figures and keeps the files in ``RUN/rejected/imx500/``.
+  A miss exits 1 with the figures and keeps the files in ``RUN/rejected-imx500/``.
 - The network is the run's **classes only** (the calibrated head): the
   out-of-class distance is not compiled for the sensor yet, and the report says
   so. Labels are written beside it (``labels.txt``, the order of the output).
@@ -36,14 +36,14 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edge import atomic
-from edge.errors import BadInput, GateFailed, MissingEnvironment
+from edge.errors import INTERNAL, BadInput, EdgetlError, GateFailed, MissingEnvironment
 from edge.image import load_many
 from toolchain.confidence.shipped import classes_only, has_out_of_class
 from toolchain.core.budget import Budget
 from toolchain.core.options import ExportOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.progress import Log, stderr_log
-from toolchain.core.rundir import IMX500_EXPORT, IMX500_STAGING, RunDir
+from toolchain.core.rundir import IMX500_EXPORT, IMX500_REJECTED, IMX500_STAGING, RunDir
 from toolchain.export.qat.finetune import layer_weights
 from toolchain.quantize.calibration import calibration_set, config_seed
 from toolchain.validate.decision import Judge
@@ -54,9 +54,17 @@ FOLDER = IMX500_EXPORT
 REPORT = "imx500_report.json"
 INSTALL = "make setup-imx500 (a venv with imx500-converter[tf] and model-compression-toolkit)"
 JAVA_INSTALL = "sudo apt install openjdk-17-jre-headless"
-WORKER = Path(__file__).with_name("imx500_worker.py")
+WORKER = Path(__file__).with_name("worker.py")
 REFERENCE_ROWS = 64  # Keras answers the worker checks its rebuild against
-EXIT_SETUP, EXIT_REFUSED = 3, 5  # the worker's codes (imx500_worker.py)
+EXIT_SETUP, EXIT_REFUSED, EXIT_ENVIRONMENT = 3, 5, 6  # the worker's codes (worker.py)
+
+
+class WorkerFailed(EdgetlError):
+    """The IMX500 worker failed in a way that is edgetl's bug (exit 4)."""
+
+    exit_code = INTERNAL
+
+
 PI_STEPS = (
     "on the Pi: sudo apt install imx500-all imx500-tools; imx500-package -i {zip} -o OUT "
     "(writes OUT/network.rpk, what the camera loads)"
@@ -108,6 +116,8 @@ def require_java() -> None:
 
 def check_options(options: ExportOptions) -> None:
     """What ``--target imx500`` cannot honour, before any work."""
+    if options.io != "uint8":
+        raise BadInput("--target imx500: the sensor takes uint8 pixels: drop --io")
     if options.quant not in ("int8",):
         raise BadInput("--target imx500 makes the sensor's 8-bit network: drop --quant")
     if options.qat:
@@ -125,9 +135,9 @@ def check_options(options: ExportOptions) -> None:
 def run_worker(python: str, work: Path, log: Log) -> None:
     """The worker in its venv; its ``imx500:`` lines are the progress shown."""
     tail: deque = deque(maxlen=40)
-    process = subprocess.Popen(
-        [python, str(WORKER), str(work)],
-        stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(  # -I: a user's PYTHONPATH must not reach TensorFlow 2.15
+        [python, "-I", str(WORKER), str(work)],
+        stdin=subprocess.PIPE,  # the worker's lifeline: it exits when this closes
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -135,12 +145,17 @@ def run_worker(python: str, work: Path, log: Log) -> None:
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert process.stderr is not None
-    for line in process.stderr:
-        line = line.rstrip("\n")
-        tail.append(line)
-        if line.startswith("imx500: "):
-            log(line)
-    code = process.wait()
+    try:
+        for line in process.stderr:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if line.startswith("imx500: "):
+                log(line)
+        code = process.wait()
+    finally:  # Ctrl-C or an error here: the worker (and its Java) end with us
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     if code == 0:
         return
     errors = [line[len("imx500-error: ") :] for line in tail if line.startswith("imx500-error: ")]
@@ -149,7 +164,14 @@ def run_worker(python: str, work: Path, log: Log) -> None:
         raise MissingEnvironment(f"--target imx500: {python}: {reason}: {INSTALL}")
     if code == EXIT_REFUSED:
         raise GateFailed(f"--target imx500: the converter refused the network: {reason}")
-    raise MissingEnvironment(f"--target imx500: the IMX500 worker failed (exit {code}): {reason}")
+    if code == EXIT_ENVIRONMENT or code < 0:  # out of memory, or a signal from outside
+        raise MissingEnvironment(
+            f"--target imx500: the IMX500 worker stopped (exit {code}): {reason}"
+        )
+    raise WorkerFailed(
+        f"--target imx500: the IMX500 worker failed ({reason}); this is a bug in edgetl: "
+        "please report it with the output of `edgetl --debug …`"
+    )
 
 
 def write_work(
@@ -157,7 +179,7 @@ def write_work(
 ) -> None:
     spec = {
         "image_size": int(config["image_size"]),
-        "alpha": float(config["options"]["alpha"]),
+        "alpha": float(config.get("options", {}).get("alpha", 1.0)),
         "num_classes": len(config["labels"]),
         "calibration_batch": 16,
     }
@@ -266,9 +288,8 @@ def commit(
     if memory.get("Fit In Chip") is not True:
         problems.append(f"does not fit the chip ({memory.get('Memory Usage')} of 8 MB)")
     if problems:
-        rejected = run.path / "rejected" / FOLDER
+        rejected = run.path / IMX500_REJECTED  # its own: a TFLite export owns rejected/
         shutil.rmtree(rejected, ignore_errors=True)
-        rejected.parent.mkdir(exist_ok=True)
         out.replace(rejected)
         raise GateFailed(
             f"IMX500 budget missed: {'; '.join(problems)} (nothing in {run.path / FOLDER} "
@@ -278,5 +299,6 @@ def commit(
     if target.exists():
         target.replace(work / "previous")  # removed with the work folder
     out.replace(target)
+    shutil.rmtree(run.path / IMX500_REJECTED, ignore_errors=True)  # an earlier miss's files
     log(PI_STEPS.format(zip=target / "packerOut.zip"))
     return target / "packerOut.zip"

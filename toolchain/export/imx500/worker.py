@@ -1,4 +1,4 @@
-"""The IMX500 conversion, run by ``toolchain.accelerators.imx500`` in a Python of its own.
+"""The IMX500 conversion, run by ``toolchain.export.imx500.convert`` in a Python of its own.
 
 Why a process and a venv of its own: Sony's converter (``imx500-converter[tf]``)
 pins TensorFlow 2.14-2.15 with Keras 2, and its quantizer, the Model Compression
@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -44,8 +46,23 @@ import numpy as np  # noqa: E402
 
 EXIT_SETUP = 3  # the venv lacks a package: the parent says how to install it
 EXIT_REFUSED = 5  # the converter refused the network: the parent exits 1 with its line
+EXIT_ENVIRONMENT = 6  # out of memory: the parent exits 3
 EXIT_BUG = 7  # an exception: the parent exits 4 with its last line
+EXIT_ORPHANED = 9  # the parent died: nobody reads this code
 INPUT_SCALING = "to_minus1_1"
+
+
+def watch_parent(work: Path) -> None:
+    """Exit when stdin closes (the parent died, ``kill -9`` included, or gave up), taking
+    the work folder with it, so no orphan writes into a folder a later export reuses."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(1):
+            pass
+        shutil.rmtree(work, ignore_errors=True)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def say(message: str) -> None:
@@ -113,6 +130,7 @@ def converter_error(result: subprocess.CompletedProcess) -> str:
 
 
 def main(work: Path) -> int:
+    watch_parent(work)
     try:
         import model_compression_toolkit as mct
         import tensorflow as tf
@@ -178,7 +196,7 @@ def run(argv) -> int:
         return main(Path(argv[1]))
     except MemoryError:
         print("imx500-error: out of memory", file=sys.stderr, flush=True)
-        return EXIT_BUG
+        return EXIT_ENVIRONMENT
     except Exception as error:  # the parent turns it into exit 4 with this line
         traceback.print_exc()
         reason = " ".join(str(error).split())[:300]
