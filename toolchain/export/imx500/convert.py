@@ -44,6 +44,7 @@ from toolchain.core.options import ExportOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import IMX500_EXPORT, IMX500_REJECTED, IMX500_STAGING, RunDir
+from toolchain.core.venvs import own_python
 from toolchain.export.qat.finetune import layer_weights
 from toolchain.quantize.calibration import calibration_set, config_seed
 from toolchain.validate.decision import Judge
@@ -74,14 +75,11 @@ PI_STEPS = (
 def imx500_python() -> str:
     """The interpreter that runs the worker: ``EDGETL_IMX500_PYTHON``, else
     ``.venv-imx500`` in the folder the user works in; exit 3 with the install line."""
-    given = os.environ.get("EDGETL_IMX500_PYTHON")
-    candidate = Path(given) if given else Path.cwd() / IMX500_VENV / "bin" / "python"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    where = f"EDGETL_IMX500_PYTHON={given}" if given else f"{IMX500_VENV}/bin/python"
-    raise MissingEnvironment(
-        f"--target imx500 needs its own Python with Sony's converter (TensorFlow 2.15), and "
-        f"{where} is not there: {INSTALL}"
+    return own_python(
+        "EDGETL_IMX500_PYTHON",
+        IMX500_VENV,
+        "--target imx500 needs its own Python with Sony's converter (TensorFlow 2.15)",
+        INSTALL,
     )
 
 

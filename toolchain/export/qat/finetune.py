@@ -17,7 +17,6 @@ How the worker is supervised (no leftovers, no hang, no silent crash) is
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
@@ -25,7 +24,6 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge import atomic
-from edge.errors import MissingEnvironment
 from toolchain.core.budget import Budget
 from toolchain.core.pixel_file import (
     Rows,
@@ -36,6 +34,7 @@ from toolchain.core.pixel_file import (
 )
 from toolchain.core.progress import Log
 from toolchain.core.rundir import RunDir
+from toolchain.core.venvs import own_python
 from toolchain.export.qat.supervisor import (
     EXIT_FAILED,
     QAT_VENV,
@@ -60,14 +59,11 @@ def qat_python() -> str:
     in the folder the user works in; exit 3 with the install line when neither exists.
     The stall limit is checked here too, before any work."""
     stall_seconds()
-    given = os.environ.get("EDGETL_QAT_PYTHON")
-    candidate = Path(given) if given else Path.cwd() / QAT_VENV / "bin" / "python"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    where = f"EDGETL_QAT_PYTHON={given}" if given else f"{QAT_VENV}/bin/python"
-    raise MissingEnvironment(
-        f"--qat needs its own Python with tensorflow-model-optimization and tf-keras, and "
-        f"{where} is not there: {install_line()}"
+    return own_python(
+        "EDGETL_QAT_PYTHON",
+        QAT_VENV,
+        "--qat needs its own Python with tensorflow-model-optimization and tf-keras",
+        install_line(),
     )
 
 
