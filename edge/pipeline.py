@@ -29,6 +29,7 @@ import numpy as np
 from edge.answer import Answer
 from edge.classifier import Classifier, Prediction, top_k
 from edge.image import describe_error, resize_filter, resize_rgb
+from edge.imx500 import SensorModel
 from edge.sources import Frame, file_frames
 
 _DONE = object()
@@ -149,7 +150,7 @@ def prepare(frame: Frame, size: int, resize: str) -> Tuple[Frame, Optional[np.nd
     resize): that frame is reported and skipped like a corrupt file, and the
     stream goes on.
     """
-    if frame.image is None:
+    if frame.image is None or frame.scores is not None:  # unreadable, or scored on the sensor
         return frame, None, 0.0
     start = time.perf_counter()
     try:
@@ -187,7 +188,7 @@ def _producer(
 
 
 def classify_frames(
-    classifier: Classifier,
+    classifier: Classifier | SensorModel,
     frames: Iterable[Frame],
     k: int = 3,
     prefetch: int = 4,
@@ -219,6 +220,9 @@ def classify_frames(
                 raise item.error
             frame, pixels, resize_ms = item
             skipped, seen_skipped = handoff.skipped - seen_skipped, handoff.skipped
+            if frame.scores is not None:
+                yield sensor_result(classifier, frame, k, skipped)
+                continue
             if pixels is None:
                 yield Result(
                     frame.name,
@@ -254,6 +258,19 @@ def classify_frames(
         while worker.is_alive():
             handoff.release()
             worker.join(0.05)
+
+
+def sensor_result(classifier: SensorModel, frame: Frame, k: int, skipped: int) -> Result:
+    """A frame the AI Camera's sensor already classified: its scores, with the labels;
+    the sensor's own network time stands as the invoke time."""
+    start = time.perf_counter()
+    probabilities = classifier.probabilities_from(frame.scores)
+    predictions = top_k(probabilities, classifier.labels, k)
+    post_ms = (time.perf_counter() - start) * 1000.0
+    return Result(
+        frame.name, predictions, probabilities, frame.decode_ms, 0.0, frame.sensor_ms, post_ms,
+        "", frame.label, frame.image, skipped,
+    )  # fmt: skip
 
 
 def classify_files(

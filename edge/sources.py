@@ -6,6 +6,8 @@ decode thread, so reading the next file or video frame overlaps inference.
 Video and camera frames come from OpenCV in BGR order and are converted to
 RGB here (a Pi camera module comes through picamera2, already RGB); all frames
 are resized later by the same ``edge.image.resize_rgb`` that training used.
+The AI Camera's frames (``sensor_frames``) arrive with the scores its sensor
+computed, and are not resized: the sensor crops and scales for itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
+
+import numpy as np
 
 from edge.errors import BadInput, MissingEnvironment
 from edge.image import UnreadableImage, decode_rgb, list_images
@@ -30,6 +34,8 @@ class Frame:
     problem: str = ""
     decode_ms: float = 0.0
     label: Optional[str] = None  # the class folder a labeled image sits in
+    scores: Optional[np.ndarray] = None  # the AI Camera: its sensor already ran the network
+    sensor_ms: float = 0.0  # ... and took this long, as the sensor reports it
 
 
 @dataclass
@@ -38,16 +44,21 @@ class Source:
     name: str
     paths: List[Path] = field(default_factory=list)
     device: Any = None  # camera index or video path
-    backend: str = ""  # for cameras: "picamera2" (a Pi's camera module) or "opencv"
+    backend: str = ""  # cameras: "picamera2" (a Pi's camera module), "imx500" or "opencv"
+    network: Optional[Path] = None  # the AI Camera (backend "imx500"): the .rpk its sensor runs
 
     def frames(self, size: int) -> Iterator[Frame]:
         if self.kind in ("file", "folder"):
             return file_frames(self.paths, size, Path(self.name) if self.kind == "folder" else None)
+        if self.backend == "imx500":
+            return sensor_frames(self.network, self.name)
         if self.backend == "picamera2":
             return picamera_frames(self.device, self.name)
         return capture_frames(self.device, self.name, self.kind == "camera")
 
     def describe(self) -> str:
+        if self.backend == "imx500":
+            return "source: the AI Camera (IMX500) via picamera2"
         if self.kind == "camera":
             return f"source: camera {self.device} via {self.backend}"
         if self.kind == "folder":
@@ -145,6 +156,87 @@ def picamera_frames(index: int, name: str) -> Iterator[Frame]:
         camera.close()
 
 
+# A sensor that has not produced an output tensor by then never will: the firmware
+# upload finishes within the first few dozen frames (its progress bar shows it).
+MAX_FRAMES_WITHOUT_OUTPUT = 600
+IMX500_INSTALL = "sudo apt install imx500-all python3-picamera2"
+
+
+def _imx500_helper() -> Any:
+    """``picamera2.devices.IMX500``, on a Pi with the AI Camera stack installed."""
+    try:
+        from picamera2 import Picamera2
+        from picamera2.devices import IMX500
+    except ImportError as error:
+        raise MissingEnvironment(
+            f"the AI Camera needs picamera2 with its IMX500 helper ({error}): {IMX500_INSTALL}"
+        ) from error
+    return Picamera2, IMX500
+
+
+def sensor_frames(network: Path, name: str) -> Iterator[Frame]:
+    """Frames from the AI Camera, each with the scores its sensor computed for it.
+
+    As Picamera2's own classification example does: the IMX500 helper is made
+    first (it uploads the network to the sensor), then the camera it names.
+    Frames before the sensor's first output (the upload) are passed over; a
+    camera that stops answering ends the stream, as a camera module does.
+    """
+    from PIL import Image
+
+    picamera2, imx500_class = _imx500_helper()
+    try:
+        imx500 = imx500_class(str(network.resolve()))
+    except (RuntimeError, OSError) as error:  # no AI Camera, or it refused the network
+        raise MissingEnvironment(
+            f"{network}: the AI Camera did not take it ({error}); check the camera cable, "
+            f"`rpicam-hello --list-cameras`, and that this is imx500-package's output"
+        ) from error
+    camera = picamera2(imx500.camera_num)
+    try:
+        config = camera.create_preview_configuration(
+            main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}, buffer_count=12
+        )
+        imx500.show_network_fw_progress_bar()
+        camera.start(config)
+        count = waiting = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                request = camera.capture_request()
+            except (RuntimeError, OSError):  # the camera was disconnected or stopped
+                return
+            try:
+                rgb = request.make_array("main")
+                metadata = request.get_metadata()
+            finally:
+                request.release()
+            outputs = imx500.get_outputs(metadata)
+            if not outputs:
+                waiting += 1
+                if waiting >= MAX_FRAMES_WITHOUT_OUTPUT:
+                    raise BadInput(
+                        f"{network}: the sensor gave no output in {waiting} frames; is this "
+                        "the network.rpk imx500-package wrote for this camera?"
+                    )
+                continue
+            waiting = 0
+            kpi = imx500.get_kpi_info(metadata)
+            yield Frame(
+                f"{name}#{count:06d}",
+                Image.fromarray(np.asarray(rgb)[:, :, :3]),
+                "",
+                (time.perf_counter() - start) * 1000.0,
+                scores=np.asarray(outputs[0], dtype=np.float32).reshape(-1),
+                sensor_ms=float(kpi[0]) if kpi else 0.0,
+            )
+            count += 1
+    finally:
+        with contextlib.suppress(RuntimeError, OSError):
+            camera.stop()
+        camera.close()
+
+
 def open_source(source: str) -> Source:
     """A file is itself; a folder is every image under it, recursively, sorted;
     ``camera`` / ``camera:N`` is a camera; a video file is read frame by frame."""
@@ -186,6 +278,16 @@ def open_source(source: str) -> Source:
         # Any other file: the decoder, not the extension, decides (and names the problem).
         return Source("file", str(path), [path])
     raise BadInput(f"--source {source}: no such file or folder")
+
+
+def open_sensor_source(source: str, network: Path) -> Source:
+    """The AI Camera as ``--source camera``: Picamera2's helper finds the camera itself."""
+    if source != "camera":
+        raise BadInput(
+            f"--source {source}: {network.name} runs on the AI Camera's sensor, "
+            "so the source is the camera itself; use --source camera"
+        )
+    return Source("camera", source, backend="imx500", network=network)
 
 
 def resolve_source(source: str) -> List[Path]:
