@@ -19,10 +19,12 @@ from typing import Any, Callable, Iterator, List, NamedTuple, Optional, TextIO
 from edge.classifier import Classifier
 from edge.classify import Summary, classify_source
 from edge.display import annotate
+from edge.errors import BadInput
+from edge.imx500 import SensorModel, is_sensor_network, open_sensor_model
 from edge.modelfile import printable
 from edge.output import PredictionWriter
 from edge.pipeline import Result
-from edge.sources import Source
+from edge.sources import Source, open_sensor_source, open_source
 
 LIVE_KINDS = ("camera", "video")
 # A camera never ends by itself: Ctrl-C (or a service manager's SIGTERM) is its normal end.
@@ -140,6 +142,26 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def open_model(
+    model: Path, source: str, runtime: Optional[str], threads: Optional[int]
+) -> Classifier | SensorModel:
+    """The model argument decides what runs it: a ``.rpk`` is the AI Camera's network
+    (the sensor runs it), anything else a TFLite file for an interpreter here."""
+    if not is_sensor_network(model):
+        return Classifier(model, runtime=runtime, threads=threads)
+    for name, given in (("--runtime", runtime), ("--threads", threads)):
+        if given is not None:
+            raise BadInput(f"{name} picks a TFLite interpreter; {model.name} runs on the sensor")
+    return open_sensor_model(model)
+
+
+def open_source_for(model: Classifier | SensorModel, source: str) -> Source:
+    """``--source``, opened; for the AI Camera's network only its own camera."""
+    if isinstance(model, SensorModel):
+        return open_sensor_source(source, model.network)
+    return open_source(source)
 
 
 def run_session(

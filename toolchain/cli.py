@@ -256,29 +256,16 @@ def classify(
     options: ClassifyOptions,
 ) -> None:
     """Classify images, a video or a camera on the device (no TensorFlow needed)."""
-    from edge.classifier import Classifier
     from edge.display import Window
-    from edge.imx500 import is_sensor_network, open_sensor_model
-    from edge.session import Reporter, closing_lines, run_session
-    from edge.sources import open_sensor_source, open_source
+    from edge.session import Reporter, closing_lines, open_model, open_source_for, run_session
 
     output = Path(options.output) if options.output else None
     if output is not None and output.resolve() == model.resolve():
         raise BadInput(f"--output {output} is the model itself; give a .csv or .jsonl file name")
-    if is_sensor_network(model):
-        for name, given in (("--runtime", options.runtime), ("--threads", options.threads)):
-            if given is not None:
-                raise BadInput(
-                    f"{name} picks a TFLite interpreter; {model.name} runs on the sensor"
-                )
-        classifier = open_sensor_model(model)
-        opened = open_sensor_source(options.source, model)
-    else:
-        classifier = Classifier(model, runtime=options.runtime, threads=options.threads)
-        opened = None
+    classifier = open_model(model, options.source, options.runtime, options.threads)
     # No display: one line and exit 3 before the source is opened or a frame is read.
     window = Window() if options.show else None
-    opened = opened or open_source(options.source)
+    opened = open_source_for(classifier, options.source)
     print(classifier.runtime.describe(), file=sys.stderr)
     print(opened.describe(), file=sys.stderr)
     reporter = Reporter.for_source(opened, quiet=options.quiet, window=window)
