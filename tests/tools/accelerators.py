@@ -54,7 +54,7 @@ def target_row(run: Path, target: str, out: Path) -> Dict[str, Any]:
     row: Dict[str, Any] = {"target": target, "exit_code": result.returncode}
     row["error"] = error_line(result)
     if target == "imx500":
-        return imx500_row(row, copy / "imx500" if result.returncode == 0 else folder / "imx500")
+        return imx500_row(row, copy / ("imx500" if result.returncode == 0 else "rejected-imx500"))
     report_path = folder / "export_report.json"
     if not report_path.is_file():
         return row
@@ -82,17 +82,37 @@ def imx500_row(row: Dict[str, Any], folder: Path) -> Dict[str, Any]:
     row["test"] = report.get("test")
     row["budget_met"] = row["exit_code"] == 0
     row["imx500"] = report.get("memory")
+    row["quantization"] = [attempt["method"] for attempt in report.get("attempts", [])]
+    if row["exit_code"] == 0:  # validate runs the network again, in the IMX500 venv
+        checked = edgetl("validate", str(folder.parent))
+        parity = folder.parent / "parity.json"
+        if parity.is_file():
+            models = json.loads(parity.read_text())["models"]
+            entry = next((m for m in models if m["path"].endswith("packerOut.zip")), None)
+            keys = ("top1_drop_pts", "agreement", "n_images")
+            row["validate"] = {k: entry[k] for k in keys} if entry else None
+        row["validate_exit_code"] = checked.returncode
     return row
 
 
 def imx500_cell(row: Dict[str, Any]) -> str:
     memory = row.get("imx500")
+    tried = " then ".join(m.upper() for m in row.get("quantization", []))
     if not memory:
-        return "–"
+        return f"not compiled: {tried} missed the budget" if tried else "–"
     fits = "fits in the chip" if memory.get("Fit In Chip") else "does NOT fit the chip"
     return (
         f"{fits}: {memory.get('Memory Usage')} of {memory.get('Total Memory Available On Chip')}"
-        " (every op on the sensor)"
+        f" (every op on the sensor; MCT {tried})" + validate_text(row.get("validate"))
+    )
+
+
+def validate_text(figures: Any) -> str:
+    if not figures:
+        return ""
+    return (
+        f"; `validate` re-ran it: agreement {figures['agreement']:.3f}, drop "
+        f"{figures['top1_drop_pts']:+.2f} pts on {figures['n_images']} images"
     )
 
 

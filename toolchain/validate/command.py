@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from toolchain.validate.figures import (
     device_path_figures,
     gate_failures,
 )
+from toolchain.validate.imx500_path import has_network, imx500_entry
 from toolchain.validate.report import parity_markdown, write_pictures
 
 
@@ -96,7 +97,7 @@ def validate(
     size = int(config["image_size"])
     device = device_budget(run, gate)  # a damaged report: before any work
     model_paths = given or run.tflite_models()
-    if not model_paths:
+    if not model_paths and (given or options.runtime or not has_network(run)):
         raise BadInput(f"{run.path}: no .tflite model; run `edgetl export {run.path}` first")
     if options.runtime not in (None, mediapipe_path.NAME) and not installed_here(options.runtime):
         environment_with(options.runtime, Path(model_paths[0]))  # nowhere: exit 3 before work
@@ -148,8 +149,15 @@ def validate(
     # measures against its temporary copy, and a refused model leaves nothing behind.
     with atomic.atomic_path(out.parity_reference) as reference_path:
         atomic.write_json(reference_path, reference, durable=False)
-        for path in model_paths:
-            entry = measure_model(path, Path(reference_path))
+
+        def entries() -> Iterator[Optional[Dict[str, Any]]]:
+            """Each model measured when asked for, so each is logged as it is measured."""
+            for path in model_paths:
+                yield measure_model(path, Path(reference_path))
+            if not given and options.runtime is None:  # the run's own: the AI Camera's too
+                yield imx500_entry(run, config, keras_model, keras_probs, eval_set, labels, log)
+
+        for entry in filter(None, entries()):
             report["models"].append(entry)
             log_model(entry, report["keras"]["top1"], len(eval_set.paths), log)
         report["seconds"] = round(time.perf_counter() - start, 2)

@@ -1,2 +1,2 @@
-"""`edgetl export --target imx500`: the Raspberry Pi AI Camera (convert.py), and the
-worker that runs Sony's chain in a venv of its own (worker.py)."""
+"""`edgetl export --target imx500`: the Raspberry Pi AI Camera. convert.py runs the steps,
+verdict.py holds the result to the budget and commits it."""

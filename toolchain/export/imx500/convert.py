@@ -13,8 +13,10 @@ Decisions:
   is a fake-quant Keras model, so the worker answers the test split and the
   decision images with it; the test split is gated as ``validate`` gates
   (``Budget.misses``), and the decision images (validation plus training
-  images, ~1,200) by the same rule. There is no repair: nothing of the network can stay in float on the sensor.
-  A miss exits 1 with the figures and keeps the files in ``RUN/rejected-imx500/``.
+  images, ~1,200) by the same rule (``verdict.py``). There is no repair: nothing
+  of the network can stay in float on the sensor. When plain PTQ misses, GPTQ is
+  tried; when that misses too, exit 1 with the figures of both, and the files in
+  ``RUN/rejected-imx500/``. Nothing is compiled before a model meets the budget.
 - The network is the run's **classes only** (the calibrated head): the
   out-of-class distance is not compiled for the sensor yet, and the report says
   so. Labels are written beside it (``labels.txt``, the order of the output).
@@ -25,91 +27,33 @@ Decisions:
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
-from collections import deque
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
-from edge import atomic
-from edge.errors import INTERNAL, BadInput, EdgetlError, GateFailed, MissingEnvironment
+from edge.errors import BadInput
 from edge.image import load_many
 from toolchain.confidence.shipped import classes_only, has_out_of_class
 from toolchain.core.budget import Budget
 from toolchain.core.options import ExportOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.progress import Log, stderr_log
-from toolchain.core.rundir import IMX500_EXPORT, IMX500_REJECTED, IMX500_STAGING, RunDir
-from toolchain.core.venvs import own_python
+from toolchain.core.rundir import IMX500_EXPORT, IMX500_STAGING, RunDir
+from toolchain.export.imx500.verdict import Attempt, commit, judge_answers, reject, report_of
 from toolchain.export.qat.finetune import layer_weights
 from toolchain.quantize.calibration import calibration_set, config_seed
+from toolchain.quantize.imx500.process import imx500_python, require_java, run_worker
 from toolchain.validate.decision import Judge
-from toolchain.validate.figures import compare, p_worse
 
-IMX500_VENV = ".venv-imx500"
 FOLDER = IMX500_EXPORT
-REPORT = "imx500_report.json"
-INSTALL = "make setup-imx500 (a venv with imx500-converter[tf] and model-compression-toolkit)"
-JAVA_INSTALL = "sudo apt install openjdk-17-jre-headless"
-WORKER = Path(__file__).with_name("worker.py")
+# Plain PTQ first; GPTQ when it misses the budget (MCT's gradient-based refinement of
+# the weights' rounding, several times slower). Mixed-precision weights are not tried:
+# the network fits the chip at 8 bits everywhere, and fewer bits can only lose accuracy.
+METHODS = ("ptq", "gptq")
+GPTQ_EPOCHS = 10  # measured: 2 and 20 epochs kept fewer decisions on the five-flower run
 REFERENCE_ROWS = 64  # Keras answers the worker checks its rebuild against
-EXIT_SETUP, EXIT_REFUSED, EXIT_ENVIRONMENT = 3, 5, 6  # the worker's codes (worker.py)
-
-
-class WorkerFailed(EdgetlError):
-    """The IMX500 worker failed in a way that is edgetl's bug (exit 4)."""
-
-    exit_code = INTERNAL
-
-
-PI_STEPS = (
-    "on the Pi: sudo apt install imx500-all imx500-tools; imx500-package -i {zip} -o OUT "
-    "(writes OUT/network.rpk, what the camera loads)"
-)
-
-
-def imx500_python() -> str:
-    """The interpreter that runs the worker: ``EDGETL_IMX500_PYTHON``, else
-    ``.venv-imx500`` in the folder the user works in; exit 3 with the install line."""
-    return own_python(
-        "EDGETL_IMX500_PYTHON",
-        IMX500_VENV,
-        "--target imx500 needs its own Python with Sony's converter (TensorFlow 2.15)",
-        INSTALL,
-    )
-
-
-def java_major(text: str) -> int:
-    """The major version in ``java -version``'s output (``"17.0.15"`` -> 17, ``"1.8"`` -> 8)."""
-    found = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if not found:
-        return 0
-    major = int(found.group(1))
-    return int(found.group(2) or 0) if major == 1 else major
-
-
-def require_java() -> None:
-    """The converter's backend runs ``java`` (17 or newer): one line when it cannot."""
-    java = shutil.which("java")
-    if java is None:
-        raise MissingEnvironment(
-            f"--target imx500: the IMX500 converter runs Java 17, and `java` is not on the "
-            f"PATH: {JAVA_INSTALL}"
-        )
-    try:
-        shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
-        major = java_major(shown.stderr + shown.stdout)
-    except (OSError, subprocess.TimeoutExpired):
-        major = 0
-    if major < 17:
-        raise MissingEnvironment(
-            f"--target imx500: the IMX500 converter runs Java 17 or newer, and {java} is "
-            f"{'version ' + str(major) if major else 'not runnable'}: {JAVA_INSTALL}"
-        )
 
 
 def check_options(options: ExportOptions) -> None:
@@ -130,48 +74,6 @@ def check_options(options: ExportOptions) -> None:
         raise BadInput(f"--calibration-samples {samples}: give at least 1 training image")
 
 
-def run_worker(python: str, work: Path, log: Log) -> None:
-    """The worker in its venv; its ``imx500:`` lines are the progress shown."""
-    tail: deque = deque(maxlen=40)
-    process = subprocess.Popen(  # -I: a user's PYTHONPATH must not reach TensorFlow 2.15
-        [python, "-I", str(WORKER), str(work)],
-        stdin=subprocess.PIPE,  # the worker's lifeline: it exits when this closes
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert process.stderr is not None
-    try:
-        for line in process.stderr:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if line.startswith("imx500: "):
-                log(line)
-        code = process.wait()
-    finally:  # Ctrl-C or an error here: the worker (and its Java) end with us
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    if code == 0:
-        return
-    errors = [line[len("imx500-error: ") :] for line in tail if line.startswith("imx500-error: ")]
-    reason = errors[-1] if errors else (tail[-1] if tail else f"exit {code}")
-    if code == EXIT_SETUP:
-        raise MissingEnvironment(f"--target imx500: {python}: {reason}: {INSTALL}")
-    if code == EXIT_REFUSED:
-        raise GateFailed(f"--target imx500: the converter refused the network: {reason}")
-    if code == EXIT_ENVIRONMENT or code < 0:  # out of memory, or a signal from outside
-        raise MissingEnvironment(
-            f"--target imx500: the IMX500 worker stopped (exit {code}): {reason}"
-        )
-    raise WorkerFailed(
-        f"--target imx500: the IMX500 worker failed ({reason}); this is a bug in edgetl: "
-        "please report it with the output of `edgetl --debug …`"
-    )
-
-
 def write_work(
     work: Path, run: RunDir, config: Dict[str, Any], model: Any, calibration: Any, sets: Dict
 ) -> None:
@@ -180,6 +82,7 @@ def write_work(
         "alpha": float(config.get("options", {}).get("alpha", 1.0)),
         "num_classes": len(config["labels"]),
         "calibration_batch": 16,
+        "gptq_epochs": GPTQ_EPOCHS,
     }
     (work / "spec.json").write_text(json.dumps(spec))
     np.savez(work / "weights.npz", **layer_weights(model))
@@ -224,79 +127,42 @@ def export_imx500(run_dir: str | Path, options: ExportOptions, log: Log = stderr
     try:
         write_work(work, run, config, model, calibration, sets)
         calibration.close()
-        run_worker(python, work, log)
-        return commit(run, work, judge, budget, names, keras_test, truth, log)
+        attempts = quantize_until_within_budget(
+            python, work, judge, budget, names, sets, truth, log
+        )
+        if not attempts[-1].passed:
+            worker = json.loads((work / "report.json").read_text())
+            reject(run, work, attempts, report_of(attempts, budget, names, work / "out", worker))
+        run_worker(python, "convert", work, log)
+        return commit(run, work, attempts, budget, names, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def commit(
-    run: RunDir,
+def quantize_until_within_budget(
+    python: str,
     work: Path,
     judge: Judge,
     budget: Budget,
     names: List[str],
-    keras_test: np.ndarray,
+    sets: Dict,
     truth: np.ndarray,
     log: Log,
-) -> Path:
-    """Judge the worker's answers; move its files to ``RUN/imx500`` (or ``rejected/``)."""
-    probs = np.load(work / "probs.npz")
-    test = compare(keras_test, probs["test"], truth, names)
-    misses = budget.misses(
-        test["top1_drop_pts"], test["agreement"], p_worse(test), test["n_images"]
-    )
-    decided = judge.figures(probs["decision"])
-    out = work / "out"
-    memory = json.loads((out / "model_q_MemoryReport.json").read_text())["Memory Report"]
-    worker = json.loads((work / "report.json").read_text())
-    report = {
-        "target": "imx500",
-        "files": sorted(p.name for p in out.iterdir()) + ["labels.txt", REPORT],
-        "labels": names,
-        "out_of_class": "not on the sensor (classes only)",
-        "budget": budget.json(),
-        "test": {
-            k: test[k]
-            for k in ("top1", "top1_drop_pts", "worse_than_keras", "agreement", "n_images")
-        },
-        "decision": decided.json(),
-        "memory": memory,
-        "worker": worker,
-        "package_on_pi": PI_STEPS.format(zip="packerOut.zip"),
-    }
-    (out / "labels.txt").write_text("\n".join(names) + "\n")
-    atomic.write_json(out / REPORT, report)
-    log(
-        f"imx500: test split: drop {test['top1_drop_pts']:+.2f} pts, agreement "
-        f"{test['agreement']:.4f} on {test['n_images']} images; {decided.text()}; memory "
-        f"{memory.get('Memory Usage')} of {memory.get('Total Memory Available On Chip')}"
-    )
-    problems = [f"{miss} on the {test['n_images']} test images" for miss in misses]
-    on_decision = compare(judge.keras_probs, probs["decision"], judge.decision.labels, names)
-    problems += [
-        f"{miss} on the {on_decision['n_images']} decision images"
-        for miss in budget.misses(
-            on_decision["top1_drop_pts"],
-            on_decision["agreement"],
-            p_worse(on_decision),
-            on_decision["n_images"],
+) -> List[Attempt]:
+    """Each method of ``METHODS`` in turn until one meets the budget; the work folder
+    holds the last one's model. Nothing is compiled before a model passes."""
+    attempts: List[Attempt] = []
+    for method in METHODS:
+        spec = json.loads((work / "spec.json").read_text())
+        (work / "spec.json").write_text(json.dumps({**spec, "method": method}))
+        run_worker(python, "quantize", work, log)
+        attempt = judge_answers(
+            method, np.load(work / "probs.npz"), judge, budget, names, sets["test"][1], truth
         )
-    ]
-    if memory.get("Fit In Chip") is not True:
-        problems.append(f"does not fit the chip ({memory.get('Memory Usage')} of 8 MB)")
-    if problems:
-        rejected = run.path / IMX500_REJECTED  # its own: a TFLite export owns rejected/
-        shutil.rmtree(rejected, ignore_errors=True)
-        out.replace(rejected)
-        raise GateFailed(
-            f"IMX500 budget missed: {'; '.join(problems)} (nothing in {run.path / FOLDER} "
-            f"changed; the files are in {rejected})"
-        )
-    target = run.path / FOLDER
-    if target.exists():
-        target.replace(work / "previous")  # removed with the work folder
-    out.replace(target)
-    shutil.rmtree(run.path / IMX500_REJECTED, ignore_errors=True)  # an earlier miss's files
-    log(PI_STEPS.format(zip=target / "packerOut.zip"))
-    return target / "packerOut.zip"
+        attempts.append(attempt)
+        log(attempt.text())
+        if attempt.passed:
+            break
+        if method != METHODS[-1]:
+            log(f"imx500: {method.upper()} missed the budget ({'; '.join(attempt.problems)})")
+    return attempts

@@ -6,14 +6,19 @@ Toolkit (MCT), goes with it; edgetl trains with TensorFlow 2.21 and Keras 3. So
 this module imports nothing of edgetl: it reads a work folder the parent wrote and
 writes the converter's files and the quantized model's answers back.
 
-In (``argv[1]``, the work folder): ``spec.json`` (image size, alpha, classes,
-calibration batch), ``reference.npy`` (Keras's probabilities on the first test
+Three steps, each a process (``argv[1]``; ``argv[2]`` is the work folder), so the
+parent judges between them: ``quantize`` (MCT, plain PTQ or GPTQ, as
+``spec.json`` says), ``convert`` (``imxconv-tf`` on the model the parent kept) and
+``predict`` (an exported model's answers, for ``validate``).
+
+In: ``spec.json`` (image size, alpha, classes, calibration batch, method),
+``reference.npy`` (Keras's probabilities on the first test
 images: the rebuild is checked against them before anything else), ``weights.npz`` (every layer's weights by layer name, from the
 run's classes-only Keras model: the calibrated head), ``calibration.npy`` (uint8
 training pixels) and ``sets.npz`` (named uint8 pixel sets to answer: the test split
 and the decision images). Out: ``out/`` (``packerOut.zip``, ``dnnParams.xml``, the
 memory report, MCT's ``model_q.keras``), ``probs.npz`` (the quantized model's
-probabilities per set) and ``report.json``. Failures end in one ``imx500-error:``
+probabilities per set) and ``report.json`` (versions, method, times). Failures end in one ``imx500-error:``
 line on stderr and an ``EXIT_*`` code the parent maps.
 
 Traps this handles (measured on flowers128, alpha 0.35, 128 px):
@@ -129,19 +134,52 @@ def converter_error(result: subprocess.CompletedProcess) -> str:
     return tail[-1] if tail else f"exit {result.returncode}"
 
 
-def main(work: Path) -> int:
-    watch_parent(work)
+def imports():
+    """MCT and TensorFlow 2.15, or None after the ``imx500-error`` line naming what is missing."""
     try:
         import model_compression_toolkit as mct
         import tensorflow as tf
     except ImportError as error:
         print(f"imx500-error: missing package: {error.name}", file=sys.stderr, flush=True)
+        return None
+    return mct, tf
+
+
+def quantize(mct, model, representative, tpc, method: str, spec):
+    """MCT's post-training quantization for the IMX500, plain or with GPTQ.
+
+    GPTQ (gradient-based PTQ) fits the rounding of the weights to the float
+    model's answers on the calibration images: slower, and what Sony's
+    documentation offers when plain PTQ loses accuracy.
+    """
+    if method == "gptq":
+        # Without MCT's Hessian-based weighting, which took over 16 minutes of the 2-core
+        # VM on a 0.35 MobileNetV2 at 128 px without finishing; 10 epochs take about 70 s.
+        config = mct.gptq.get_keras_gptq_config(
+            n_epochs=int(spec.get("gptq_epochs", 10)),
+            use_hessian_based_weights=False,
+            use_hessian_sample_attention=False,
+            gradual_activation_quantization=False,
+        )
+        quantized, _ = mct.gptq.keras_gradient_post_training_quantization(
+            model, representative, gptq_config=config, target_platform_capabilities=tpc
+        )
+        return quantized
+    quantized, _ = mct.ptq.keras_post_training_quantization(
+        model, representative, target_platform_capabilities=tpc
+    )
+    return quantized
+
+
+def quantize_step(work: Path) -> int:
+    """``spec.json``'s method: the quantized model's answers (``probs.npz``) and its
+    export (``out/model_q.keras``), for the parent to judge before anything compiles."""
+    found = imports()
+    if found is None:
         return EXIT_SETUP
-    converter = Path(sys.executable).parent / "imxconv-tf"
-    if not converter.is_file():
-        print("imx500-error: missing package: imx500-converter", file=sys.stderr, flush=True)
-        return EXIT_SETUP
+    mct, tf = found
     spec = json.loads((work / "spec.json").read_text())
+    method = spec.get("method", "ptq")
     started = time.perf_counter()
     model = build_float(tf, spec)
     copied = copy_weights(model, np.load(work / "weights.npz"))
@@ -160,29 +198,40 @@ def main(work: Path) -> int:
             yield [np.asarray(calibration[start : start + batch], np.float32)]
 
     tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
-    say(f"MCT post-training quantization for the IMX500 on {len(calibration)} training images")
-    quantized, _ = mct.ptq.keras_post_training_quantization(
-        model, representative, target_platform_capabilities=tpc
-    )
-    probs = {name: predict(quantized, sets[name]) for name in sets.files}
-    np.savez(work / "probs.npz", **probs)
+    say(f"MCT {method.upper()} for the IMX500 on {len(calibration)} training images")
+    quantized = quantize(mct, model, representative, tpc, method, spec)
+    np.savez(work / "probs.npz", **{name: predict(quantized, sets[name]) for name in sets.files})
     out = work / "out"
-    out.mkdir(exist_ok=True)
-    model_path = out / "model_q.keras"
-    mct.exporter.keras_export_model(model=quantized, save_model_path=str(model_path))
-    say("imxconv-tf: compiling for the IMX500")
-    began = time.perf_counter()
-    result = convert(converter, model_path, out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    mct.exporter.keras_export_model(model=quantized, save_model_path=str(out / "model_q.keras"))
     report = {
         "tensorflow": tf.__version__,
         "mct": getattr(mct, "__version__", "?"),
+        "method": method,
         "layers_copied": copied,
         "calibration_images": int(len(calibration)),
         "rebuild_max_probability_gap": gap,
-        "converter_seconds": round(time.perf_counter() - began, 1),
-        "converter_exit": result.returncode,
-        "seconds": round(time.perf_counter() - started, 1),
+        "quantize_seconds": round(time.perf_counter() - started, 1),
     }
+    (work / "report.json").write_text(json.dumps(report))
+    return 0
+
+
+def convert_step(work: Path) -> int:
+    """``imxconv-tf`` on the judged ``out/model_q.keras``: ``packerOut.zip`` and the memory report."""
+    converter = Path(sys.executable).parent / "imxconv-tf"
+    if not converter.is_file():
+        print("imx500-error: missing package: imx500-converter", file=sys.stderr, flush=True)
+        return EXIT_SETUP
+    out = work / "out"
+    say("imxconv-tf: compiling for the IMX500")
+    began = time.perf_counter()
+    result = convert(converter, out / "model_q.keras", out)
+    report = json.loads((work / "report.json").read_text())
+    report.update(
+        converter_seconds=round(time.perf_counter() - began, 1), converter_exit=result.returncode
+    )
     (work / "report.json").write_text(json.dumps(report))
     if result.returncode != 0 or not (out / "packerOut.zip").is_file():
         print(f"imx500-error: imxconv-tf: {converter_error(result)}", file=sys.stderr, flush=True)
@@ -191,9 +240,31 @@ def main(work: Path) -> int:
     return 0
 
 
+def predict_step(work: Path) -> int:
+    """An exported ``model_q.keras`` (``spec.json``'s ``model``) answers ``sets.npz``:
+    how ``validate`` measures the IMX500 network beside the TFLite files."""
+    found = imports()
+    if found is None:
+        return EXIT_SETUP
+    mct, _ = found
+    spec = json.loads((work / "spec.json").read_text())
+    model = mct.keras_load_quantized_model(spec["model"])
+    sets = np.load(work / "sets.npz")
+    np.savez(work / "probs.npz", **{name: predict(model, sets[name]) for name in sets.files})
+    return 0
+
+
+STEPS = {"quantize": quantize_step, "convert": convert_step, "predict": predict_step}
+
+
+def main(step: str, work: Path) -> int:
+    watch_parent(work)
+    return STEPS[step](work)
+
+
 def run(argv) -> int:
     try:
-        return main(Path(argv[1]))
+        return main(argv[1], Path(argv[2]))
     except MemoryError:
         print("imx500-error: out of memory", file=sys.stderr, flush=True)
         return EXIT_ENVIRONMENT
