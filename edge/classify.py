@@ -105,7 +105,7 @@ def classify_source(
     start = time.perf_counter()
     results: Optional[Iterator[Result]] = None
     try:
-        frames = source.frames(classifier.image_size)
+        frames = source.frames(classifier.image_size, stop_requested)
         live = source.kind == "camera"
         results = classify_frames(classifier, frames, k, live=live)
         for result in results:
@@ -145,6 +145,8 @@ def classify_source(
             if summary.stopped_by:
                 summary.interrupted = True
                 break
+        if not summary.stopped_by and stop_requested():  # ended while waiting for a frame
+            summary.interrupted, summary.stopped_by = True, stop_requested()
     except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler was set
         summary.interrupted, summary.stopped_by = True, stop_requested() or "SIGINT"
     finally:

@@ -24,6 +24,9 @@ from edge.image import DEFAULT_RESIZE
 from edge.modelfile import LABELS_NAME, read_labels_file
 
 NETWORK_SUFFIX = ".rpk"
+# An imx500-package output starts with a firmware block whose magic is b"9464" (what
+# Picamera2's IMX500 helper reads first when it loads the file).
+NETWORK_MAGIC = b"9464"
 
 
 def is_sensor_network(model: str | Path) -> bool:
@@ -41,7 +44,10 @@ class SensorRuntime:
     threads: int = 0
 
     def describe(self) -> str:
-        return f"runtime: the AI Camera's IMX500 sensor runs {self.network} (via picamera2)"
+        return (
+            f"runtime: the AI Camera's IMX500 sensor runs {self.network} (via picamera2); "
+            "frames start once the network is on the sensor (a first load can take a minute)"
+        )
 
 
 @dataclass
@@ -91,17 +97,26 @@ def find_labels(network: Path, labels: Optional[Path] = None) -> Path:
 
 def open_sensor_model(network: Path, labels: Optional[Path] = None) -> SensorModel:
     """The network file checked, and its labels read (one line each for what is wrong)."""
-    if not network.is_file():
+    if network.is_dir() or not network.exists():
+        what = "a folder" if network.is_dir() else "no such file"
         raise BadInput(
-            f"{network}: no such file; give the network.rpk that imx500-package wrote "
+            f"{network}: {what}; give the network.rpk that imx500-package wrote "
             "from the export's packerOut.zip"
         )
-    with open(network, "rb") as file:
-        head = file.read(4)
+    try:
+        with open(network, "rb") as file:
+            head = file.read(len(NETWORK_MAGIC))
+    except OSError as error:
+        raise BadInput(f"{network}: cannot be read ({error.strerror or error})") from error
     if head.startswith(b"PK"):
         raise BadInput(
             f"{network}: a zip archive (packerOut.zip?), not a packaged network; "
             "run `imx500-package -i packerOut.zip -o out` and give out/network.rpk"
+        )
+    if head != NETWORK_MAGIC:
+        raise BadInput(
+            f"{network}: not an IMX500 network package (it does not start as one); give the "
+            "network.rpk that imx500-package wrote"
         )
     path = find_labels(network, labels)
     names = read_labels_file(path)

@@ -16,7 +16,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 
@@ -47,11 +47,12 @@ class Source:
     backend: str = ""  # cameras: "picamera2" (a Pi's camera module), "imx500" or "opencv"
     network: Optional[Path] = None  # the AI Camera (backend "imx500"): the .rpk its sensor runs
 
-    def frames(self, size: int) -> Iterator[Frame]:
+    def frames(self, size: int, stop_requested: Callable[[], str] = lambda: "") -> Iterator[Frame]:
+        """``stop_requested`` is asked where a source can wait long without a frame."""
         if self.kind in ("file", "folder"):
             return file_frames(self.paths, size, Path(self.name) if self.kind == "folder" else None)
         if self.backend == "imx500":
-            return sensor_frames(self.network, self.name)
+            return sensor_frames(self.network, self.name, stop_requested)
         if self.backend == "picamera2":
             return picamera_frames(self.device, self.name)
         return capture_frames(self.device, self.name, self.kind == "camera")
@@ -133,13 +134,19 @@ def picamera_frames(index: int, name: str) -> Iterator[Frame]:
     """Frames from a Pi camera module until it stops answering (or the caller stops)."""
     from PIL import Image
 
-    camera = _picamera2()(index)
     try:
-        config = camera.create_preview_configuration(
-            main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}
-        )
-        camera.configure(config)
-        camera.start()
+        camera = _picamera2()(index)
+    except (RuntimeError, OSError) as error:
+        raise camera_busy(error) from error
+    try:
+        try:
+            config = camera.create_preview_configuration(
+                main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}
+            )
+            camera.configure(config)
+            camera.start()
+        except (RuntimeError, OSError) as error:
+            raise camera_busy(error) from error
         count = 0
         while True:
             start = time.perf_counter()
@@ -156,9 +163,9 @@ def picamera_frames(index: int, name: str) -> Iterator[Frame]:
         camera.close()
 
 
-# A sensor that has not produced an output tensor by then never will: the firmware
-# upload finishes within the first few dozen frames (its progress bar shows it).
-MAX_FRAMES_WITHOUT_OUTPUT = 600
+# A sensor that has not produced an output tensor by then never will: a first upload
+# of the network to the sensor can take a minute or more.
+MAX_SECONDS_WITHOUT_OUTPUT = 300.0
 IMX500_INSTALL = "sudo apt install imx500-all python3-picamera2"
 
 
@@ -174,13 +181,26 @@ def _imx500_helper() -> Any:
     return Picamera2, IMX500
 
 
-def sensor_frames(network: Path, name: str) -> Iterator[Frame]:
+def camera_busy(error: BaseException) -> MissingEnvironment:
+    """A Pi camera that libcamera would not open or start (another program holds it)."""
+    return MissingEnvironment(
+        f"the camera could not be started ({error}); close other camera programs "
+        "(rpicam-*, libcamera apps) and check `rpicam-hello --list-cameras`"
+    )
+
+
+def sensor_frames(
+    network: Path, name: str, stop_requested: Callable[[], str] = lambda: ""
+) -> Iterator[Frame]:
     """Frames from the AI Camera, each with the scores its sensor computed for it.
 
     As Picamera2's own classification example does: the IMX500 helper is made
     first (it uploads the network to the sensor), then the camera it names.
-    Frames before the sensor's first output (the upload) are passed over; a
-    camera that stops answering ends the stream, as a camera module does.
+    Frames before the sensor's first output (the upload, which can take a minute
+    on a first load) are passed over, asking ``stop_requested`` between them, so
+    Ctrl-C ends the wait; a camera that stops answering ends the stream, as a
+    camera module does. Picamera2's upload progress bar is not used: it forks a
+    process that outlives a session ended early.
     """
     from PIL import Image
 
@@ -192,15 +212,25 @@ def sensor_frames(network: Path, name: str) -> Iterator[Frame]:
             f"{network}: the AI Camera did not take it ({error}); check the camera cable, "
             f"`rpicam-hello --list-cameras`, and that this is imx500-package's output"
         ) from error
-    camera = picamera2(imx500.camera_num)
+    except Exception as error:  # picamera2 could not parse the file
+        raise BadInput(
+            f"{network}: not a network the AI Camera can load ({type(error).__name__}: "
+            f"{error}); give the network.rpk that imx500-package wrote"
+        ) from error
     try:
-        config = camera.create_preview_configuration(
-            main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}, buffer_count=12
-        )
-        imx500.show_network_fw_progress_bar()
-        camera.start(config)
-        count = waiting = 0
-        while True:
+        camera = picamera2(imx500.camera_num)
+    except (RuntimeError, OSError) as error:
+        raise camera_busy(error) from error
+    try:
+        try:
+            config = camera.create_preview_configuration(
+                main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}, buffer_count=12
+            )
+            camera.start(config)
+        except (RuntimeError, OSError) as error:
+            raise camera_busy(error) from error
+        count, waiting_since = 0, time.monotonic()
+        while not stop_requested():
             start = time.perf_counter()
             try:
                 request = camera.capture_request()
@@ -213,14 +243,14 @@ def sensor_frames(network: Path, name: str) -> Iterator[Frame]:
                 request.release()
             outputs = imx500.get_outputs(metadata)
             if not outputs:
-                waiting += 1
-                if waiting >= MAX_FRAMES_WITHOUT_OUTPUT:
+                waited = time.monotonic() - waiting_since
+                if waited > MAX_SECONDS_WITHOUT_OUTPUT:
                     raise BadInput(
-                        f"{network}: the sensor gave no output in {waiting} frames; is this "
-                        "the network.rpk imx500-package wrote for this camera?"
+                        f"{network}: the sensor gave no output in {waited:.0f} s of frames; is "
+                        "this the network.rpk imx500-package wrote for this camera?"
                     )
                 continue
-            waiting = 0
+            waiting_since = time.monotonic()
             kpi = imx500.get_kpi_info(metadata)
             yield Frame(
                 f"{name}#{count:06d}",

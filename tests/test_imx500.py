@@ -34,6 +34,18 @@ def test_a_missing_converter_venv_is_one_line_naming_the_make_target(micro_copy,
     assert not (micro_copy / "imx500").exists()
 
 
+def test_an_export_killed_between_its_renames_gets_the_earlier_one_back(micro_copy, tmp_path):
+    """The kill left the earlier export set aside and the new one not in: the next export
+    (here one that stops at the missing venv) puts the earlier one back first."""
+    aside = micro_copy / ".imx500-previous"
+    aside.mkdir()
+    (aside / "packerOut.zip").write_bytes(b"earlier")
+    env = {"EDGETL_IMX500_PYTHON": str(tmp_path / "nowhere" / "python")}
+    assert edgetl_here("export", micro_copy, "--target", "imx500", env=env).returncode == 2
+    assert (micro_copy / "imx500" / "packerOut.zip").read_bytes() == b"earlier"
+    assert not aside.exists()
+
+
 def test_missing_java_is_one_line_naming_the_package(micro_copy, tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -160,6 +172,7 @@ def test_within_budget_the_files_are_committed_with_labels_and_report(judged, tm
     report = json.loads((run.path / "imx500" / verdict.REPORT).read_text())
     assert report["test"]["agreement"] == pytest.approx(0.98)
     assert report["method"] == "ptq" and [a["passed"] for a in report["attempts"]] == [True]
+    assert report["shipped"] is True
     assert report["out_of_class"].startswith("not on the sensor")
 
 
@@ -177,6 +190,7 @@ def test_the_report_keeps_every_attempt_and_ships_the_one_that_passed(judged, tm
     verdict.commit(run, tmp_path / "work", tried, Budget.of(1.0, 0.95), NAMES, print)
     report = json.loads((run.path / "imx500" / verdict.REPORT).read_text())
     assert report["method"] == "gptq" and report["test"]["agreement"] == 1.0
+    assert not (run.path / ".imx500-previous").exists()
     assert report["attempts"][0]["method"] == "ptq" and report["attempts"][0]["misses"]
 
 
@@ -204,7 +218,7 @@ def test_a_miss_keeps_the_earlier_export_and_sets_the_files_aside(judged, tmp_pa
     assert (earlier / "packerOut.zip").read_bytes() == b"earlier"
     assert (run.path / "rejected-imx500" / "labels.txt").is_file()
     kept = json.loads((run.path / "rejected-imx500" / verdict.REPORT).read_text())
-    assert kept["attempts"][-1]["passed"] is False
+    assert kept["attempts"][-1]["passed"] is False and kept["shipped"] is False
 
 
 # -- validate: the AI Camera's network beside the TFLite files -------------------------------
@@ -279,3 +293,19 @@ def test_without_the_imx500_venv_validate_notes_it_and_measures_the_rest(
     report = validate(run, ValidateOptions(), log=lines.append)
     assert [Path(m["path"]).suffix for m in report["models"]] == [".tflite"]
     assert any("is not measured" in line and "make setup-imx500" in line for line in lines)
+
+
+def test_a_run_with_only_the_network_and_no_imx500_venv_is_exit_3(exported_network, monkeypatch):
+    """Nothing else to measure: a pass with nothing measured would be a lie."""
+    from edge.errors import MissingEnvironment
+    from toolchain.core.options import ValidateOptions
+    from toolchain.validate.command import validate
+
+    run, _, _ = exported_network
+    for model in run.glob("model_*.tflite"):
+        model.unlink()
+    monkeypatch.setenv("EDGETL_IMX500_PYTHON", str(run / "nowhere" / "python"))
+    before = (run / "parity.json").read_bytes()  # the export's
+    with pytest.raises(MissingEnvironment, match="make setup-imx500"):
+        validate(run, ValidateOptions(), log=lambda m: None)
+    assert (run / "parity.json").read_bytes() == before

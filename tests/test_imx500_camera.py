@@ -52,6 +52,8 @@ class Picamera2:
         return {"main": main}
 
     def start(self, config):
+        if os.environ.get("FAKE_IMX500_BUSY"):
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
         log("start", format=config["main"]["format"])
 
     def capture_request(self):
@@ -81,11 +83,12 @@ class IMX500:
     def __init__(self, network_file):
         if os.environ.get("FAKE_IMX500_ABSENT"):
             raise RuntimeError("IMX500: Requested camera dev-node not found")
+        if os.environ.get("FAKE_IMX500_UNPARSABLE"):
+            import struct
+
+            struct.unpack(">4sI", b"9464")  # what picamera2 meets in a truncated file
         log("load network", path=network_file)
         self.camera_num = 1
-
-    def show_network_fw_progress_bar(self):
-        pass
 
     def get_outputs(self, metadata, add_batch=False):
         frame = metadata["frame"]
@@ -118,7 +121,7 @@ def camera(tmp_path):
     (export / "out").mkdir(parents=True)
     (export / "labels.txt").write_text("\n".join(LABELS) + "\n")
     network = export / "out" / "network.rpk"
-    network.write_bytes(b"\x00RPK stand-in: the sensor never reads it here")
+    network.write_bytes(b"9464 stand-in: the sensor never reads it here")
     env = {
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]),
         "FAKE_IMX500_LOG": str(tmp_path / "camera.log"),
@@ -190,6 +193,10 @@ def test_labels_that_do_not_match_the_sensor_output_are_one_line(camera):
         (None, ["--source", "photos"], 2, ("--source camera",)),
         (None, ["--runtime", "tflite_runtime"], 2, ("--runtime", "sensor")),
         ("no camera", [], 3, ("did not take it",)),
+        ("busy", [], 3, ("could not be started", "close other camera programs")),
+        ("not a package", [], 2, ("not an IMX500 network package",)),
+        ("folder", [], 2, ("a folder",)),
+        ("unparsable", [], 2, ("not a network the AI Camera can load", "error")),
         ("no picamera2", [], 3, ("apt install imx500-all",)),
     ],
 )
@@ -203,8 +210,74 @@ def test_mistakes_on_the_ai_camera_path_are_one_line(camera, change, args, code,
         network.unlink()
     elif change == "no camera":
         env["FAKE_IMX500_ABSENT"] = "1"
+    elif change == "busy":
+        env["FAKE_IMX500_BUSY"] = "1"
+    elif change == "not a package":
+        network.write_bytes(b"\x00" * 64)
+    elif change == "folder":
+        network.unlink()
+        network.mkdir()
+    elif change == "unparsable":
+        env["FAKE_IMX500_UNPARSABLE"] = "1"
     elif change == "no picamera2":
         env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     source = [] if "--source" in args else ["--source", "camera"]
     result = run_cli("classify", str(network), *source, *args, env=env)
     assert_one_line_error(result, code, *fragments)
+
+
+def test_a_stop_request_ends_the_wait_for_the_sensors_first_output(tmp_path, monkeypatch):
+    """Ctrl-C while the network is still uploading (no output yet) ends the stream there,
+    and the camera is closed: the wait is not 5 minutes of frames."""
+    from edge import sources
+
+    events = []
+
+    class Request:
+        def make_array(self, name):
+            return np.zeros((4, 4, 3), np.uint8)
+
+        def get_metadata(self):
+            return {}
+
+        def release(self):
+            events.append("release")
+
+    class Camera:
+        def __init__(self, num):
+            pass
+
+        def create_preview_configuration(self, main, buffer_count):
+            return {}
+
+        def start(self, config):
+            pass
+
+        def capture_request(self):
+            return Request()
+
+        def stop(self):
+            pass
+
+        def close(self):
+            events.append("close")
+
+    class Sensor:
+        camera_num = 0
+
+        def __init__(self, path):
+            pass
+
+        def get_outputs(self, metadata):
+            return None  # still uploading, for ever
+
+    monkeypatch.setattr(sources, "_imx500_helper", lambda: (Camera, Sensor))
+    asked = []
+
+    def stop_requested():
+        asked.append(1)
+        return "SIGINT" if len(asked) > 5 else ""
+
+    network = tmp_path / "network.rpk"
+    assert list(sources.sensor_frames(network, "camera", stop_requested)) == []
+    assert events.count("release") == 5 and events[-1] == "close"

@@ -69,7 +69,11 @@ EXPORT_REJECTED = "rejected"
 IMX500_EXPORT = "imx500"
 IMX500_STAGING = ".imx500-staging"
 IMX500_REJECTED = "rejected-imx500"  # the files of the last IMX500 export that missed
-DERIVED_FOLDERS = (EXPORT_STAGING, EXPORT_REJECTED, IMX500_EXPORT, IMX500_STAGING, IMX500_REJECTED)
+IMX500_PREVIOUS = ".imx500-previous"  # the export being replaced, until the new one is in
+DERIVED_FOLDERS = (
+    EXPORT_STAGING, EXPORT_REJECTED, IMX500_EXPORT, IMX500_STAGING, IMX500_REJECTED,
+    IMX500_PREVIOUS,
+)  # fmt: skip
 # Training's own working state: folders edgetl creates inside a run and owns whole.
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"

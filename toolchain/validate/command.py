@@ -155,7 +155,9 @@ def validate(
             for path in model_paths:
                 yield measure_model(path, Path(reference_path))
             if not given and options.runtime is None:  # the run's own: the AI Camera's too
-                yield imx500_entry(run, config, keras_model, keras_probs, eval_set, labels, log)
+                yield imx500_entry(
+                    run, config, keras_model, keras_probs, eval_set, labels, log, not model_paths
+                )
 
         for entry in filter(None, entries()):
             report["models"].append(entry)

@@ -35,7 +35,17 @@ from toolchain.validate.evalset import EvalSet
 from toolchain.validate.figures import compare, measured_elsewhere
 
 MODEL = "model_q.keras"
+BATCH = 64
 DECODE = "edgetl's decode (the sensor scales its own frame)"
+
+
+def export_figures(folder: Path) -> Dict[str, Any]:
+    """The export's own report, read leniently: it only names the method in the entry."""
+    try:
+        report = json.loads((folder / "imx500_report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def has_network(run: RunDir) -> bool:
@@ -50,13 +60,24 @@ def with_unknown_column(probs: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([probs, np.zeros((len(probs), width - probs.shape[1]), probs.dtype)], 1)
 
 
+def size_of(pixels: Any) -> tuple:
+    """One image's shape in a pixel set (an array or validate's disk-backed rows)."""
+    return tuple(np.asarray(pixels[0:1]).shape[1:])
+
+
 def network_answers(python: str, model: Path, pixels: np.ndarray, scratch: Path, log: Log):
     """The quantized network's probabilities on ``pixels``, from the IMX500 venv."""
     work = Path(tempfile.mkdtemp(prefix=".imx500-validate-", dir=scratch))
     try:
         (work / "spec.json").write_text(json.dumps({"model": str(model.resolve())}))
-        np.savez(work / "sets.npz", test=pixels)
-        run_worker(python, "predict", work, log)
+        rows = np.lib.format.open_memmap(
+            work / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(pixels), *size_of(pixels))
+        )
+        for start in range(0, len(pixels), BATCH):  # a batch at a time: the set stays on disk
+            rows[start : start + BATCH] = pixels[start : start + BATCH]
+        rows.flush()
+        del rows
+        run_worker(python, "predict", work, log, who="validate")
         return np.load(work / "probs.npz")["test"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -70,9 +91,11 @@ def imx500_entry(
     eval_set: EvalSet,
     labels: List[str],
     log: Log,
+    required: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """The IMX500 network's model entry, or None when the run has none (or, with a note,
-    when the IMX500 venv is not here to run it)."""
+    when the IMX500 venv is not here to run it, unless ``required``: the run has
+    nothing else to validate)."""
     folder = run.path / IMX500_EXPORT
     model = folder / MODEL
     if not has_network(run):
@@ -80,6 +103,8 @@ def imx500_entry(
     try:
         python = imx500_python()
     except MissingEnvironment as error:
+        if required:  # nothing else to validate: measuring nothing must not pass
+            raise
         log(f"note: {folder} is not measured: {error}")
         return None
     start = time.perf_counter()
@@ -91,10 +116,7 @@ def imx500_entry(
     answers = network_answers(python, model, eval_set.pixels, run.path, log)
     probs = with_unknown_column(metrics.require_finite(answers, str(model)), len(labels))
     figures = compare(keras, probs, eval_set.labels, labels)
-    report_path = folder / "imx500_report.json"
-    method = "?"
-    if report_path.is_file():
-        method = str(json.loads(report_path.read_text()).get("method", "ptq")).upper()
+    method = str(export_figures(folder).get("method", "?")).upper()
     packed = folder / "packerOut.zip"
     return {
         "path": str(packed),

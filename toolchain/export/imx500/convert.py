@@ -41,7 +41,14 @@ from toolchain.core.options import ExportOptions
 from toolchain.core.pixel_file import predict_in_batches
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import IMX500_EXPORT, IMX500_STAGING, RunDir
-from toolchain.export.imx500.verdict import Attempt, commit, judge_answers, reject, report_of
+from toolchain.export.imx500.verdict import (
+    Attempt,
+    commit,
+    judge_answers,
+    recover,
+    reject,
+    report_of,
+)  # fmt: skip
 from toolchain.export.qat.finetune import layer_weights
 from toolchain.quantize.calibration import calibration_set, config_seed
 from toolchain.quantize.imx500.process import imx500_python, require_java, run_worker
@@ -96,6 +103,7 @@ def export_imx500(run_dir: str | Path, options: ExportOptions, log: Log = stderr
     check_options(options)
     budget = Budget.of(options.max_drop, options.min_agreement)
     run = RunDir(run_dir).require_trained()
+    recover(run)
     target = run.path / FOLDER
     if target.exists() and not options.force:
         raise BadInput(f"{target} exists from an earlier export: pass --force to replace it")

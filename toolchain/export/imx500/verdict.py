@@ -20,7 +20,8 @@ from edge import atomic
 from edge.errors import GateFailed
 from toolchain.core.budget import Budget
 from toolchain.core.progress import Log
-from toolchain.core.rundir import IMX500_EXPORT, IMX500_REJECTED, RunDir
+from toolchain.core.rundir import IMX500_EXPORT, IMX500_PREVIOUS, IMX500_REJECTED, RunDir
+from toolchain.quantize.imx500.process import WorkerFailed
 from toolchain.validate.decision import Judge
 from toolchain.validate.figures import compare, p_worse
 
@@ -105,7 +106,8 @@ def report_of(
         "labels": names,
         "out_of_class": "not on the sensor (classes only)",
         "budget": budget.json(),
-        "method": kept.method,
+        "method": kept.method,  # the last attempt: the one shipped when "shipped"
+        "shipped": kept.passed,
         "test": {k: kept.test[k] for k in TEST_KEYS},
         "decision": kept.decision,
         "attempts": [attempt.json() for attempt in attempts],
@@ -134,6 +136,15 @@ def reject(run: RunDir, work: Path, attempts: List[Attempt], report: Dict[str, A
     )
 
 
+def recover(run: RunDir) -> None:
+    """Finish what a kill between ``commit``'s two renames left (the run lock is held):
+    the earlier export is put back when the new one never arrived."""
+    target, previous = run.path / IMX500_EXPORT, run.path / IMX500_PREVIOUS
+    if previous.exists() and not target.exists():
+        previous.replace(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def commit(
     run: RunDir, work: Path, attempts: List[Attempt], budget: Budget, names: List[str], log: Log
 ) -> Path:
@@ -142,7 +153,12 @@ def commit(
     out = work / "out"
     worker = json.loads((work / "report.json").read_text())
     report = report_of(attempts, budget, names, out, worker)
-    memory = report["memory"] or {}
+    if report["memory"] is None:
+        raise WorkerFailed(
+            f"--target imx500: the converter wrote no memory report in {out}; this is a bug "
+            "in edgetl: please report it with the output of `edgetl --debug …`"
+        )
+    memory = report["memory"]
     log(
         f"imx500: memory {memory.get('Memory Usage')} of "
         f"{memory.get('Total Memory Available On Chip')}, fits in chip: {memory.get('Fit In Chip')}"
@@ -151,13 +167,14 @@ def commit(
         attempts[-1].problems.append(
             f"does not fit the chip ({memory.get('Memory Usage')} of 8 MB)"
         )
-        report["attempts"][-1] = attempts[-1].json()
+        report["attempts"][-1], report["shipped"] = attempts[-1].json(), False
         reject(run, work, attempts, report)
     write_beside(out, report, report["labels"])
-    target = run.path / IMX500_EXPORT
-    if target.exists():
-        target.replace(work / "previous")  # removed with the work folder
+    target, previous = run.path / IMX500_EXPORT, run.path / IMX500_PREVIOUS
+    if target.exists():  # beside the run, not in the work folder: a kill here loses nothing
+        target.replace(previous)
     out.replace(target)
+    shutil.rmtree(previous, ignore_errors=True)
     shutil.rmtree(run.path / IMX500_REJECTED, ignore_errors=True)  # an earlier miss's files
     log(PI_STEPS.format(zip=target / "packerOut.zip"))
     return target / "packerOut.zip"

@@ -9,14 +9,16 @@ process per step. Shared by ``export --target imx500`` (quantize, convert) and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections import deque
 from pathlib import Path
 
-from edge.errors import INTERNAL, EdgetlError, GateFailed, MissingEnvironment
+from edge.errors import INTERNAL, BadInput, EdgetlError, GateFailed, MissingEnvironment
 from toolchain.core.progress import Log
 from toolchain.core.venvs import own_python
 
@@ -25,6 +27,7 @@ INSTALL = "make setup-imx500 (a venv with imx500-converter[tf] and model-compres
 JAVA_INSTALL = "sudo apt install openjdk-17-jre-headless"
 WORKER = Path(__file__).with_name("worker.py")
 EXIT_SETUP, EXIT_REFUSED, EXIT_ENVIRONMENT = 3, 5, 6  # the worker's codes (worker.py)
+EXIT_UNREADABLE = 8  # the predict step could not load the exported model
 
 
 class WorkerFailed(EdgetlError):
@@ -73,8 +76,14 @@ def require_java() -> None:
         )
 
 
-def run_worker(python: str, step: str, work: Path, log: Log) -> None:
-    """One step of the worker in its venv; its ``imx500:`` lines are the progress shown."""
+def run_worker(python: str, step: str, work: Path, log: Log, who: str = "--target imx500") -> None:
+    """One step of the worker in its venv; its ``imx500:`` lines are the progress shown.
+    ``who`` starts each error line (the command or option the user gave).
+
+    The worker runs in a process group of its own, killed whole when the step ends
+    or this process is interrupted: the converter's Java is the worker's child, and
+    a kill of the worker alone would leave it running.
+    """
     tail: deque = deque(maxlen=40)
     process = subprocess.Popen(  # -I: a user's PYTHONPATH must not reach TensorFlow 2.15
         [python, "-I", str(WORKER), step, str(work)],
@@ -84,6 +93,7 @@ def run_worker(python: str, step: str, work: Path, log: Log) -> None:
         text=True,
         errors="replace",
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        start_new_session=True,
     )
     assert process.stderr is not None
     try:
@@ -93,23 +103,27 @@ def run_worker(python: str, step: str, work: Path, log: Log) -> None:
             if line.startswith("imx500: "):
                 log(line)
         code = process.wait()
-    finally:  # Ctrl-C or an error here: the worker (and its Java) end with us
+    finally:  # Ctrl-C, an error here, or a step that left a child behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         if process.poll() is None:
-            process.kill()
             process.wait()
     if code == 0:
         return
     errors = [line[len("imx500-error: ") :] for line in tail if line.startswith("imx500-error: ")]
     reason = errors[-1] if errors else (tail[-1] if tail else f"exit {code}")
     if code == EXIT_SETUP:
-        raise MissingEnvironment(f"--target imx500: {python}: {reason}: {INSTALL}")
+        raise MissingEnvironment(f"{who}: {python}: {reason}: {INSTALL}")
     if code == EXIT_REFUSED:
-        raise GateFailed(f"--target imx500: the converter refused the network: {reason}")
+        raise GateFailed(f"{who}: the converter refused the network: {reason}")
+    if code == EXIT_UNREADABLE:
+        raise BadInput(f"{who}: {reason}; export it again with --target imx500 --force")
     if code == EXIT_ENVIRONMENT or code < 0:  # out of memory, or a signal from outside
         raise MissingEnvironment(
-            f"--target imx500: the IMX500 worker stopped (exit {code}): {reason}"
+            f"{who}: the IMX500 worker stopped (exit {code}, out of memory or killed from "
+            f"outside): {reason}; close other programs and run it again"
         )
     raise WorkerFailed(
-        f"--target imx500: the IMX500 worker failed ({reason}); this is a bug in edgetl: "
+        f"{who}: the IMX500 worker failed ({reason}); this is a bug in edgetl: "
         "please report it with the output of `edgetl --debug …`"
     )

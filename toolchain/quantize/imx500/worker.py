@@ -9,7 +9,7 @@ writes the converter's files and the quantized model's answers back.
 Three steps, each a process (``argv[1]``; ``argv[2]`` is the work folder), so the
 parent judges between them: ``quantize`` (MCT, plain PTQ or GPTQ, as
 ``spec.json`` says), ``convert`` (``imxconv-tf`` on the model the parent kept) and
-``predict`` (an exported model's answers, for ``validate``).
+``predict`` (an exported model's answers on ``pixels.npy``, for ``validate``).
 
 In: ``spec.json`` (image size, alpha, classes, calibration batch, method),
 ``reference.npy`` (Keras's probabilities on the first test
@@ -53,6 +53,7 @@ EXIT_SETUP = 3  # the venv lacks a package: the parent says how to install it
 EXIT_REFUSED = 5  # the converter refused the network: the parent exits 1 with its line
 EXIT_ENVIRONMENT = 6  # out of memory: the parent exits 3
 EXIT_BUG = 7  # an exception: the parent exits 4 with its last line
+EXIT_UNREADABLE = 8  # predict: the exported model cannot be loaded: the parent exits 2
 EXIT_ORPHANED = 9  # the parent died: nobody reads this code
 INPUT_SCALING = "to_minus1_1"
 
@@ -248,9 +249,18 @@ def predict_step(work: Path) -> int:
         return EXIT_SETUP
     mct, _ = found
     spec = json.loads((work / "spec.json").read_text())
-    model = mct.keras_load_quantized_model(spec["model"])
-    sets = np.load(work / "sets.npz")
-    np.savez(work / "probs.npz", **{name: predict(model, sets[name]) for name in sets.files})
+    try:
+        model = mct.keras_load_quantized_model(spec["model"])
+    except Exception as error:  # a damaged or foreign file: the parent names it
+        reason = " ".join(str(error).split())[:200]
+        print(
+            f"imx500-error: {spec['model']}: MCT cannot load it ({type(error).__name__}: {reason})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_UNREADABLE
+    pixels = np.load(work / "pixels.npy", mmap_mode="r")  # written a batch at a time
+    np.savez(work / "probs.npz", test=predict(model, pixels))
     return 0
 
 
