@@ -16,6 +16,7 @@ import numpy as np
 from edge.answer import card_floor, card_unknown_index
 from edge.errors import BadInput
 from edge.image import DEFAULT_RESIZE, RESIZE_FILTERS
+from edge.imx500 import is_sensor_network
 from edge.modelfile import ModelCard, read_embedded, read_model_card
 from edge.runtime import RuntimeInfo, load_interpreter
 
@@ -137,6 +138,11 @@ class Classifier:
     ) -> None:
         if not os.path.isfile(model_path):
             raise BadInput(f"{model_path}: no such model file; give the path of a .tflite file")
+        if is_sensor_network(model_path):
+            raise BadInput(
+                f"{model_path}: the AI Camera's network runs on its sensor, not in an "
+                f"interpreter; use it with `edgetl classify {model_path} --source camera`"
+            )
         self.model_path = str(model_path)
         probe_quantized = _looks_quantized(self.model_path)
         self.interpreter, self.runtime = load_interpreter(

@@ -281,3 +281,12 @@ def test_a_stop_request_ends_the_wait_for_the_sensors_first_output(tmp_path, mon
     network = tmp_path / "network.rpk"
     assert list(sources.sensor_frames(network, "camera", stop_requested)) == []
     assert events.count("release") == 5 and events[-1] == "close"
+
+
+@pytest.mark.parametrize("command", ["bench", "info"])
+def test_the_network_given_to_an_interpreter_command_names_classify(camera, command):
+    """bench and info run a TFLite interpreter (as parity does, after its reference is
+    read): a .rpk there is one line, exit 2, saying where it does run."""
+    network, env, tmp_path = camera
+    result = run_cli(command, str(network), env=env)
+    assert_one_line_error(result, 2, "runs on its sensor", "--source camera")
