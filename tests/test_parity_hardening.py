@@ -13,8 +13,9 @@ from edge.pipeline import Result
 from tests.conftest import assert_one_line_error, run_cli
 from toolchain.core.options import ExportOptions, ValidateOptions
 from toolchain.core.text import markdown_cell
-from toolchain.validate.command import check_validate_options, label_mismatch
+from toolchain.validate.command import check_validate_options
 from toolchain.validate.figures import match_results
+from toolchain.validate.model_entry import label_mismatch
 from toolchain.validate.report import parity_markdown
 
 QUIET = lambda message: None  # noqa: E731
