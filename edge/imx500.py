@@ -81,11 +81,9 @@ class SensorModel:
         return row
 
 
-def find_labels(network: Path, labels: Optional[Path] = None) -> Path:
-    """``labels`` if given, else ``labels.txt`` beside the network or one folder up
-    (``imx500-package -o out`` inside ``RUN/imx500/`` puts the network in ``out/``)."""
-    if labels is not None:
-        return labels
+def find_labels(network: Path) -> Path:
+    """``labels.txt`` beside the network or one folder up (``imx500-package -o out``
+    inside ``RUN/imx500/`` puts the network in ``out/``)."""
     for folder in (network.parent, network.parent.parent):
         if (folder / LABELS_NAME).is_file():
             return folder / LABELS_NAME
@@ -95,7 +93,7 @@ def find_labels(network: Path, labels: Optional[Path] = None) -> Path:
     )
 
 
-def open_sensor_model(network: Path, labels: Optional[Path] = None) -> SensorModel:
+def open_sensor_model(network: Path) -> SensorModel:
     """The network file checked, and its labels read (one line each for what is wrong)."""
     if network.is_dir() or not network.exists():
         what = "a folder" if network.is_dir() else "no such file"
@@ -118,7 +116,7 @@ def open_sensor_model(network: Path, labels: Optional[Path] = None) -> SensorMod
             f"{network}: not an IMX500 network package (it does not start as one); give the "
             "network.rpk that imx500-package wrote"
         )
-    path = find_labels(network, labels)
+    path = find_labels(network)
     names = read_labels_file(path)
     if not names:
         raise BadInput(f"{path}: holds no labels; use the labels.txt the export wrote")

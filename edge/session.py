@@ -145,7 +145,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 
 def open_model(
-    model: Path, source: str, runtime: Optional[str], threads: Optional[int]
+    model: Path, runtime: Optional[str], threads: Optional[int]
 ) -> Classifier | SensorModel:
     """The model argument decides what runs it: a ``.rpk`` is the AI Camera's network
     (the sensor runs it), anything else a TFLite file for an interpreter here."""

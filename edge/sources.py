@@ -130,23 +130,47 @@ PICAMERA_FORMAT = "BGR888"
 PICAMERA_SIZE = (640, 480)
 
 
-def picamera_frames(index: int, name: str) -> Iterator[Frame]:
-    """Frames from a Pi camera module until it stops answering (or the caller stops)."""
-    from PIL import Image
+def camera_busy(error: BaseException) -> MissingEnvironment:
+    """A Pi camera that libcamera would not open or start (another program holds it)."""
+    return MissingEnvironment(
+        f"the camera could not be started ({error}); close other camera programs "
+        "(rpicam-*, libcamera apps) and check `rpicam-hello --list-cameras`"
+    )
 
+
+@contextlib.contextmanager
+def started_camera(open_camera: Callable[[], Any], start: Callable[[Any], None]) -> Iterator[Any]:
+    """A picamera2 camera opened and started, stopped and closed however the frames end;
+    a camera that will not open or start is ``camera_busy``'s one line."""
     try:
-        camera = _picamera2()(index)
+        camera = open_camera()
     except (RuntimeError, OSError) as error:
         raise camera_busy(error) from error
     try:
         try:
-            config = camera.create_preview_configuration(
-                main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}
-            )
-            camera.configure(config)
-            camera.start()
+            start(camera)
         except (RuntimeError, OSError) as error:
             raise camera_busy(error) from error
+        yield camera
+    finally:
+        with contextlib.suppress(RuntimeError, OSError):
+            camera.stop()
+        camera.close()
+
+
+def picamera_frames(index: int, name: str) -> Iterator[Frame]:
+    """Frames from a Pi camera module until it stops answering (or the caller stops)."""
+    from PIL import Image
+
+    def configure(camera: Any) -> None:
+        camera.configure(
+            camera.create_preview_configuration(
+                main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}
+            )
+        )
+        camera.start()
+
+    with started_camera(lambda: _picamera2()(index), configure) as camera:
         count = 0
         while True:
             start = time.perf_counter()
@@ -157,10 +181,6 @@ def picamera_frames(index: int, name: str) -> Iterator[Frame]:
             image = Image.fromarray(rgb[:, :, :3])
             yield Frame(f"{name}#{count:06d}", image, "", (time.perf_counter() - start) * 1000.0)
             count += 1
-    finally:
-        with contextlib.suppress(RuntimeError, OSError):
-            camera.stop()
-        camera.close()
 
 
 # A sensor that has not produced an output tensor by then never will: a first upload
@@ -179,14 +199,6 @@ def _imx500_helper() -> Any:
             f"the AI Camera needs picamera2 with its IMX500 helper ({error}): {IMX500_INSTALL}"
         ) from error
     return Picamera2, IMX500
-
-
-def camera_busy(error: BaseException) -> MissingEnvironment:
-    """A Pi camera that libcamera would not open or start (another program holds it)."""
-    return MissingEnvironment(
-        f"the camera could not be started ({error}); close other camera programs "
-        "(rpicam-*, libcamera apps) and check `rpicam-hello --list-cameras`"
-    )
 
 
 def sensor_frames(
@@ -217,18 +229,15 @@ def sensor_frames(
             f"{network}: not a network the AI Camera can load ({type(error).__name__}: "
             f"{error}); give the network.rpk that imx500-package wrote"
         ) from error
-    try:
-        camera = picamera2(imx500.camera_num)
-    except (RuntimeError, OSError) as error:
-        raise camera_busy(error) from error
-    try:
-        try:
-            config = camera.create_preview_configuration(
+
+    def configure(camera: Any) -> None:
+        camera.start(
+            camera.create_preview_configuration(
                 main={"format": PICAMERA_FORMAT, "size": PICAMERA_SIZE}, buffer_count=12
             )
-            camera.start(config)
-        except (RuntimeError, OSError) as error:
-            raise camera_busy(error) from error
+        )
+
+    with started_camera(lambda: picamera2(imx500.camera_num), configure) as camera:
         count, waiting_since = 0, time.monotonic()
         while not stop_requested():
             start = time.perf_counter()
@@ -261,10 +270,6 @@ def sensor_frames(
                 sensor_ms=float(kpi[0]) if kpi else 0.0,
             )
             count += 1
-    finally:
-        with contextlib.suppress(RuntimeError, OSError):
-            camera.stop()
-        camera.close()
 
 
 def open_source(source: str) -> Source:

@@ -262,7 +262,7 @@ def classify(
     output = Path(options.output) if options.output else None
     if output is not None and output.resolve() == model.resolve():
         raise BadInput(f"--output {output} is the model itself; give a .csv or .jsonl file name")
-    classifier = open_model(model, options.source, options.runtime, options.threads)
+    classifier = open_model(model, options.runtime, options.threads)
     # No display: one line and exit 3 before the source is opened or a frame is read.
     window = Window() if options.show else None
     opened = open_source_for(classifier, options.source)

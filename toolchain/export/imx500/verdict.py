@@ -65,6 +65,16 @@ class Attempt:
         }
 
 
+def misses_on(figures: Dict[str, Any], budget: Budget, images: str) -> List[str]:
+    """``budget``'s misses on one set of ``compare`` figures, each naming the images."""
+    return [
+        f"{miss} on the {figures['n_images']} {images} images"
+        for miss in budget.misses(
+            figures["top1_drop_pts"], figures["agreement"], p_worse(figures), figures["n_images"]
+        )
+    ]
+
+
 def judge_answers(
     method: str,
     probs: Any,
@@ -76,19 +86,8 @@ def judge_answers(
 ) -> Attempt:
     """The worker's answers (``probs["test"]``, ``probs["decision"]``) against the budget."""
     test = compare(keras_test, probs["test"], truth, names)
-    problems = [
-        f"{miss} on the {test['n_images']} test images"
-        for miss in budget.misses(
-            test["top1_drop_pts"], test["agreement"], p_worse(test), test["n_images"]
-        )
-    ]
     decided = compare(judge.keras_probs, probs["decision"], judge.decision.labels, names)
-    problems += [
-        f"{miss} on the {decided['n_images']} decision images"
-        for miss in budget.misses(
-            decided["top1_drop_pts"], decided["agreement"], p_worse(decided), decided["n_images"]
-        )
-    ]
+    problems = misses_on(test, budget, "test") + misses_on(decided, budget, "decision")
     estimate = judge.figures(probs["decision"])
     return Attempt(method, test, estimate.json(), estimate.text(), problems)
 
