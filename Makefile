@@ -18,7 +18,7 @@ help:
 	@echo "make test-slow  the slow tier: multi-worker, QAT, several trainings, kills (CI runs it too)"
 	@echo "make demo    generate -> train -> export INT8 -> validate -> classify, offline"
 	@echo "make bench   write benchmark JSON to build/bench/ (BENCH_ARGS='--skip-training --skip-scale --scale-sizes 3000,30000 --runs N --shared DIR')"
-	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain')"
+	@echo "make quality INT8 accuracy per export policy on k folds of ../shared photos (QUALITY_ARGS='--k 3 --retrain', or '--leave-out tulip --policies default --out build/quality-four')"
 	@echo "make accelerators  the README recipe exported for accelerator, edgetpu, ethos-u; each file judged by its compiler (ACCELERATOR_ARGS='--run RUN')"
 	@echo "make web-runtime  MediaPipe's web runtime (@mediapipe/tasks-vision, npm) into build/web/ for edgetl serve"
 	@echo "make web-check  the README recipe's shipped model in headless Chromium: file and fake-camera paths vs Keras and MediaPipe Python (build/web-check/)"
@@ -150,4 +150,4 @@ clean-pi-check: $(VENV)/.installed
 	$(BIN)/python tests/tools/pi_check.py --out build/pi-check --clean
 
 clean:
-	rm -rf build/demo build/bench build/runs build/quality
+	rm -rf build/demo build/bench build/runs build/quality build/quality-four

@@ -13,6 +13,11 @@ export may judge agreement on training images).
 
 Trained runs are kept under ``OUT/fold*/run`` and reused (``--retrain`` to start
 again), so export policies can be compared without retraining.
+
+``--leave-out tulip`` is the hidden check of issue 23 as this machine can run it:
+no fold trains on the left-out class, the default export's calibration, answer
+precision and coverage are measured on the held-out fold, and the left-out
+class's photos are reported (answered ``unknown`` or not) beside the dogs.
 Writes ``OUT/quality.json``, ``OUT/quality.md`` and ``OUT/quality.png``.
 """
 
@@ -27,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Optional, Sequence
 
 import typer
 
@@ -62,13 +67,20 @@ BIAS_IMAGES = 600  # training images per fold for the agreement-bias figure
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 
 
-def folds_of(photos: Path, k: int, seed: int = 0) -> List[Dict[str, List[Path]]]:
-    """k stratified folds: each class's files shuffled once, then dealt round-robin."""
+def class_files(folder: Path) -> List[Path]:
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def folds_of(
+    photos: Path, k: int, seed: int = 0, leave_out: Sequence[str] = ()
+) -> List[Dict[str, List[Path]]]:
+    """k stratified folds: each class's files shuffled once, then dealt round-robin.
+    Classes in ``leave_out`` are in no fold: no run trains on them."""
     folds: List[Dict[str, List[Path]]] = [{} for _ in range(k)]
     for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
-        files = sorted(
-            f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-        )
+        if folder.name in leave_out:
+            continue
+        files = class_files(folder)
         random.Random(f"{seed}:{folder.name}").shuffle(files)
         for index, file in enumerate(files):
             folds[index % k].setdefault(folder.name, []).append(file)
@@ -139,11 +151,17 @@ def score_ece(rows: List[Dict[str, str]], truth: List[str], classes: List[str]) 
 
 
 def confidence_figures(
-    run: Path, model: Path, heldout: Path, dogs: Optional[Path], log_file: Path
+    run: Path,
+    model: Path,
+    heldout: Path,
+    dogs: Optional[Path],
+    log_file: Path,
+    unseen_class: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Issue 23's figures on the held-out fold: calibration error of Keras before and
     after calibration and of the shipped file, the promised and achieved precision of
-    its answers with their coverage, and the share of dog photos answered unknown."""
+    its answers with their coverage, and the share of dog photos answered unknown
+    (and of the photos of a class no fold trained on, reported, not judged)."""
     import numpy as np
 
     from edge.image import list_images, load_many
@@ -208,6 +226,11 @@ def confidence_figures(
         figures["dogs_flagged"] = round(
             sum(r["out_of_class"] == "1" for r in dog_rows) / len(dog_rows), 4
         )
+    if unseen_class is not None:
+        unseen_rows = classify_csv(model, unseen_class, run / "unseen_predictions.csv", log_file)
+        figures["unseen_class_unknown"] = round(
+            sum(r["answer"] == "unknown" for r in unseen_rows) / len(unseen_rows), 4
+        )
     return figures
 
 
@@ -221,6 +244,14 @@ def latency_ratio(model: Path, reference: Path, rounds: int = 5) -> float:
     for _ in range(rounds):
         ratios.append(invoke_latency(a, runs=50)["p50_ms"] / invoke_latency(b, runs=50)["p50_ms"])
     return round(statistics.median(ratios), 3)
+
+
+def trained_on(run: Path, classes: List[str]) -> bool:
+    """Whether ``run`` holds a finished training on exactly ``classes`` (a run of another
+    ``--leave-out`` is trained again, not reused)."""
+    if not (run / "train_report.json").is_file():
+        return False
+    return sorted(json.loads((run / "config.json").read_text())["labels"]) == classes
 
 
 def policy_run(fold_dir: Path, trained: Path, name: str, flags: List[str]) -> Path:
@@ -308,12 +339,15 @@ def markdown(report: Dict[str, Any]) -> str:
         )
     confidence = [r for r in report["rows"] if r.get("confidence")]
     if confidence:
+        left_out = ", ".join(report.get("left_out") or [])
+        unseen = [f" {left_out} (no fold trained on it) answered unknown |"] if left_out else [""]
         lines += [
             "",
             "Calibration and the out-of-class answer (default export; held-out fold; dogs from dogs128):",
             "",
-            "| fold | INT8 file | ECE Keras before / after | ECE INT8 (score_1) | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| fold | INT8 file | ECE Keras before / after | ECE INT8 (score_1) | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |"
+            + unseen[0],
+            "| --- " * (8 + bool(left_out)) + "|",
         ]
 
         def figure(value: Any, digits: int = 3) -> str:
@@ -327,6 +361,7 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"{c['promised_precision']}, {figure(c['floor'])} | {figure(c['precision'])} | "
                 f"{figure(c['coverage'])} ({figure(c['expected_coverage'])}) | "
                 f"{figure(c.get('dogs_unknown'))} |"
+                + (f" {figure(c.get('unseen_class_unknown'))} |" if left_out else "")
             )
     bias = report["train_agreement_bias"]
     if bias:
@@ -345,6 +380,13 @@ def quality(
     policies: Annotated[
         str, typer.Option(help="Comma-separated policies to export: " + ", ".join(POLICIES))
     ] = ",".join(POLICIES),
+    leave_out: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated classes no fold trains on (the hidden check's four flowers: "
+            "--leave-out tulip); their photos are reported, answered unknown or not."
+        ),
+    ] = "",
     retrain: Retrain = False,
     shared: Shared = DEFAULT_SHARED,
 ) -> None:
@@ -357,23 +399,36 @@ def quality(
     unknown = [p for p in chosen if p not in POLICIES]
     if unknown:
         raise typer.BadParameter(f"unknown policy {unknown}; choose from {list(POLICIES)}")
+    left_out = [c.strip() for c in leave_out.split(",") if c.strip()]
+    missing = [c for c in left_out if not (photos / c).is_dir()]
+    if missing:
+        raise typer.BadParameter(f"--leave-out {missing}: no such class folder in {photos}")
     out.mkdir(parents=True, exist_ok=True)
+    unseen_class: Optional[Path] = None
+    if left_out:
+        unseen_class = out / "unseen_class"
+        link_folder(unseen_class, {c: class_files(photos / c) for c in left_out})
     started = time.perf_counter()
     rows: List[Dict[str, Any]] = []
     earlier = out / "quality_rows.json"
     if earlier.is_file():  # rows of other policies from an earlier run stay in the report
-        rows = [r for r in json.loads(earlier.read_text()) if r["policy"] not in chosen]
+        rows = [
+            r
+            for r in json.loads(earlier.read_text())
+            if r["policy"] not in chosen and r.get("left_out", []) == left_out
+        ]
     biases: List[float] = []
-    for index, fold in enumerate(folds_of(photos, k)):
+    folds = folds_of(photos, k, leave_out=left_out)
+    for index, fold in enumerate(folds):
         fold_dir = out / f"fold{index}"
         fold_dir.mkdir(exist_ok=True)
         log_file = fold_dir / "commands.log"
         heldout = fold_dir / "heldout"
         link_folder(heldout, fold)
         trained = fold_dir / "run"
-        if retrain or not (trained / "train_report.json").is_file():
+        if retrain or not trained_on(trained, sorted(fold)):
             rest: Dict[str, List[Path]] = {}
-            for other, files in enumerate(folds_of(photos, k)):
+            for other, files in enumerate(folds):
                 if other != index:
                     for label, paths in files.items():
                         rest.setdefault(label, []).extend(paths)
@@ -405,6 +460,7 @@ def quality(
                 "fold": index,
                 "policy": name,
                 "flags": POLICIES[name],
+                "left_out": left_out,
                 "exit_code": result.returncode,
                 "error": errors[0] if errors else None,
                 "export_seconds": seconds,
@@ -427,7 +483,7 @@ def quality(
                     probe = run / "rejected_probe.tflite"
                     shutil.copyfile(rejected[-1], probe)  # classify wants .tflite
                     row["confidence"] = {
-                        **confidence_figures(run, probe, heldout, dogs, log_file),
+                        **confidence_figures(run, probe, heldout, dogs, log_file, unseen_class),
                         "file": f"{rejected[-1].name} (not shipped)",
                     }
                     probe.unlink()
@@ -436,7 +492,7 @@ def quality(
                 row["heldout"] = measure(run, model, heldout, log_file)
                 if name == "default":
                     row["confidence"] = {
-                        **confidence_figures(run, model, heldout, dogs, log_file),
+                        **confidence_figures(run, model, heldout, dogs, log_file, unseen_class),
                         "file": model.name,
                     }
                 full = run / "model_int8.tflite"
@@ -462,6 +518,7 @@ def quality(
     report: Dict[str, Any] = {
         "photos": str(photos),
         "k": k,
+        "left_out": left_out,
         "recipe": RECIPE,
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -149,7 +149,7 @@ class TrainOptions:
     )
     label_smoothing: float = option(
         0.1,
-        "Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs, which also quantize better.",
+        "Label smoothing; 0.1 (Szegedy et al.) curbs over-confident outputs and, measured here, keeps the out-of-class distance sharp: on three four-flower folds the distance flagged 98-99% of dog photos at 0.1 and 93-96% at 0 (README).",
         min=0.0,
         max=0.95,
     )
@@ -247,8 +247,8 @@ class ExportOptions:
         max=1.0,
     )
     precision_confidence: float = option(
-        0.5,
-        "Confidence of the one-sided Clopper-Pearson bound behind --min-precision. 0.5: the precision on new photos is as likely above the promise as below (a little above, the bound being conservative); 0.9 makes a firmer promise and answers far fewer photos on a few hundred held-out photos (README).",
+        0.8,
+        "Confidence of the one-sided Clopper-Pearson bound behind --min-precision. 0.8 (default): on four-flower runs with 396 held-out photos, new photos' precision reached the promise (less 0.01) in 88% of re-drawn trials, against 69% at 0.5, for 6 points of coverage (README); 0.5 makes it about even odds.",
         min=0.5,
         max=0.999,
     )
