@@ -340,13 +340,13 @@ def markdown(report: Dict[str, Any]) -> str:
     confidence = [r for r in report["rows"] if r.get("confidence")]
     if confidence:
         left_out = ", ".join(report.get("left_out") or [])
-        unseen = [f" {left_out} (no fold trained on it) answered unknown |"] if left_out else [""]
+        unseen = f" {left_out} (no fold trained on it) answered unknown |" if left_out else ""
         lines += [
             "",
             "Calibration and the out-of-class answer (default export; held-out fold; dogs from dogs128):",
             "",
             "| fold | INT8 file | ECE Keras before / after | ECE INT8 (score_1) | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |"
-            + unseen[0],
+            + unseen,
             "| --- " * (8 + bool(left_out)) + "|",
         ]
 
