@@ -48,8 +48,12 @@ def training(photos: Path, weights: Path, shown: str, log: Log = print) -> Dict[
     runs = {
         "head_cached": base,
         "head_uncached": replace(base, cache_features=False),
-        # the recipe as users get it: auto fine-tune depth, early stopping restoring the best
-        "fine_tuned": replace(base, fine_tune_epochs=15, patience=TrainOptions.patience),
+        # the recipe as users get it: auto fine-tune depth, the last epochs averaged
+        "fine_tuned": replace(
+            base,
+            fine_tune_epochs=TrainOptions.fine_tune_epochs,
+            patience=TrainOptions.patience,
+        ),
     }
     results: Dict[str, Any] = {
         "data": str(photos),

@@ -5,9 +5,13 @@ traces augmentation layers in training mode, and the TFLite converter then
 fails on ``StatelessRandomGetKeyCounter`` (README, *Traps we measured*). The saved and
 exported model therefore contains no augmentation at all.
 
-Defaults follow the TensorFlow transfer-learning tutorial (horizontal flip,
-rotation: the tutorial's ±20% of a turn tilts photos unnaturally, we use ±5%),
-plus mild zoom, contrast and brightness, all in the raw 0–255 range.
+Horizontal flip and rotation as in the TensorFlow transfer-learning tutorial (whose
+±20% of a turn tilts photos unnaturally; ±8% here), crops of 65-100% of the photo
+(and up to 10% zoomed out), 10% shifts, ±30% contrast and brightness, all in the
+raw 0–255 range. Stronger than the tutorial's: measured on three four-flower
+folds of flowers128 (alpha 0.35, 128 px, with 25 epochs and weight averaging),
+held-out top-1 0.765-0.814 against 0.750-0.765 for flip, ±5% rotation, 10% zoom
+and ±20% contrast and brightness (README, *Training recipe*).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ def augmentation(seed: int) -> Any:
     return keras.Sequential(
         [
             layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
-            layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 3),
-            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
+            layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
+            # A negative factor zooms in: a crop of 65-100% of the photo.
+            layers.RandomZoom((-0.35, 0.1), fill_mode="reflect", seed=seed + 2),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 5),
+            layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 3),
+            layers.RandomBrightness(0.3, value_range=(0, 255), seed=seed + 4),
         ],
         name="augmentation",
     )

@@ -31,6 +31,7 @@ from toolchain.core.quiet import tensorflow
 from toolchain.core.rundir import RunDir
 from toolchain.train import cluster_watch, runstate
 from toolchain.train.augment import augmentation
+from toolchain.train.averaging import averaging_callback, window
 from toolchain.train.checks import finite_loss_guard
 from toolchain.train.data import TrainingData, even_shards
 from toolchain.train.devices import (
@@ -381,7 +382,7 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
                 save_weights_only=True,
             )
         )
-        if session.options.patience > 0:
+        if o.patience > 0:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
                     monitor="val_loss",
@@ -389,4 +390,10 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
                     restore_best_weights=True,
                 )
             )
+    averaged = window(o.average_epochs, o.fine_tune_epochs)
+    if phase == "fine_tune" and o.patience == 0 and averaged > 1:
+        first = offset + total - averaged
+        callbacks.append(
+            averaging_callback(keras, checkpoints / f"{phase}_average", first, session.log)
+        )
     return callbacks

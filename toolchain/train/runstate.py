@@ -158,8 +158,9 @@ def resumed_options(run: RunDir) -> TrainOptions:
     values = runjson.read_json_object(
         saved, "--resume cannot go on from it: start over with --force"
     )
-    # A run saved before --out-of-class existed trained without it (then the default).
-    values = {"out_of_class": False, **values}
+    # A run saved before --out-of-class or --average-epochs existed trained without
+    # them (then the defaults).
+    values = {"out_of_class": False, "average_epochs": 0, **values}
     try:
         return checked_options(
             replace(TrainOptions.from_dict(values), resume=True, out=str(run.path))
