@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge.errors import BadInput
 from toolchain.core.quiet import keras as import_keras
 from toolchain.train.averaging import SUM_FILE, averaging_callback, window
 
@@ -109,3 +110,72 @@ def test_a_resumed_phase_averages_the_same_epochs(tmp_path):
         SUM_FILE.format(epoch=4),
         SUM_FILE.format(epoch=5),
     ]
+
+
+def test_a_resume_after_the_last_epoch_still_averages(tmp_path):
+    """Killed after the last epoch's sum and backup, before the phase ended: the resumed
+    fit runs no epoch, and the weights are still the average."""
+    keras = import_keras()
+    x, y = _data()
+    whole, record = _model(keras), _Record(keras)
+    start = [np.array(v.numpy()) for v in whole.trainable_variables]
+    whole.fit(
+        x,
+        y,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[record.callback, averaging_callback(keras, tmp_path / "a", 2, print)],
+    )
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    resumed = _model(keras)
+    for variable, value in zip(resumed.trainable_variables, start):
+        variable.assign(value)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(
+            x,
+            y,
+            epochs=4,
+            verbose=0,
+            shuffle=False,
+            callbacks=[averaging_callback(keras, tmp_path / "b", 2, print), Kill()],
+        )
+    resumed.fit(
+        x,
+        y,
+        epochs=4,
+        initial_epoch=4,
+        verbose=0,
+        callbacks=[averaging_callback(keras, tmp_path / "b", 2, print)],
+    )
+    for a, b in zip(resumed.trainable_variables, whole.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_a_damaged_or_missing_sum_is_one_clear_error(tmp_path):
+    """A resume that cannot take up the average says so and how to go on; it does not
+    start the average over silently, nor crash."""
+    keras = import_keras()
+    x, y = _data()
+    model = _model(keras)
+    model.fit(x, y, epochs=1, verbose=0)
+    folder = tmp_path / "sums"
+    folder.mkdir()
+    (folder / SUM_FILE.format(epoch=2)).write_bytes(b"PK\x03\x04 not a zip")
+    for done, problem in ((2, "is damaged"), (4, "is missing")):
+        callback = averaging_callback(keras, folder, 1, print)
+        callback.set_model(model)
+        with pytest.raises(BadInput, match=f"{problem}.*start over with --force"):
+            callback.on_epoch_begin(done + 1)
+    # A sum of another model (other shapes) is refused too.
+    other = [np.zeros((5, 5)), np.zeros(5)]
+    np.savez(folder / SUM_FILE.format(epoch=1), *other, count=np.int64(1))
+    callback = averaging_callback(keras, folder, 1, print)
+    callback.set_model(model)
+    with pytest.raises(BadInput, match="does not belong to this run's model"):
+        callback.on_epoch_begin(2)

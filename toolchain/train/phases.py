@@ -31,7 +31,7 @@ from toolchain.core.quiet import tensorflow
 from toolchain.core.rundir import RunDir
 from toolchain.train import cluster_watch, runstate
 from toolchain.train.augment import augmentation
-from toolchain.train.averaging import averaging_callback, window
+from toolchain.train.averaging import phase_averaging
 from toolchain.train.checks import finite_loss_guard
 from toolchain.train.data import TrainingData, even_shards
 from toolchain.train.devices import (
@@ -254,6 +254,9 @@ def _fit(
         _compile(session, trainee, learning_rate)
         if across_workers:
             trainee.optimizer.build(trainee.trainable_variables)
+        # A resumed phase leaves BackupAndRestore's epoch on the model, and Keras starts
+        # every later fit there: the next phase must start at its own first epoch.
+        trainee._initial_epoch = None
         fit = trainee.fit(
             train_ds,
             validation_data=val_ds,
@@ -367,6 +370,9 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
             durations=session.timings.epoch_seconds.setdefault(phase, []),
         ),
     ]
+    if phase == "fine_tune":  # before the backup: see toolchain.train.averaging
+        averaging = phase_averaging(keras, o, checkpoints, offset + total - 1, session.log)
+        callbacks[2:2] = averaging
     try:
         import tensorboard  # noqa: F401
 
@@ -390,10 +396,4 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
                     restore_best_weights=True,
                 )
             )
-    averaged = window(o.average_epochs, o.fine_tune_epochs)
-    if phase == "fine_tune" and o.patience == 0 and averaged > 1:
-        first = offset + total - averaged
-        callbacks.append(
-            averaging_callback(keras, checkpoints / f"{phase}_average", first, session.log)
-        )
     return callbacks

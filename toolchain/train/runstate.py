@@ -39,6 +39,7 @@ from toolchain.core.rundir import (
     TRAINING_FILES,
     RunDir,
 )
+from toolchain.train import averaging
 from toolchain.train.checks import checked_options
 
 # Working files that alone do not make a run worth keeping (training never started).
@@ -214,7 +215,8 @@ def commit(run: RunDir, log) -> List[str]:
     atomic.fsync_directory(run.path)
     shutil.rmtree(waiting, ignore_errors=True)
     write_state(run, done=True, installing=None, installing_logs=None)
-    for phase in ("head", "fine_tune"):  # BackupAndRestore folders of toolchain.train.phases
+    # BackupAndRestore folders of toolchain.train.phases, and the weight-average sums
+    for phase in ("head", "fine_tune", averaging.FOLDER):
         shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
     return removed
 
