@@ -179,3 +179,46 @@ def test_a_damaged_or_missing_sum_is_one_clear_error(tmp_path):
     callback.set_model(model)
     with pytest.raises(BadInput, match="does not belong to this run's model"):
         callback.on_epoch_begin(2)
+
+
+@pytest.mark.parametrize("kill_before_backup", [False, True])
+def test_a_kill_and_resume_through_keras_backups_averages_the_same_epochs(
+    tmp_path, kill_before_backup
+):
+    """The order the phase uses (the sum, then BackupAndRestore's backup), killed after
+    epoch 3's backup or between the two saves; a new process resumes from the backup."""
+    keras = import_keras()
+    x, y = _data()
+    whole = _model(keras)
+    start = [np.array(v.numpy()) for v in whole.trainable_variables]
+    whole.fit(
+        x,
+        y,
+        epochs=6,
+        verbose=0,
+        shuffle=False,
+        callbacks=[averaging_callback(keras, tmp_path / "a", 2, print)],
+    )
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    def phase(model, kill):
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        average = averaging_callback(keras, tmp_path / "b", 2, print)
+        order = [average, backup]
+        if kill:
+            order.insert(1 if kill_before_backup else 2, Kill())
+        model.fit(x, y, epochs=6, verbose=0, shuffle=False, callbacks=order)
+
+    first = _model(keras)
+    for variable, value in zip(first.trainable_variables, start):
+        variable.assign(value)
+    with pytest.raises(KeyboardInterrupt):
+        phase(first, kill=True)
+    resumed = _model(keras)  # a new process: weights and epoch come from the backup
+    phase(resumed, kill=False)
+    for a, b in zip(resumed.trainable_variables, whole.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)

@@ -137,7 +137,7 @@ class TrainOptions:
     )
     augment: bool = option(
         True,
-        "Random flip, ±5% rotation, 10% zoom, contrast and brightness while fine-tuning (training only; never inside the exported model).",
+        "Random flip, ±8% rotation, 65-100% crops, 10% shifts, ±30% contrast and brightness while fine-tuning (training only; never inside the exported model).",
     )
     head_augment: bool = option(
         False,
@@ -170,7 +170,7 @@ class TrainOptions:
     )
     average_epochs: int = option(
         10,
-        "Average the weights of the last N fine-tuning epochs (at most the last half of them) instead of keeping the last epoch's: better calibrated and closer to INT8 than one epoch's weights (README, Training recipe). 0 = off.",
+        "Average the weights of the last N fine-tuning epochs (at most the last half of them) instead of keeping the last epoch's: better calibrated and closer to INT8 than one epoch's weights (README, Training recipe). 0 = off; off with --patience and for a base trained from scratch (--weights none), whose BatchNorm trains.",
         min=0,
         max=10000,
     )
@@ -254,7 +254,7 @@ class ExportOptions:
     )
     precision_confidence: float = option(
         0.9,
-        "Confidence of the one-sided Clopper-Pearson bound behind --min-precision. 0.9 (default): on three four-flower folds the held-out photos' precision met the promise (less 0.01) on all three at coverage 0.63-0.72, against one of three at 0.8; in re-drawn 396-photo decision sets, in 93% of trials against 88% at 0.8 and 69% at 0.5 (README); 0.5 makes it about even odds.",
+        "Confidence of the one-sided Clopper-Pearson bound behind --min-precision. 0.9 (default): on three four-flower folds the held-out photos' precision met the promise (less 0.01) on all three at coverage 0.63-0.72, against one of three at 0.8; in re-drawn 396-photo decision sets, in 93% of trials against 88% at 0.8 (README); 0.5 makes it about even odds.",
         min=0.5,
         max=0.999,
     )

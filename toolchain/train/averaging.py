@@ -54,7 +54,7 @@ def phase_averaging(
     if averaged < 2:
         return []
     if options.patience > 0:
-        log("fine-tune: --patience keeps the best epoch's weights; no weight averaging")
+        log("fine-tune: --patience turns weight averaging off")
         return []
     if options.weights.lower() == "none":
         log("fine-tune: a base trained from scratch is not averaged (its BatchNorm trains too)")

@@ -354,6 +354,7 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
     logs = runstate.working_logs(session.run)
     o = session.options
     learning_rate = o.learning_rate if phase == "head" else o.fine_tune_learning_rate
+    backup = keras.callbacks.BackupAndRestore(str(checkpoints / phase), double_checkpoint=True)
     callbacks = [
         # First: a diverged epoch stops the phase before any callback records it.
         finite_loss_guard(keras, phase, learning_rate),
@@ -361,7 +362,7 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
         # redone and its row replaced, rather than recorded as done and lost.
         keras.callbacks.CSVLogger(str(logs / f"{phase}.csv"), append=True),
         # double_checkpoint: a kill during the save leaves the previous epoch's backup to load.
-        keras.callbacks.BackupAndRestore(str(checkpoints / phase), double_checkpoint=True),
+        backup,
         epoch_logger(
             phase,
             total,
@@ -371,8 +372,8 @@ def _callbacks(session: Session, phase: str, total: int, offset: int, model: Any
         ),
     ]
     if phase == "fine_tune":  # before the backup: see toolchain.train.averaging
-        averaging = phase_averaging(keras, o, checkpoints, offset + total - 1, session.log)
-        callbacks[2:2] = averaging
+        at = callbacks.index(backup)
+        callbacks[at:at] = phase_averaging(keras, o, checkpoints, offset + total - 1, session.log)
     try:
         import tensorboard  # noqa: F401
 
