@@ -22,19 +22,33 @@ from typing import Any
 from toolchain.core.quiet import keras as import_keras
 
 
-def augmentation(seed: int) -> Any:
-
+def augmentation(seed: int, pretrained: bool = True) -> Any:
+    """The stronger augmentation for a pretrained base; the milder earlier one for a
+    base trained from scratch, which the stronger one was not measured on and which
+    learned slower with it: generated shapes at 96 px, 10 epochs from scratch, read
+    val top-1 0.95 against 1.00 on one process and 0.675 against 0.975 on two workers."""
     keras = import_keras()
     layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
+    if not pretrained:
+        steps = [
+            layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+        ]
+        change = 0.2
+    else:
+        steps = [
             layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
             # A negative factor zooms in: a crop of 65-100% of the photo.
             layers.RandomZoom((-0.35, 0.1), fill_mode="reflect", seed=seed + 2),
             layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 5),
-            layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 3),
-            layers.RandomBrightness(0.3, value_range=(0, 255), seed=seed + 4),
+        ]
+        change = 0.3
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            *steps,
+            layers.RandomContrast(change, value_range=(0, 255), seed=seed + 3),
+            layers.RandomBrightness(change, value_range=(0, 255), seed=seed + 4),
         ],
         name="augmentation",
     )

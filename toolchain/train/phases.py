@@ -94,7 +94,8 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
         )
     if options.mixed_precision:
         log(enable_mixed_precision(tf, keras))
-    augment = augmentation(options.seed) if (options.augment or options.head_augment) else None
+    wanted = options.augment or options.head_augment
+    augment = augmentation(options.seed, options.weights.lower() != "none") if wanted else None
     role = worker_role(options.strategy)
     shard = (role.workers, role.index) if role else (1, 0)
     return Session(options, data, run, log, tf, keras, strategy, augment, shard)
@@ -254,8 +255,7 @@ def _fit(
         _compile(session, trainee, learning_rate)
         if across_workers:
             trainee.optimizer.build(trainee.trainable_variables)
-        # A resumed phase leaves BackupAndRestore's epoch on the model, and Keras starts
-        # every later fit there: the next phase must start at its own first epoch.
+        # Not at the epoch a resumed earlier phase left (BackupAndRestore) on the model.
         trainee._initial_epoch = None
         fit = trainee.fit(
             train_ds,
