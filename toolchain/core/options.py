@@ -137,7 +137,7 @@ class TrainOptions:
     )
     augment: bool = option(
         True,
-        "Random flip, ±8% rotation, 65-100% crops, 10% shifts, ±30% contrast and brightness while fine-tuning (training only; never inside the exported model).",
+        "Random flip, ±8% rotation, 65-100% crops, 10% shifts, ±30% contrast and brightness while fine-tuning (a base trained from scratch: flip, ±5% rotation, 10% zoom, ±20%; training only, never inside the exported model).",
     )
     head_augment: bool = option(
         False,
