@@ -39,6 +39,38 @@ def _data():
     return rng.normal(size=(32, 3)).astype("float32"), rng.normal(size=(32, 2)).astype("float32")
 
 
+def _uninterrupted(keras, folder, epochs):
+    """``(model, its initial weights)`` after ``epochs`` epochs in one go, the average
+    taken from epoch 2 on: what every interrupted run is compared with."""
+    model = _model(keras)
+    start = [np.array(v.numpy()) for v in model.trainable_variables]
+    callbacks = [averaging_callback(keras, folder, 2, print)]
+    model.fit(*_data(), epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    return model, start
+
+
+def _model_from(keras, start):
+    """A new process's model, from the same initial weights."""
+    model = _model(keras)
+    for variable, value in zip(model.trainable_variables, start):
+        variable.assign(value)
+    return model
+
+
+def _kill_after_epoch_3(keras):
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    return Kill()
+
+
+def _assert_same_weights(model, other):
+    for a, b in zip(model.trainable_variables, other.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
 def test_the_window_is_at_most_the_last_half_of_the_phase():
     assert window(10, 25) == 10
     assert window(10, 10) == 5  # a short phase: not the epochs before it settled
@@ -64,33 +96,17 @@ def test_a_resumed_phase_averages_the_same_epochs(tmp_path):
     resumes), against 0-5 at once: the same average."""
     keras = import_keras()
     x, y = _data()
-    whole, record = _model(keras), _Record(keras)
-    start = [np.array(v.numpy()) for v in whole.trainable_variables]
-    whole.fit(
-        x,
-        y,
-        epochs=6,
-        verbose=0,
-        shuffle=False,
-        callbacks=[record.callback, averaging_callback(keras, tmp_path / "a", 2, print)],
-    )
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 3:  # after epoch 3's sum was saved
-                raise KeyboardInterrupt
-
-    first = _model(keras)
-    for variable, value in zip(first.trainable_variables, start):
-        variable.assign(value)
-    with pytest.raises(KeyboardInterrupt):
+    whole, start = _uninterrupted(keras, tmp_path / "a", epochs=6)
+    first = _model_from(keras, start)
+    averaging = averaging_callback(keras, tmp_path / "b", 2, print)
+    with pytest.raises(KeyboardInterrupt):  # after epoch 3's sum was saved
         first.fit(
             x,
             y,
             epochs=6,
             verbose=0,
             shuffle=False,
-            callbacks=[averaging_callback(keras, tmp_path / "b", 2, print), Kill()],
+            callbacks=[averaging, _kill_after_epoch_3(keras)],
         )
     assert (tmp_path / "b" / SUM_FILE.format(epoch=3)).is_file()
     # The new process starts at epoch 4 (plain SGD keeps no state to lose).
@@ -103,8 +119,7 @@ def test_a_resumed_phase_averages_the_same_epochs(tmp_path):
         shuffle=False,
         callbacks=[averaging_callback(keras, tmp_path / "b", 2, print)],
     )
-    for resumed, uninterrupted in zip(first.trainable_variables, whole.trainable_variables):
-        np.testing.assert_allclose(resumed.numpy(), uninterrupted.numpy(), rtol=1e-5)
+    _assert_same_weights(first, whole)
     # Only the latest two sums are kept on disk.
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         SUM_FILE.format(epoch=4),
@@ -117,25 +132,9 @@ def test_a_resume_after_the_last_epoch_still_averages(tmp_path):
     fit runs no epoch, and the weights are still the average."""
     keras = import_keras()
     x, y = _data()
-    whole, record = _model(keras), _Record(keras)
-    start = [np.array(v.numpy()) for v in whole.trainable_variables]
-    whole.fit(
-        x,
-        y,
-        epochs=4,
-        verbose=0,
-        shuffle=False,
-        callbacks=[record.callback, averaging_callback(keras, tmp_path / "a", 2, print)],
-    )
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 3:
-                raise KeyboardInterrupt
-
-    resumed = _model(keras)
-    for variable, value in zip(resumed.trainable_variables, start):
-        variable.assign(value)
+    whole, start = _uninterrupted(keras, tmp_path / "a", epochs=4)
+    resumed = _model_from(keras, start)
+    averaging = averaging_callback(keras, tmp_path / "b", 2, print)
     with pytest.raises(KeyboardInterrupt):
         resumed.fit(
             x,
@@ -143,7 +142,7 @@ def test_a_resume_after_the_last_epoch_still_averages(tmp_path):
             epochs=4,
             verbose=0,
             shuffle=False,
-            callbacks=[averaging_callback(keras, tmp_path / "b", 2, print), Kill()],
+            callbacks=[averaging, _kill_after_epoch_3(keras)],
         )
     resumed.fit(
         x,
@@ -153,8 +152,7 @@ def test_a_resume_after_the_last_epoch_still_averages(tmp_path):
         verbose=0,
         callbacks=[averaging_callback(keras, tmp_path / "b", 2, print)],
     )
-    for a, b in zip(resumed.trainable_variables, whole.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    _assert_same_weights(resumed, whole)
 
 
 def test_a_damaged_or_missing_sum_is_one_clear_error(tmp_path):
@@ -188,37 +186,17 @@ def test_a_kill_and_resume_through_keras_backups_averages_the_same_epochs(
     """The order the phase uses (the sum, then BackupAndRestore's backup), killed after
     epoch 3's backup or between the two saves; a new process resumes from the backup."""
     keras = import_keras()
-    x, y = _data()
-    whole = _model(keras)
-    start = [np.array(v.numpy()) for v in whole.trainable_variables]
-    whole.fit(
-        x,
-        y,
-        epochs=6,
-        verbose=0,
-        shuffle=False,
-        callbacks=[averaging_callback(keras, tmp_path / "a", 2, print)],
-    )
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 3:
-                raise KeyboardInterrupt
+    whole, start = _uninterrupted(keras, tmp_path / "a", epochs=6)
 
     def phase(model, kill):
         backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-        average = averaging_callback(keras, tmp_path / "b", 2, print)
-        order = [average, backup]
+        order = [averaging_callback(keras, tmp_path / "b", 2, print), backup]
         if kill:
-            order.insert(1 if kill_before_backup else 2, Kill())
-        model.fit(x, y, epochs=6, verbose=0, shuffle=False, callbacks=order)
+            order.insert(1 if kill_before_backup else 2, _kill_after_epoch_3(keras))
+        model.fit(*_data(), epochs=6, verbose=0, shuffle=False, callbacks=order)
 
-    first = _model(keras)
-    for variable, value in zip(first.trainable_variables, start):
-        variable.assign(value)
     with pytest.raises(KeyboardInterrupt):
-        phase(first, kill=True)
+        phase(_model_from(keras, start), kill=True)
     resumed = _model(keras)  # a new process: weights and epoch come from the backup
     phase(resumed, kill=False)
-    for a, b in zip(resumed.trainable_variables, whole.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    _assert_same_weights(resumed, whole)

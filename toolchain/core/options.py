@@ -192,6 +192,12 @@ class TrainOptions:
         "Replace the run already in --out (its exports and parity reports go too, as they would no longer match).",
     )
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the base starts from trained weights (not ``--weights none``): its
+        BatchNorm stays frozen, and the recipe's averaging and augmentation apply."""
+        return self.weights.lower() != "none"
+
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> TrainOptions:
         known = {f.name for f in fields(cls)}

@@ -56,7 +56,7 @@ def phase_averaging(
     if options.patience > 0:
         log("fine-tune: --patience turns weight averaging off")
         return []
-    if options.weights.lower() == "none":
+    if not options.pretrained:
         log("fine-tune: a base trained from scratch is not averaged (its BatchNorm trains too)")
         return []
     return [averaging_callback(keras, checkpoints / FOLDER, last_epoch + 1 - averaged, log)]

@@ -61,7 +61,7 @@ def resolve_fine_tune_at(options: TrainOptions) -> str:
     whole base when training from scratch: a random frozen base gives chance accuracy."""
     if options.fine_tune_at != "auto":
         return options.fine_tune_at
-    if options.weights.lower() == "none":
+    if not options.pretrained:
         return "0"
     return "block_5" if options.alpha <= SMALL_ALPHA else "100"
 

@@ -95,7 +95,7 @@ def start_session(options: TrainOptions, data: TrainingData, run: RunDir, log: L
     if options.mixed_precision:
         log(enable_mixed_precision(tf, keras))
     wanted = options.augment or options.head_augment
-    augment = augmentation(options.seed, options.weights.lower() != "none") if wanted else None
+    augment = augmentation(options.seed, options.pretrained) if wanted else None
     role = worker_role(options.strategy)
     shard = (role.workers, role.index) if role else (1, 0)
     return Session(options, data, run, log, tf, keras, strategy, augment, shard)
@@ -176,7 +176,7 @@ def fine_tune_phase(session: Session, model: Any, base: Any, class_weight: Class
     o, data, timings = session.options, session.data, session.timings
     start = time.perf_counter()
     index = fine_tune_index(base, o.fine_tune_at)
-    trainable = unfreeze_from(base, index, o.weights.lower() != "none")
+    trainable = unfreeze_from(base, index, o.pretrained)
     session.log(
         f"fine-tune: base layers {index}..{len(base.layers) - 1} ({trainable} trainable) "
         f"at learning rate {o.fine_tune_learning_rate:g}" + (", augmented" if o.augment else "")
