@@ -129,6 +129,31 @@ def test_kill_train_force_keeps_the_previous_run(run_copy):
     no_half_written(run_copy)
 
 
+def test_kill_after_fine_tuning_before_the_commit_resumes_without_retraining(tmp_path):
+    """Keras deletes a phase's backups when it ends; a kill after fine-tuning, while the
+    calibration is fitted, must not make --resume fine-tune again from the head."""
+    run = tmp_path / "run"
+    options = {**TINY, "epochs": 1, "fine_tune_epochs": 2, "image_size": 32}
+    options["synthetic_per_class"] = 24
+    args = ["train", "--out", run]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    seen = kill_when(args, lambda line: line.startswith("calibration: temperature"))
+    assert sum(line.startswith("fine_tune epoch") for line in seen) == 2
+    assert not (run / "config.json").exists()  # killed before the commit
+    no_half_written(run)
+
+    resumed = run_cli("train", "--out", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fine-tune phase already done" in resumed.stderr
+    assert "fine_tune epoch" not in resumed.stderr  # not one epoch trained again
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 1 + 2 and history["fine_tune_start_epoch"] == 1
+    assert csv_epochs(run / "logs" / "fine_tune.csv") == [1, 2]
+    assert not list((run / "checkpoints").glob("*after_fine_tune*"))  # dropped at commit
+    no_half_written(run)
+
+
 @pytest.mark.slow
 def test_kill_export_keeps_the_previous_model(micro_copy):
     before = outputs(micro_copy)

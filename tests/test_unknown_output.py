@@ -122,6 +122,19 @@ def test_answer_column_and_summary_on_ai_edge_litert(unknown_model, tmp_path):
     assert (_flags(always, unknown_model.names) == flags).all()
 
 
+def test_int8_calibration_reaches_past_the_threshold_where_scrambled_copies_do_not(micro_run):
+    """The four-layer CNN sees scrambled copies as near its classes: without rows past the
+    threshold, the INT8 range would rest on the training photos alone, and whether the
+    file can flag anything would hang on one odd photo among them. Export measured
+    that and calibrated with the flat colours too."""
+    report = json.loads((micro_run / "export_report.json").read_text())
+    calibration = report["models"][0]["calibration"]
+    reached = calibration["out_of_class_reach"]
+    assert reached["scrambled copies"] < 2.0 <= reached["flat colours"]
+    far = calibration["far_images"]
+    assert far["kind"] == "flat colours" and far["count"] == 4 and far["largest_logit"] >= 2.0
+
+
 @pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
 def test_out_of_class_flags_agree_on_tflite_runtime(unknown_model, tmp_path):
     rows, _ = _classify(LEGACY_PYTHON, unknown_model.path, unknown_model.folder, tmp_path / "p.csv")

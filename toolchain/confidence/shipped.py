@@ -28,6 +28,7 @@ from toolchain.core.quiet import keras as import_keras
 
 FEATURES_LAYER = "pool"  # pooled base features: what the head and the distance read
 HEAD_LAYER = "probabilities"  # the trained dense softmax
+LOGIT_LAYER = "distance_to_logit"  # the out-of-class distance, as a logit around the threshold
 
 
 def has_out_of_class(config: Dict[str, Any]) -> bool:
@@ -65,6 +66,15 @@ def features_and_logits(model: Any) -> Any:
     return keras.Model(model.inputs, [features, out], name="features_and_logits")
 
 
+def out_of_class_logit(model: Any) -> Optional[Any]:
+    """A model from pixels to the logit of the ``unknown`` probability (above 0: past the
+    threshold); None for a model without the out-of-class output."""
+    if LOGIT_LAYER not in {layer.name for layer in model.layers}:
+        return None
+    keras = import_keras()
+    return keras.Model(model.inputs, model.get_layer(LOGIT_LAYER).output, name="unknown_logit")
+
+
 def with_confidence(
     model: Any, temperature: float, out_of_class: Optional[OutOfClass] = None
 ) -> Any:
@@ -90,9 +100,9 @@ def with_confidence(
     per_class = ops.mean(ops.multiply(difference, difference), axis=-1)
     nearest = ops.min(per_class, axis=-1, keepdims=True)
     softness, threshold = out_of_class.softness, out_of_class.threshold
-    logit = keras.layers.Rescaling(
-        1.0 / softness, offset=-threshold / softness, name="distance_to_logit"
-    )(nearest)
+    logit = keras.layers.Rescaling(1.0 / softness, offset=-threshold / softness, name=LOGIT_LAYER)(
+        nearest
+    )
     unknown = keras.layers.Activation("sigmoid", name="unknown_probability")(logit)
     known = ops.multiply(probabilities, ops.subtract(1.0, unknown))
     scores = keras.layers.Concatenate(name="scores", dtype="float32")([known, unknown])

@@ -72,7 +72,7 @@ def check_splits(splits: Dict[str, Any]) -> None:
 
 def check_state(state: Dict[str, Any]) -> None:
     """checkpoints/state.json: flags and the names a commit in progress moves."""
-    for key in ("done", "head_done"):
+    for key in ("done", "head_done", "fine_tune_done"):
         if not isinstance(state.get(key), (bool, type(None))):
             raise NotStrictJSON(f"'{key}' is not true or false")
     for key in ("installing", "installing_logs"):

@@ -39,6 +39,7 @@ from toolchain.export.exported import (
     report_entry,
     write_model,
 )
+from toolchain.export.far_rows import add_far_rows
 from toolchain.export.job import ExportJob
 from toolchain.export.qat.finetune import qat_or_ptq, qat_python
 from toolchain.export.repair import entry_of, record_parity, set_aside, ship, validate_within
@@ -137,6 +138,8 @@ def export(
         )
     model = run.load_keras_model()
     check_outputs(run, config, model)
+    if calibration is not None:
+        add_far_rows(model, calibration, calibration_info, config_seed(run, config), log)
     answer = answer_floor(
         run, config, model, options.min_precision, options.precision_confidence, log
     )

@@ -60,6 +60,24 @@ def scrambled(pixels: np.ndarray, seed: int, grid: int = 8) -> np.ndarray:
     return out
 
 
+def far_candidates(pixels: np.ndarray, seed: int) -> List[Tuple[str, np.ndarray]]:
+    """Stronger stand-ins for out-of-class photos than ``scrambled`` copies, mildest first,
+    for a model whose out-of-class threshold the scrambled copies do not reach (see
+    ``toolchain.export.far_rows``): every pixel shuffled (the photos' palette, no
+    texture), then flat colours (the palette's extremes and greys)."""
+    size = pixels.shape[1]
+    palette = np.array(
+        [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
+         [255, 255, 255], [0, 0, 0], [128, 128, 128], [204, 0, 0], [0, 204, 0], [0, 0, 204]],
+        np.uint8,
+    )  # fmt: skip
+    flat = np.broadcast_to(palette[:, None, None, :], (len(palette), size, size, 3)).copy()
+    return [
+        ("pixel-shuffled copies", scrambled(pixels, seed + 1, grid=size)),
+        ("flat colours", flat),
+    ]
+
+
 def stratified_sample(labels: List[int], samples: int, seed: int) -> List[int]:
     """Indices of up to ``samples`` items, classes taking turns so each is represented.
 

@@ -10,6 +10,7 @@ files as they were, and ``--resume`` redoes at most the interrupted epoch.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,8 +140,18 @@ def _train_and_write(
         head_phase(session, model, class_weight)
         model.save_weights(after_head)
     runstate.write_state(run, head_done=True)
-    if options.fine_tune_epochs:
+    # Keras deletes a phase's per-epoch backups when the phase ends, so a kill between
+    # the end of fine-tuning and the commit would otherwise redo the whole phase.
+    after_fine_tune = run.checkpoints / runstate.AFTER_FINE_TUNE
+    if runstate.read_state(run).get("fine_tune_done") and after_fine_tune.is_file():
+        model.load_weights(after_fine_tune)
+        log("fine-tune phase already done: loaded its weights")
+    elif options.fine_tune_epochs:
         fine_tune_phase(session, model, base, class_weight)
+        writing = after_fine_tune.with_name(runstate.WRITING + after_fine_tune.name)
+        model.save_weights(writing)  # then renamed: a kill mid-save leaves no weights file
+        os.replace(writing, after_fine_tune)
+        runstate.write_state(run, fine_tune_done=True)
 
     keras_model = plain_copy(session, model)
     session.keras.mixed_precision.set_global_policy("float32")  # what later steps expect

@@ -44,6 +44,9 @@ from toolchain.train.checks import checked_options
 
 # Working files that alone do not make a run worth keeping (training never started).
 STATE = "state.json"
+# The fine-tuned weights, kept from the end of the phase to the commit (see train.command).
+AFTER_FINE_TUNE = "after_fine_tune.weights.h5"
+WRITING = "writing_"  # the prefix such a weights file has until it is whole
 # What a file manager leaves in a folder a user just made: it stays "empty".
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
@@ -218,6 +221,9 @@ def commit(run: RunDir, log) -> List[str]:
     # BackupAndRestore folders of toolchain.train.phases, and the weight-average sums
     for phase in ("head", "fine_tune", averaging.FOLDER):
         shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
+    # and the fine-tuned weights kept for a kill before the commit (model.keras has them)
+    for name in (AFTER_FINE_TUNE, WRITING + AFTER_FINE_TUNE):
+        (run.checkpoints / name).unlink(missing_ok=True)
     return removed
 
 
