@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,8 @@ def test_kill_after_fine_tuning_before_the_commit_resumes_without_retraining(tmp
     assert sum(line.startswith("fine_tune epoch") for line in seen) == 2
     assert not (run / "config.json").exists()  # killed before the commit
     no_half_written(run)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
 
     resumed = run_cli("train", "--out", str(run), "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -152,6 +155,14 @@ def test_kill_after_fine_tuning_before_the_commit_resumes_without_retraining(tmp
     assert csv_epochs(run / "logs" / "fine_tune.csv") == [1, 2]
     assert not list((run / "checkpoints").glob("*after_fine_tune*"))  # dropped at commit
     no_half_written(run)
+
+    # Kept weights that cannot be read (a disk that lost them): fine-tune again, say so.
+    (damaged / "checkpoints" / "after_fine_tune.weights.h5").write_bytes(b"not weights")
+    again = run_cli("train", "--out", str(damaged), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "could not read the fine-tuned weights" in again.stderr
+    assert again.stderr.count("fine_tune epoch") == 2
+    assert "Traceback" not in again.stderr
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from edge import atomic
 from edge.errors import BadInput, GateFailed
 from toolchain import __version__
 from toolchain.accelerators import ethos_u
+from toolchain.confidence.far_rows import describe, find_far_rows
 from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core.budget import Budget
 from toolchain.core.options import (
@@ -39,12 +40,11 @@ from toolchain.export.exported import (
     report_entry,
     write_model,
 )
-from toolchain.export.far_rows import add_far_rows
 from toolchain.export.job import ExportJob
 from toolchain.export.qat.finetune import qat_or_ptq, qat_python
 from toolchain.export.repair import entry_of, record_parity, set_aside, ship, validate_within
 from toolchain.quantize.accelerator_form import static_batch
-from toolchain.quantize.calibration import calibration_set, config_seed
+from toolchain.quantize.calibration import calibration_set, config_seed, pixel_stats
 from toolchain.quantize.converter import convert
 from toolchain.validate.decision import Judge
 from toolchain.validate.figures import gate_failures
@@ -139,7 +139,7 @@ def export(
     model = run.load_keras_model()
     check_outputs(run, config, model)
     if calibration is not None:
-        add_far_rows(model, calibration, calibration_info, config_seed(run, config), log)
+        far_calibration(model, calibration, calibration_info, config_seed(run, config), log)
     answer = answer_floor(
         run, config, model, options.min_precision, options.precision_confidence, log
     )
@@ -153,6 +153,23 @@ def export(
         transaction.abandon(run)  # the run's files were never touched
         raise
     return conclude(job, modes, results, report, missed)
+
+
+def far_calibration(
+    model: Any, calibration: Any, info: Dict[str, Any], seed: int, log: Log
+) -> None:
+    """Calibration rows past the out-of-class threshold when the scrambled copies do not
+    reach it (``toolchain.confidence.far_rows``), appended and recorded in ``info``."""
+    rows, found = find_far_rows(model, calibration, int(info.get("scrambled_images", 0)), seed)
+    info.update(found)
+    if rows is not None:
+        calibration.append(rows)
+        mean, std = pixel_stats(calibration)
+        info.update(images=int(len(calibration)), pixel_mean=round(mean, 2))
+        info["pixel_std"] = round(std, 2)
+    line = describe(found)
+    if line:
+        log(line)
 
 
 def check_outputs(run: RunDir, config: Dict[str, Any], model: Any) -> None:

@@ -10,12 +10,12 @@ files as they were, and ``--resume`` redoes at most the interrupted epoch.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edge import atomic
 from edge.answer import UNKNOWN_ANSWER
 from edge.errors import BadInput
 from toolchain.core.options import TrainOptions
@@ -140,18 +140,14 @@ def _train_and_write(
         head_phase(session, model, class_weight)
         model.save_weights(after_head)
     runstate.write_state(run, head_done=True)
-    # Keras deletes a phase's per-epoch backups when the phase ends, so a kill between
-    # the end of fine-tuning and the commit would otherwise redo the whole phase.
-    after_fine_tune = run.checkpoints / runstate.AFTER_FINE_TUNE
-    if runstate.read_state(run).get("fine_tune_done") and after_fine_tune.is_file():
-        model.load_weights(after_fine_tune)
-        log("fine-tune phase already done: loaded its weights")
-    elif options.fine_tune_epochs:
+    across_workers = options.strategy == "multiworker"
+    if options.fine_tune_epochs and not _fine_tuned_already(run, model, across_workers, log):
         fine_tune_phase(session, model, base, class_weight)
-        writing = after_fine_tune.with_name(runstate.WRITING + after_fine_tune.name)
-        model.save_weights(writing)  # then renamed: a kill mid-save leaves no weights file
-        os.replace(writing, after_fine_tune)
-        runstate.write_state(run, fine_tune_done=True)
+        if not across_workers:
+            writing = run.checkpoints / (runstate.WRITING + runstate.AFTER_FINE_TUNE)
+            model.save_weights(writing)
+            atomic.commit(writing, run.checkpoints / runstate.AFTER_FINE_TUNE)  # then the flag
+            runstate.write_state(run, fine_tune_done=True)
 
     keras_model = plain_copy(session, model)
     session.keras.mixed_precision.set_global_policy("float32")  # what later steps expect
@@ -180,6 +176,27 @@ def _train_and_write(
         confidence,
     )
     return None
+
+
+def _fine_tuned_already(run: RunDir, model: Any, across_workers: bool, log: Log) -> bool:
+    """Load the fine-tuned weights a killed run kept, when it got that far.
+
+    Keras deletes a phase's per-epoch backups when the phase ends, so without them a
+    kill while the calibration is fitted or the files are written would fine-tune
+    again from the head. One process only: the workers of a multi-worker run must
+    all train the phase or none, and one killed a moment earlier than another would
+    have no such file, so those redo the phase together as before.
+    """
+    kept = run.checkpoints / runstate.AFTER_FINE_TUNE
+    if across_workers or not runstate.read_state(run).get("fine_tune_done"):
+        return False
+    try:
+        model.load_weights(kept)
+    except (OSError, ValueError, KeyError) as error:  # h5py, Keras: damaged or foreign
+        log(f"could not read the fine-tuned weights {kept} ({error}); fine-tuning again")
+        return False
+    log("fine-tune phase already done: loaded its weights")
+    return True
 
 
 def _commit(run: RunDir, log: Log) -> TrainResult:

@@ -33,6 +33,7 @@ from edge.classifier import probabilities_of
 from edge.errors import BadInput, GateFailed
 from edge.image import RESIZE_FILTERS
 from edge.reference import reference_json
+from toolchain.confidence.far_rows import find_far_rows
 from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
@@ -307,7 +308,11 @@ def diagnosis(
     if not len(calibration):
         return {"note": "no readable training images to run the debugger on"}
     if has_out_of_class(config):  # calibrated as export calibrates such a model
-        calibration = np.concatenate([calibration, scrambled_copies(calibration, seed)])
+        copies = scrambled_copies(calibration, seed)
+        calibration = np.concatenate([calibration, copies])
+        far, _ = find_far_rows(keras_model, calibration, len(copies), seed)
+        if far is not None:
+            calibration = np.concatenate([calibration, far])
     start = time.perf_counter()
     layers = layer_errors(keras_model, calibration, run.export_log, limit=10)
     for layer in layers:
