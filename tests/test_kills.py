@@ -156,8 +156,9 @@ def test_kill_after_fine_tuning_before_the_commit_resumes_without_retraining(tmp
     assert not list((run / "checkpoints").glob("*after_fine_tune*"))  # dropped at commit
     no_half_written(run)
 
-    # Kept weights that cannot be read (a disk that lost them): fine-tune again, say so.
-    (damaged / "checkpoints" / "after_fine_tune.weights.h5").write_bytes(b"not weights")
+    # Kept weights cut short (a disk that lost their end): fine-tune again, say so.
+    kept = damaged / "checkpoints" / "after_fine_tune.weights.h5"
+    kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])
     again = run_cli("train", "--out", str(damaged), "--resume")
     assert again.returncode == 0, again.stderr
     assert "could not read the fine-tuned weights" in again.stderr

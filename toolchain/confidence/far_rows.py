@@ -77,18 +77,22 @@ def describe(found: Dict[str, Any]) -> Optional[str]:
         return None
     values = [v for v in found["out_of_class_reach"].values() if v is not None]
     copies = found["out_of_class_reach"].get("scrambled copies")
-    reach_of_copies = "nothing (none)" if copies is None else f"{copies:.1f}"
     if far is None:
+        largest = f"largest logit {max(values):.1f}" if values else "no finite logit"
         return (
             "warning: int8: no calibration image reaches past the out-of-class threshold "
-            f"(largest logit {max(values, default=float('nan')):.1f}), so the INT8 "
-            "file's `unknown` output may never come first; check it with `edgetl validate "
-            "RUN --unknown-data DIR`"
+            f"({largest}), so the INT8 file's `unknown` output may never come first; check "
+            "it with `edgetl validate RUN --unknown-data DIR`"
         )
+    copies_reached = (
+        "no scrambled copy has a finite out-of-class logit"
+        if copies is None
+        else f"the scrambled copies reach an out-of-class logit of {copies:.1f}"
+    )
     return (
-        f"int8: the scrambled copies reach an out-of-class logit of {reach_of_copies}, "
-        f"short of {REACH:g} (the threshold is at 0); calibrating with {far['count']} {far['kind']} "
-        f"too, which reach past it (logit up to {far['largest_logit']:.1f})"
+        f"int8: {copies_reached}, short of {REACH:g} (the threshold is at 0); calibrating "
+        f"with {far['count']} {far['kind']} too, which reach past it (logit up to "
+        f"{far['largest_logit']:.1f})"
     )
 
 

@@ -63,7 +63,7 @@ def scrambled(pixels: np.ndarray, seed: int, grid: int = 8) -> np.ndarray:
 def far_candidates(pixels: np.ndarray, seed: int) -> List[Tuple[str, np.ndarray]]:
     """Stronger stand-ins for out-of-class photos than ``scrambled`` copies, mildest first,
     for a model whose out-of-class threshold the scrambled copies do not reach (see
-    ``toolchain.export.far_rows``): every pixel shuffled (the photos' palette, no
+    ``toolchain.confidence.far_rows``): every pixel shuffled (the photos' palette, no
     texture), then flat colours (the palette's extremes and greys)."""
     size = pixels.shape[1]
     palette = np.array(

@@ -190,10 +190,13 @@ def _fine_tuned_already(run: RunDir, model: Any, across_workers: bool, log: Log)
     kept = run.checkpoints / runstate.AFTER_FINE_TUNE
     if across_workers or not runstate.read_state(run).get("fine_tune_done"):
         return False
+    before = model.get_weights()  # Keras loads what it can of a damaged file
     try:
         model.load_weights(kept)
-    except (OSError, ValueError, KeyError) as error:  # h5py, Keras: damaged or foreign
-        log(f"could not read the fine-tuned weights {kept} ({error}); fine-tuning again")
+    except Exception as error:  # any damage: fine-tuning again is always safe
+        model.set_weights(before)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log(f"could not read the fine-tuned weights {kept} ({reason}); fine-tuning again")
         return False
     log("fine-tune phase already done: loaded its weights")
     return True
