@@ -135,6 +135,25 @@ def test_int8_calibration_reaches_past_the_threshold_where_scrambled_copies_do_n
     assert far["kind"] == "flat colours" and far["count"] == 4 and far["largest_logit"] >= 2.0
 
 
+def test_the_far_row_lines_say_what_was_added_or_that_nothing_reached():
+    from toolchain.confidence.far_rows import describe
+
+    assert describe({"out_of_class_reach": {"scrambled copies": 8.2}}) is None  # not needed
+    added = describe(
+        {
+            "out_of_class_reach": {"scrambled copies": -6.8, "flat colours": 372.6},
+            "far_images": {"kind": "flat colours", "count": 4, "largest_logit": 181.6},
+        }
+    )
+    assert "-6.8" in added and "4 flat colours" in added and "181.6" in added
+    short = describe(
+        {"out_of_class_reach": {"scrambled copies": -0.4, "x": 0.3}, "far_images": None}
+    )
+    assert short.startswith("warning:") and "the largest 0.3" in short and "--unknown-data" in short
+    none = describe({"out_of_class_reach": {"scrambled copies": None}, "far_images": None})
+    assert "none finite" in none
+
+
 @pytest.mark.skipif(not LEGACY_PYTHON, reason="EDGETL_LEGACY_PYTHON unset: `make test` builds it")
 def test_out_of_class_flags_agree_on_tflite_runtime(unknown_model, tmp_path):
     rows, _ = _classify(LEGACY_PYTHON, unknown_model.path, unknown_model.folder, tmp_path / "p.csv")

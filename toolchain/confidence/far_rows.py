@@ -78,11 +78,12 @@ def describe(found: Dict[str, Any]) -> Optional[str]:
     values = [v for v in found["out_of_class_reach"].values() if v is not None]
     copies = found["out_of_class_reach"].get("scrambled copies")
     if far is None:
-        largest = f"largest logit {max(values):.1f}" if values else "no finite logit"
+        largest = f"the largest {max(values):.1f}" if values else "none finite"
         return (
-            "warning: int8: no calibration image reaches past the out-of-class threshold "
-            f"({largest}), so the INT8 file's `unknown` output may never come first; check "
-            "it with `edgetl validate RUN --unknown-data DIR`"
+            f"warning: int8: no calibration image reaches an out-of-class logit of {REACH:g} "
+            f"(the threshold is at 0; {largest}), so the INT8 file's `unknown` output may "
+            "come first less often than Keras's; check it with `edgetl validate RUN "
+            "--unknown-data DIR`"
         )
     copies_reached = (
         "no scrambled copy has a finite out-of-class logit"
