@@ -21,9 +21,10 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
-# ".{final name}.{token}.partial{final suffix}": the suffix stays last because some
-# writers (Keras) refuse a file name that does not end in the expected one.
-_PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>\.[^.]*)?")
+# ".{final name}.{token}.partial{final suffixes}": the suffixes stay last, all of them,
+# because some writers refuse a name that does not end in the one they expect (Keras's
+# save_weights wants ".weights.h5", not ".h5").
+_PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>(?:\.[^.]*)*)")
 
 
 # What a write can fail with that is the machine's doing, not the path's (exit 3).
@@ -32,13 +33,17 @@ ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 def partial_name(final: Path) -> str:
     """A fresh temporary name for ``final``, hidden, in the same folder."""
-    return f".{final.name}.{secrets.token_hex(6)}.partial{final.suffix}"
+    return f".{final.name}.{secrets.token_hex(6)}.partial{''.join(final.suffixes)}"
 
 
 def is_partial_name(name: str) -> bool:
     """True for a name ``partial_name`` makes: a write that was never committed."""
     match = _PARTIAL_NAME.fullmatch(name)
-    return match is not None and Path(match["final"]).suffix == (match["suffix"] or "")
+    if match is None:
+        return False
+    final = Path(match["final"])
+    # before 2026-12-07 only the last suffix was kept: a kill then left such names too
+    return match["suffix"] in ("".join(final.suffixes), final.suffix)
 
 
 def left_by_a_kill(final: Path, before: float) -> List[Path]:

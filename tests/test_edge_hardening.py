@@ -119,6 +119,12 @@ def test_partial_names_are_recognised_and_final_names_are_not():
     assert atomic.is_partial_name(made) and atomic.is_partial_name(atomic.partial_name(Path("x")))
     for name in ("model_int8.tflite", ".model.tflite.partial", ".bashrc", "a.partial.csv"):
         assert not atomic.is_partial_name(name), name
+    # every suffix stays last: Keras's save_weights refuses a name not ending ".weights.h5"
+    weights = atomic.partial_name(Path("checkpoints/after_fine_tune.weights.h5"))
+    assert weights.endswith(".partial.weights.h5") and atomic.is_partial_name(weights)
+    # what a kill left before all suffixes were kept is still recognised as a partial
+    assert atomic.is_partial_name(".after_fine_tune.weights.h5.0123456789ab.partial.h5")
+    assert not atomic.is_partial_name(".after_fine_tune.weights.h5.0123456789ab.partial.csv")
 
 
 # --- edge.image --------------------------------------------------------------------------------

@@ -144,9 +144,8 @@ def _train_and_write(
     if options.fine_tune_epochs and not _fine_tuned_already(run, model, across_workers, log):
         fine_tune_phase(session, model, base, class_weight)
         if not across_workers:
-            writing = run.checkpoints / (runstate.WRITING + runstate.AFTER_FINE_TUNE)
-            model.save_weights(writing)
-            atomic.commit(writing, run.checkpoints / runstate.AFTER_FINE_TUNE)  # then the flag
+            with atomic.atomic_path(run.checkpoints / runstate.AFTER_FINE_TUNE) as writing:
+                model.save_weights(writing)  # whole and synced, then the flag
             runstate.write_state(run, fine_tune_done=True)
 
     keras_model = plain_copy(session, model)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -46,7 +47,6 @@ from toolchain.train.checks import checked_options
 STATE = "state.json"
 # The fine-tuned weights, kept from the end of the phase to the commit (see train.command).
 AFTER_FINE_TUNE = "after_fine_tune.weights.h5"
-WRITING = "writing_"  # the prefix such a weights file has until it is whole
 # What a file manager leaves in a folder a user just made: it stays "empty".
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
@@ -222,8 +222,9 @@ def commit(run: RunDir, log) -> List[str]:
     for phase in ("head", "fine_tune", averaging.FOLDER):
         shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
     # and the fine-tuned weights kept for a kill before the commit (model.keras has them)
-    for name in (AFTER_FINE_TUNE, WRITING + AFTER_FINE_TUNE):
-        (run.checkpoints / name).unlink(missing_ok=True)
+    kept = run.checkpoints / AFTER_FINE_TUNE
+    for path in [kept, *atomic.left_by_a_kill(kept, time.time())]:
+        path.unlink(missing_ok=True)
     return removed
 
 
