@@ -291,6 +291,7 @@ def device_parity(
         "agreement_ci95": list(metrics.wilson_interval(agreeing, len(used))),
         "calibration_error": metrics.top1_calibration_error(probs, truth),
         "keras_calibration_error": metrics.top1_calibration_error(keras, truth),
+        "calibration_noise": metrics.top1_calibration_noise(keras),
         "mean_abs_prob_diff": float(difference.mean()),
         "max_abs_prob_diff": float(difference.max()),
         "disagreements": metrics.disagreements(
@@ -333,6 +334,15 @@ def check_on_device(
     return report
 
 
+def _noise_text(report: Dict[str, Any]) -> str:
+    """What exactly-right scores would read here (``metrics.calibration_noise``)."""
+    noise = report.get("calibration_noise")
+    median = noise.get("median") if isinstance(noise, dict) else None
+    if not isinstance(median, float) or median != median:
+        return ""
+    return f" (exactly right scores would read {median:.4f} on these images)"
+
+
 def summary_lines(report: Dict[str, Any]) -> List[str]:
     device = report["device"]
     lines = [
@@ -341,7 +351,7 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
         f"({edge_gate.drop_text(report['top1_drop_pts'], report['worse_than_keras'])}), "
         f"agreement {report['agreement']:.4f}, "
         f"calibration error {report['calibration_error']:.4f} vs keras "
-        f"{report['keras_calibration_error']:.4f}"
+        f"{report['keras_calibration_error']:.4f}{_noise_text(report)}"
     ]
     if report["missing"]:
         lines.append(f"note: {report['missing']} reference image(s) not found in the source")

@@ -43,6 +43,25 @@ def test_calibration_error_is_small_for_calibrated_and_large_for_overconfident_s
     assert sum(r["count"] for r in rows) == 20000
 
 
+def test_calibration_noise_is_what_exactly_right_scores_read_and_shrinks_with_more_images():
+    """Outcomes drawn from the scores themselves read about the noise median and stay
+    under its 90th percentile nine times in ten; a real miscalibration reads far past
+    it; the floor falls with the number of images as 1/sqrt(n)."""
+    rng = np.random.default_rng(2)
+    scores = rng.uniform(0.3, 1.0, 660)
+    noise = metrics.calibration_noise(scores)
+    assert 0.015 < noise["median"] < noise["p90"] < 0.08  # a few hundred images: ~0.03
+    honest = [metrics.calibration_error(scores, rng.random(660) < scores) for _ in range(200)]
+    assert np.median(honest) == pytest.approx(noise["median"], rel=0.15)
+    assert 0.8 <= np.mean(np.array(honest) <= noise["p90"]) <= 0.97
+    overconfident = metrics.calibration_error(np.clip(scores + 0.1, 0, 1), rng.random(660) < scores)
+    assert overconfident > 2 * noise["p90"]
+    big = metrics.calibration_noise(rng.uniform(0.3, 1.0, 6600))["median"]
+    assert big == pytest.approx(noise["median"] / np.sqrt(10), rel=0.35)
+    assert metrics.calibration_noise(scores) == noise  # seeded: a report reads the same
+    assert np.isnan(metrics.top1_calibration_noise(np.zeros((0, 3)))["median"])
+
+
 def test_clopper_pearson_bound_matches_known_values():
     # 95 of 100 right: the one-sided 90% lower bound is 0.909 (textbook value 0.9092).
     assert precision_lower_bound(95, 100, 0.9) == pytest.approx(0.9092, abs=5e-4)

@@ -90,7 +90,7 @@ def test_train_report_figures_and_the_unknown_output_in_keras(unknown_model):
     assert 0.2 <= report["temperature"] <= 10
     assert report["out_of_class"]["in_model"] is True
     assert report["out_of_class"]["test_kept"] >= 0.9  # the threshold was set on val
-    assert set(report["test_calibration_error"]) == {"before", "after"}
+    assert set(report["test_calibration_error"]) == {"before", "after", "noise"}
     keras = unknown_model.keras
     assert keras.shape[1] == len(unknown_model.labels) + 1
     assert np.allclose(keras.sum(axis=1), 1.0, atol=1e-4)  # still a distribution

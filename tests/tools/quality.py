@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
 
 import typer
 
@@ -138,16 +138,21 @@ def classify_csv(model: Path, source: Path, out: Path, log_file: Path) -> List[D
         return list(csv.DictReader(handle))
 
 
-def score_ece(rows: List[Dict[str, str]], truth: List[str], classes: List[str]) -> float:
-    """The calibration error of ``score_1`` over rows whose ``label_1`` is a class."""
-    from edge.metrics import calibration_error
+def score_ece(
+    rows: List[Dict[str, str]], truth: List[str], classes: List[str]
+) -> Tuple[float, float]:
+    """The calibration error of ``score_1`` over rows whose ``label_1`` is a class, and
+    what exactly right scores would read on those rows (``edge.metrics.calibration_noise``)."""
+    from edge.metrics import calibration_error, calibration_noise
 
     kept = [
         (float(r["score_1"]), r["label_1"] == t)
         for r, t in zip(rows, truth)
         if r["label_1"] in classes
     ]
-    return round(calibration_error([c for c, _ in kept], [ok for _, ok in kept]), 4)
+    scores = [c for c, _ in kept]
+    error = round(calibration_error(scores, [ok for _, ok in kept]), 4)
+    return error, calibration_noise(scores)["median"]
 
 
 def confidence_figures(
@@ -205,7 +210,7 @@ def confidence_figures(
     figures: Dict[str, Any] = {
         "keras_ece_before": round(float(before), 4),
         "keras_ece_after": round(float(after), 4),
-        "int8_ece": score_ece(ordered, truth, classes),
+        **dict(zip(("int8_ece", "int8_ece_noise"), score_ece(ordered, truth, classes))),
         "temperature": config.get("temperature"),
         "floor": promise.get("floor"),
         "promised_precision": promise.get("min_precision"),
@@ -345,7 +350,7 @@ def markdown(report: Dict[str, Any]) -> str:
             "",
             "Calibration and the out-of-class answer (default export; held-out fold; dogs from dogs128):",
             "",
-            "| fold | INT8 file | ECE Keras before / after | ECE INT8 (score_1) | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |"
+            "| fold | INT8 file | ECE Keras before / after | ECE INT8 (score_1) [exactly right scores would read] | promised precision, floor | achieved precision | coverage (expected) | dogs answered unknown |"
             + unseen,
             "| --- " * (8 + bool(left_out)) + "|",
         ]
@@ -357,7 +362,8 @@ def markdown(report: Dict[str, Any]) -> str:
             c = r["confidence"]
             lines.append(
                 f"| {r['fold']} | {c.get('file', '-')} | {figure(c['keras_ece_before'])} / "
-                f"{figure(c['keras_ece_after'])} | {figure(c['int8_ece'])} | "
+                f"{figure(c['keras_ece_after'])} | {figure(c['int8_ece'])} "
+                f"[{figure(c.get('int8_ece_noise'))}] | "
                 f"{c['promised_precision']}, {figure(c['floor'])} | {figure(c['precision'])} | "
                 f"{figure(c['coverage'])} ({figure(c['expected_coverage'])}) | "
                 f"{figure(c.get('dogs_unknown'))} |"

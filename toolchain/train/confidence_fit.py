@@ -134,6 +134,10 @@ def fit_confidence(
                 if held_out_after is not None
                 else None  # no other split to fit on: nothing held out to say
             ),
+            # what scores that were exactly right would read on these photos (sampling)
+            "noise": metrics.top1_calibration_noise(
+                held_out_after if held_out_after is not None else before
+            ),
         }
         if name != held_name:  # photos the threshold was set on say nothing new
             # Flagged as the shipped model flags: its output row, by edge.answer's rule.

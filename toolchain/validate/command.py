@@ -286,6 +286,7 @@ def base_report(
             "top5": keras_top5,
             "top5_ci95": keras_top5_ci,
             "calibration_error": metrics.top1_calibration_error(keras_probs, eval_set.labels),
+            "calibration_noise": metrics.top1_calibration_noise(keras_probs),
             "confusion": metrics.confusion_matrix(
                 eval_set.labels, keras_probs.argmax(axis=1), len(labels)
             ).tolist(),

@@ -139,6 +139,7 @@ def compare(
         "n_images": int(len(labels)),
         "calibration_error": metrics.top1_calibration_error(probs, labels),
         "keras_calibration_error": metrics.top1_calibration_error(keras_probs, labels),
+        "calibration_noise": metrics.top1_calibration_noise(probs),
         "mean_abs_prob_diff": float(difference.mean()) if difference.size else 0.0,
         "max_abs_prob_diff": float(difference.max()) if difference.size else 0.0,
         "per_class": {

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edge.gate import SIGNIFICANCE
-from edge.metrics import WORST_SHOWN
+from edge.metrics import CALIBRATION_BINS, WORST_SHOWN
 from toolchain.core import plots
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import markdown_cell
@@ -91,6 +91,7 @@ def _summary_lines(report: Dict[str, Any]) -> List[str]:
                 f"decides as edgetl's runner does on {m['edgetl_runner_agreement']:.4f} of the "
                 "files (MediaPipe decodes and resizes them its own way).",
             ]
+    lines += _calibration_lines(report)
     gate = report.get("gate", {})
     if gate.get("max_drop") is not None or gate.get("min_agreement") is not None:
         lines += [
@@ -105,6 +106,28 @@ def _summary_lines(report: Dict[str, Any]) -> List[str]:
         missing = ", ".join(markdown_cell(name) for name in report["missing_classes"])
         lines += ["", f"No images for: {missing}."]
     return lines + _skipped_lines(report)
+
+
+def _calibration_lines(report: Dict[str, Any]) -> List[str]:
+    """The calibration error of each model's top score beside what a model whose scores
+    were exactly right would read on these images (``edge.metrics.calibration_noise``):
+    on a few hundred images most of the figure is sampling noise."""
+    rows = [("Keras", report["keras"])] + [(_model_name(m), m) for m in report["models"]]
+    figures = [
+        f"{name} {m['calibration_error']:.3f}"
+        for name, m in rows
+        if isinstance(m.get("calibration_error"), float) and np.isfinite(m["calibration_error"])
+    ]
+    noise = report["keras"].get("calibration_noise")
+    if not figures or not isinstance(noise, dict) or not isinstance(noise.get("median"), float):
+        return []
+    return [
+        "",
+        f"Calibration error of the top score ({CALIBRATION_BINS} bins): {', '.join(figures)}. "
+        f"A model whose scores were exactly right would read {noise['median']:.3f} on these "
+        f"{report['n_images']} images from sampling alone (90% of draws under "
+        f"{noise['p90']:.3f}): only a figure well past that is miscalibration.",
+    ]
 
 
 def _evidence(m: Dict[str, Any]) -> str:
