@@ -19,11 +19,11 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
-# ".{final name}.{token}.partial{final suffixes}": the suffixes stay last, all of them,
-# because some writers refuse a name that does not end in the one they expect (Keras's
-# save_weights wants ".weights.h5", not ".h5").
+# ".{final name}.{token}.partial{final suffixes}": the last suffixes (up to two) stay
+# last because some writers refuse a name that does not end in the one they expect
+# (Keras's save_weights wants ".weights.h5", not ".h5").
 _PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>(?:\.[^.]*)*)")
 
 
@@ -31,9 +31,28 @@ _PARTIAL_NAME = re.compile(r"\.(?P<final>.+)\.[0-9a-f]{12}\.partial(?P<suffix>(?
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, APFS, exFAT on a camera card...)
+KEPT_SUFFIXES = 2  # ".weights.h5"; a dated "run.2026.12.07.csv" keeps ".07.csv"
+
+
 def partial_name(final: Path) -> str:
-    """A fresh temporary name for ``final``, hidden, in the same folder."""
-    return f".{final.name}.{secrets.token_hex(6)}.partial{''.join(final.suffixes)}"
+    """A fresh temporary name for ``final``, hidden, in the same folder; it keeps fewer of
+    the final suffixes where all of them would make it longer than a name may be."""
+    stem = f".{final.name}.{secrets.token_hex(6)}.partial"
+    suffixes = final.suffixes[-KEPT_SUFFIXES:]
+    while suffixes and len(os.fsencode(stem + "".join(suffixes))) > NAME_MAX:
+        suffixes = suffixes[1:]
+    return stem + "".join(suffixes)
+
+
+def name_too_long(final: Path) -> Optional[str]:
+    """Why ``final`` cannot be written whole, when its temporary name would be longer
+    than a file name may be: said before any work, not after it (None when it fits)."""
+    longest = len(os.fsencode(final.name)) + len(partial_name(Path("x"))) - 1
+    if longest <= NAME_MAX:
+        return None
+    room = NAME_MAX - (longest - len(os.fsencode(final.name)))
+    return f"the name {final.name[:40]}... is too long to write safely; use at most {room} bytes"
 
 
 def is_partial_name(name: str) -> bool:
@@ -41,9 +60,8 @@ def is_partial_name(name: str) -> bool:
     match = _PARTIAL_NAME.fullmatch(name)
     if match is None:
         return False
-    final = Path(match["final"])
-    # before 2026-12-07 only the last suffix was kept: a kill then left such names too
-    return match["suffix"] in ("".join(final.suffixes), final.suffix)
+    suffixes = Path(match["final"]).suffixes  # any trailing run of them (or none)
+    return match["suffix"] in {"".join(suffixes[i:]) for i in range(len(suffixes) + 1)}
 
 
 def left_by_a_kill(final: Path, before: float) -> List[Path]:

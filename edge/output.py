@@ -62,7 +62,8 @@ def output_problem(path: Path) -> Optional[str]:
         return f"--output {path}: folder {path.parent} does not exist; create it first"
     if not path.parent.is_dir():
         return f"--output {path}: {path.parent} is a file, not a folder; give another path"
-    return None
+    too_long = atomic.name_too_long(path)
+    return f"--output: {too_long}" if too_long else None
 
 
 class PredictionWriter:

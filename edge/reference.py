@@ -291,7 +291,7 @@ def device_parity(
         "agreement_ci95": list(metrics.wilson_interval(agreeing, len(used))),
         "calibration_error": metrics.top1_calibration_error(probs, truth),
         "keras_calibration_error": metrics.top1_calibration_error(keras, truth),
-        "calibration_noise": metrics.top1_calibration_noise(keras),
+        "calibration_noise": metrics.top1_calibration_noise(probs),  # beside calibration_error
         "mean_abs_prob_diff": float(difference.mean()),
         "max_abs_prob_diff": float(difference.max()),
         "disagreements": metrics.disagreements(

@@ -122,9 +122,18 @@ def test_partial_names_are_recognised_and_final_names_are_not():
     # every suffix stays last: Keras's save_weights refuses a name not ending ".weights.h5"
     weights = atomic.partial_name(Path("checkpoints/after_fine_tune.weights.h5"))
     assert weights.endswith(".partial.weights.h5") and atomic.is_partial_name(weights)
-    # what a kill left before all suffixes were kept is still recognised as a partial
+    # what a kill left when only the last suffix was kept is still recognised as a partial
     assert atomic.is_partial_name(".after_fine_tune.weights.h5.0123456789ab.partial.h5")
     assert not atomic.is_partial_name(".after_fine_tune.weights.h5.0123456789ab.partial.csv")
+    # a long dotted name the user chose still gets a temporary name the disk accepts
+    for name in ("a." + "b" * 120 + ".csv", "c" * 200 + ".weights.h5", "run.2026.12.07.csv"):
+        made = atomic.partial_name(Path(name))
+        assert len(made.encode()) <= atomic.NAME_MAX and atomic.is_partial_name(made), made
+        assert made.endswith(".csv") or made.endswith(".h5")
+        assert atomic.name_too_long(Path(name)) is None
+    # one no temporary name can fit beside is refused up front, saying how long it may be
+    problem = atomic.name_too_long(Path("d" * 240 + ".csv"))
+    assert problem and "at most 233 bytes" in problem
 
 
 # --- edge.image --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Type
 
 import typer
 
+from edge import atomic
 from edge.errors import BadInput
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -164,6 +165,9 @@ def check_json_output(path: Path, inputs: List[Path]) -> None:
         raise BadInput(f"--json {path}: is a folder; give a file name such as {path}/bench.json")
     if not path.parent.is_dir():
         raise BadInput(f"--json {path}: folder {path.parent} does not exist")
+    too_long = atomic.name_too_long(path)
+    if too_long:
+        raise BadInput(f"--json: {too_long}")
     for given in inputs:
         if path.exists() and given.exists() and path.resolve() == given.resolve():
             raise BadInput(f"--json {path} is an input of this command; choose another name")

@@ -223,7 +223,10 @@ def commit(run: RunDir, log) -> List[str]:
         shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
     # and the fine-tuned weights kept for a kill before the commit (model.keras has them)
     kept = run.checkpoints / AFTER_FINE_TUNE
-    for path in [kept, *atomic.left_by_a_kill(kept, time.time())]:
+    legacy = run.checkpoints / (
+        "writing_" + AFTER_FINE_TUNE
+    )  # what a kill inside the save left before 2026-12-07
+    for path in [kept, legacy, *atomic.left_by_a_kill(kept, time.time())]:
         path.unlink(missing_ok=True)
     return removed
 
