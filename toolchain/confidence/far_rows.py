@@ -23,7 +23,7 @@ import numpy as np
 
 from toolchain.confidence.shipped import out_of_class_logit
 from toolchain.core.pixel_file import Rows, batches
-from toolchain.quantize.calibration import far_candidates
+from toolchain.quantize.calibration import far_candidates, scrambled_copies
 
 # The logit some calibration row must reach (an unknown probability of 0.88, the
 # threshold being 0), so the quantized range holds a clear "out of class" answer.
@@ -68,6 +68,20 @@ def find_far_rows(
             }
             return rows[chosen], _record(reached, far)
     return None, _record(reached, None)
+
+
+def calibrated_as_export_does(model: Any, photos: np.ndarray, seed: int) -> np.ndarray:
+    """``photos`` (decoded training images) with the rows an INT8 export of ``model``
+    calibrates with besides them: its scrambled copies, then any far rows. For the tools
+    that must see what export's quantizer saw (``validate --diagnose``); export itself
+    streams its rows from a file (``quantize.calibration.calibration_set``) and adds
+    the same two in the same order."""
+    if out_of_class_logit(model) is None:
+        return photos
+    copies = scrambled_copies(photos, seed)
+    rows = np.concatenate([photos, copies])
+    far, _ = find_far_rows(model, rows, len(copies), seed)
+    return rows if far is None else np.concatenate([rows, far])
 
 
 def describe(found: Dict[str, Any]) -> Optional[str]:

@@ -33,7 +33,7 @@ from edge.classifier import probabilities_of
 from edge.errors import BadInput, GateFailed
 from edge.image import RESIZE_FILTERS
 from edge.reference import reference_json
-from toolchain.confidence.far_rows import find_far_rows
+from toolchain.confidence.far_rows import calibrated_as_export_does
 from toolchain.confidence.shipped import has_out_of_class, output_labels
 from toolchain.core import runjson
 from toolchain.core.budget import Budget
@@ -44,7 +44,7 @@ from toolchain.core.plots import risk_coverage
 from toolchain.core.progress import Log, stderr_log
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import single_line
-from toolchain.quantize.calibration import config_seed, representative_images, scrambled_copies
+from toolchain.quantize.calibration import config_seed, representative_images
 from toolchain.quantize.diagnose import layer_errors, short_name
 from toolchain.validate import mediapipe_path, unknown
 from toolchain.validate.elsewhere import environment_with, installed_here, model_entry_elsewhere
@@ -308,12 +308,8 @@ def diagnosis(
     calibration, _ = representative_images(run, 64, seed, int(config["image_size"]))
     if not len(calibration):
         return {"note": "no readable training images to run the debugger on"}
-    if has_out_of_class(config):  # calibrated as export calibrates such a model
-        copies = scrambled_copies(calibration, seed)
-        calibration = np.concatenate([calibration, copies])
-        far, _ = find_far_rows(keras_model, calibration, len(copies), seed)
-        if far is not None:
-            calibration = np.concatenate([calibration, far])
+    if has_out_of_class(config):
+        calibration = calibrated_as_export_does(keras_model, calibration, seed)
     start = time.perf_counter()
     layers = layer_errors(keras_model, calibration, run.export_log, limit=10)
     for layer in layers:
