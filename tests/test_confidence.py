@@ -13,7 +13,7 @@ import pytest
 from edge import metrics
 from edge.answer import UNKNOWN_ANSWER, card_floor, card_unknown_index, decide
 from toolchain.confidence import outofclass
-from toolchain.confidence.floor import choose_floor, precision_lower_bound
+from toolchain.confidence.floor import choose_floor, lower_promises, precision_lower_bound
 from toolchain.confidence.temperature import fit_temperature, softmax
 
 
@@ -167,3 +167,21 @@ def test_the_floor_is_the_lowest_whose_bound_reaches_the_promise():
         ]
         assert floor.floor == pytest.approx(min(passing)) if passing else floor.answered == 0
         assert floor.precision_lower_bound >= 0.9 or floor.answered == 0
+
+
+def test_lower_promises_answer_more_and_keep_their_own_bound():
+    """A promise that answers few photos is priced against lower ones on the same
+    photos: each lower promise answers at least as many, at a floor no higher, and its
+    bound reaches what it promises; nothing below a promise of 0."""
+    rng = np.random.default_rng(6)
+    scores = rng.uniform(0.3, 1.0, 400)
+    correct = rng.random(400) < scores
+    strict = choose_floor(scores, correct, 0.95, 0.9)
+    lower = lower_promises(scores, correct, 0.95, 0.9)
+    assert [f.min_precision for f in lower] == [0.9, 0.85]
+    coverages = [strict.coverage] + [f.coverage for f in lower]
+    assert coverages == sorted(coverages) and coverages[-1] > coverages[0]
+    assert all(
+        f.floor <= strict.floor and f.precision_lower_bound >= f.min_precision for f in lower
+    )
+    assert [f.min_precision for f in lower_promises(scores, correct, 0.08, 0.9)] == [0.03]

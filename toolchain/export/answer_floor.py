@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.answer import best_classes, floor_score
 from edge.errors import BadInput
-from toolchain.confidence.floor import choose_floor
+from toolchain.confidence.floor import LOW_COVERAGE, choose_floor, lower_promises
 from toolchain.confidence.shipped import has_out_of_class
 from toolchain.core.pixel_file import decode_to_file, predict_in_batches
 from toolchain.core.progress import Log
@@ -64,9 +64,8 @@ def answer_floor(
         pixels.close()
     truth = np.array([labels[i] for i in kept])
     best, score, flagged = best_classes(probabilities, classes)  # unknown comes last
-    floor = choose_floor(
-        floor_score(score, flagged), ~flagged & (best == truth), min_precision, confidence
-    )
+    scores, correct = floor_score(score, flagged), ~flagged & (best == truth)
+    floor = choose_floor(scores, correct, min_precision, confidence)
     figures = floor.json()
     if floor.answered:
         log(
@@ -80,4 +79,14 @@ def answer_floor(
             f"{floor.images} held-out photos (with a {floor.confidence:.0%} bound); the "
             "model will answer unknown to everything: lower --min-precision or train a better model"
         )
+    if not floor.answered or floor.coverage < LOW_COVERAGE:
+        lower = lower_promises(scores, correct, min_precision, confidence)
+        figures["lower_promises"] = [
+            {key: f.json()[key] for key in ("min_precision", "floor", "coverage")} for f in lower
+        ]
+        if lower:
+            log(
+                "note: lower promises answer more of the held-out photos: "
+                + ", ".join(f"--min-precision {f.min_precision:g} {f.coverage:.0%}" for f in lower)
+            )
     return {**figures, "chosen_on": f"val and test splits ({floor.images} photos)"}
