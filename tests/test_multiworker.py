@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -226,3 +227,61 @@ def test_a_worker_that_never_joins_ends_the_chief_in_bounded_time_with_exit_3(tm
     assert f"worker 1 (127.0.0.1:{ports[1]}) did not join" in errors[0], errors[0]
     assert "EDGETL_WORKER_TIMEOUT" in errors[0]
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_a_chief_killed_after_the_workers_finished_completes_the_run_alone(tmp_path):
+    """The workers end once the last collective step is behind them and remove their
+    folders; a chief killed after that (here while it calibrates) used to wait on
+    --resume for a cluster that no longer comes. It now completes the run alone, with
+    no epoch trained again, and a worker started again says its part was done."""
+    out = tmp_path / "run"
+    ports = free_ports(2)
+    worker_log = tmp_path / "worker1.log"
+
+    def start(index: int, extra: List[str], **streams) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "toolchain.cli", "train", "--out", str(out),
+             "--strategy", "multiworker", *TRAIN, "--fine-tune-epochs", "2", *extra],
+            env={**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"},
+            cwd=REPO, text=True, start_new_session=True, **streams,
+        )  # fmt: skip
+
+    # The chief is stopped (with its watched child: one process group) the moment it
+    # says it calibrates, held until worker 1 has ended, then killed.
+    chief = start(0, [], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = start(1, [], stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))
+    try:
+        seen = []
+        for line in chief.stderr:
+            seen.append(line)
+            if line.startswith("calibration:"):
+                os.killpg(chief.pid, signal.SIGSTOP)
+                break
+        assert seen and seen[-1].startswith("calibration:"), "".join(seen[-20:])
+        assert worker.wait(timeout=WORKER_SECONDS) == 0, worker_log.read_text()[-2000:]
+        os.killpg(chief.pid, signal.SIGKILL)
+        chief.wait(timeout=60)
+    finally:
+        for process in (chief, worker):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        chief.stderr.close()
+    assert not (out / "model.keras").exists()  # killed before the commit
+    assert not (tmp_path / ".run.worker-1").exists()  # the worker had finished
+
+    ports = free_ports(2)
+    (chief_code, chief_log), (worker_code, worker_err) = finish(
+        [start(0, ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+         start(1, ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    )  # fmt: skip
+    assert chief_code == 0, chief_log[-3000:]
+    assert "completes the run alone" in chief_log and "fine-tune phase already done" in chief_log
+    assert "fine_tune epoch" not in chief_log and "Traceback" not in chief_log
+    assert (out / "model.keras").is_file()
+    assert not (out / "checkpoints" / "after_fine_tune.weights.h5").exists()
+    errors = [line for line in worker_err.splitlines() if line.startswith("edgetl: error:")]
+    assert worker_code == 2 and len(errors) == 1, worker_err[-2000:]
+    assert "finished its part" in errors[0] and "Traceback" not in worker_err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "worker1.log"]

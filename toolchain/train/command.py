@@ -79,6 +79,12 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         options = replace(options, out=str(hidden))
         log(f"worker {role.index} of {role.workers}: its working files go to {hidden}")
     run = RunDir(options.out)
+    if role is not None and not role.chief and options.resume and not run.path.exists():
+        raise BadInput(
+            f"--resume: worker {role.index} has no working folder {run.path}: it finished its "
+            "part of the training (a worker removes its folder then) or never started here; "
+            "if the workers had finished, the chief's --resume alone completes the run"
+        )
     plan = runstate.check_out_folder(run, data_folder(options.data), options.resume, options.force)
     if plan == "finished":
         run.require_trained()
@@ -89,6 +95,15 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         log(f"resuming {run.path} with the options it was started with")
         if run.committing():
             return _commit(run, log)  # killed while committing: finish the renames
+        if role is not None and runstate.trained_together(run, options):
+            if not role.chief:  # its part is done; the chief writes the run alone
+                shutil.rmtree(run.path)
+                note = f"worker {role.index}: its training had finished before the kill"
+                return TrainResult(run.path, [], {}, float("nan"), float("nan"), {}, worker_note=note)
+            # Every collective step is behind us: the chief fits the calibration and
+            # writes the files on its own, without waiting for a cluster that may be gone.
+            log("--resume: the workers had finished training; the chief completes the run alone")
+            options, role = replace(options, strategy="auto"), None
     elif options.mixed_precision:
         require_gpu()
     # A user's folder or a tfds set is read (and its class names checked) before
@@ -143,10 +158,10 @@ def _train_and_write(
     across_workers = options.strategy == "multiworker"
     if options.fine_tune_epochs and not _fine_tuned_already(run, model, across_workers, log):
         fine_tune_phase(session, model, base, class_weight)
-        if not across_workers:
+        if role is None or role.chief:  # a worker other than the chief needs no weights
             with atomic.atomic_path(run.checkpoints / runstate.AFTER_FINE_TUNE) as writing:
                 model.save_weights(writing)  # whole and synced, then the flag
-            runstate.write_state(run, fine_tune_done=True)
+        runstate.write_state(run, fine_tune_done=True)
 
     keras_model = plain_copy(session, model)
     session.keras.mixed_precision.set_global_policy("float32")  # what later steps expect

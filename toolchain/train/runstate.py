@@ -66,6 +66,16 @@ def read_state(run: RunDir) -> Dict[str, Any]:
     return runjson.read_state(run.checkpoints / STATE, run.path)
 
 
+def trained_together(run: RunDir, options: TrainOptions) -> bool:
+    """A multi-worker task whose collective training had ended before it was killed:
+    the head phase and, when the run fine-tunes, the fine-tuning phase are flagged done
+    (each task flags its own state when the phase's last collective step is behind it)."""
+    state = read_state(run)
+    return bool(state.get("head_done")) and (
+        not options.fine_tune_epochs or bool(state.get("fine_tune_done"))
+    )
+
+
 def write_state(run: RunDir, **values: Any) -> None:
     atomic.write_json(run.checkpoints / STATE, {**read_state(run), **values})
 
