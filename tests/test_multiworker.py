@@ -281,6 +281,8 @@ def test_a_chief_killed_after_the_workers_finished_completes_the_run_alone(tmp_p
     assert "fine_tune epoch" not in chief_log and "Traceback" not in chief_log
     assert (out / "model.keras").is_file()
     assert not (out / "checkpoints" / "after_fine_tune.weights.h5").exists()
+    recorded = json.loads((out / "config.json").read_text())["options"]
+    assert recorded["strategy"] == "multiworker"  # the model is the cluster's
     errors = [line for line in worker_err.splitlines() if line.startswith("edgetl: error:")]
     assert worker_code == 2 and len(errors) == 1, worker_err[-2000:]
     assert "finished its part" in errors[0] and "Traceback" not in worker_err

@@ -150,10 +150,7 @@ def lower_promises(
 ) -> List[Floor]:
     """The floors of promises ``LOWER_STEPS`` below ``min_precision``, on the same photos
     at the same confidence. Why: a promise the model can keep only on its surest photos
-    answers few (one five-class run answered 15% at 0.9), and the user choosing a lower
+    answers few (one five-class run answered 12% at 0.9), and the user choosing a lower
     one should see what it buys before exporting again."""
-    return [
-        choose_floor(scores, correct, round(min_precision - step, 4), confidence)
-        for step in LOWER_STEPS
-        if min_precision - step > 0
-    ]
+    promises = [round(min_precision - step, 4) for step in LOWER_STEPS]
+    return [choose_floor(scores, correct, p, confidence) for p in promises if p > 0]

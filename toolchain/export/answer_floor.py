@@ -79,14 +79,19 @@ def answer_floor(
             f"{floor.images} held-out photos (with a {floor.confidence:.0%} bound); the "
             "model will answer unknown to everything: lower --min-precision or train a better model"
         )
-    if not floor.answered or floor.coverage < LOW_COVERAGE:
-        lower = lower_promises(scores, correct, min_precision, confidence)
+    lower = (
+        lower_promises(scores, correct, min_precision, confidence)
+        if not floor.answered or floor.coverage < LOW_COVERAGE
+        else []
+    )
+    if lower:
         figures["lower_promises"] = [
             {key: f.json()[key] for key in ("min_precision", "floor", "coverage")} for f in lower
         ]
-        if lower:
-            log(
-                "note: lower promises answer more of the held-out photos: "
-                + ", ".join(f"--min-precision {f.min_precision:g} {f.coverage:.0%}" for f in lower)
+        log(
+            "note: on the same photos, "
+            + ", ".join(
+                f"--min-precision {f.min_precision:g} would answer {f.coverage:.0%}" for f in lower
             )
+        )
     return {**figures, "chosen_on": f"val and test splits ({floor.images} photos)"}

@@ -79,6 +79,7 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
         options = replace(options, out=str(hidden))
         log(f"worker {role.index} of {role.workers}: its working files go to {hidden}")
     run = RunDir(options.out)
+    alone = False  # a multi-worker chief completing a run whose training had ended
     if role is not None and not role.chief and options.resume and not run.path.exists():
         raise BadInput(
             f"--resume: worker {role.index} has no working folder {run.path}: it finished its "
@@ -99,11 +100,13 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
             if not role.chief:  # its part is done; the chief writes the run alone
                 shutil.rmtree(run.path)
                 note = f"worker {role.index}: its training had finished before the kill"
-                return TrainResult(run.path, [], {}, float("nan"), float("nan"), {}, worker_note=note)
+                return TrainResult(
+                    run.path, [], {}, float("nan"), float("nan"), {}, worker_note=note
+                )
             # Every collective step is behind us: the chief fits the calibration and
             # writes the files on its own, without waiting for a cluster that may be gone.
             log("--resume: the workers had finished training; the chief completes the run alone")
-            options, role = replace(options, strategy="auto"), None
+            role, alone = None, True
     elif options.mixed_precision:
         require_gpu()
     # A user's folder or a tfds set is read (and its class names checked) before
@@ -122,7 +125,7 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
     runstate.claim(run, options)
     data = load_training_data(options, run, folder, log)
     try:
-        worker_result = _train_and_write(options, run, data, role, log)
+        worker_result = _train_and_write(options, run, data, role, log, alone)
     finally:
         data.close()  # the decoded rows' unlinked files go with it
     if worker_result is not None:
@@ -132,11 +135,18 @@ def train(options: TrainOptions, log: Log = stderr_log) -> TrainResult:
 
 
 def _train_and_write(
-    options: TrainOptions, run: RunDir, data: TrainingData, role: Optional[WorkerRole], log: Log
+    options: TrainOptions,
+    run: RunDir,
+    data: TrainingData,
+    role: Optional[WorkerRole],
+    log: Log,
+    alone: bool = False,
 ) -> Optional[TrainResult]:
     """Both phases, then the run's files into staging; for a worker that is not the chief,
     its result instead (it writes no run)."""
-    session = start_session(options, data, run, log)
+    # A chief completing alone joins no cluster; the run still records the strategy
+    # it was trained with.
+    session = start_session(replace(options, strategy="auto") if alone else options, data, run, log)
     model, base = build_model(session)
     class_weight = class_weights_for(
         data.splits["train"].class_indices, len(data.labels), options.class_weights
@@ -155,7 +165,7 @@ def _train_and_write(
         head_phase(session, model, class_weight)
         model.save_weights(after_head)
     runstate.write_state(run, head_done=True)
-    across_workers = options.strategy == "multiworker"
+    across_workers = role is not None
     if options.fine_tune_epochs and not _fine_tuned_already(run, model, across_workers, log):
         fine_tune_phase(session, model, base, class_weight)
         if role is None or role.chief:  # a worker other than the chief needs no weights
