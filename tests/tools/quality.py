@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence
 
 import typer
 
@@ -138,9 +138,7 @@ def classify_csv(model: Path, source: Path, out: Path, log_file: Path) -> List[D
         return list(csv.DictReader(handle))
 
 
-def score_ece(
-    rows: List[Dict[str, str]], truth: List[str], classes: List[str]
-) -> Tuple[float, float]:
+def score_ece(rows: List[Dict[str, str]], truth: List[str], classes: List[str]) -> Dict[str, float]:
     """The calibration error of ``score_1`` over rows whose ``label_1`` is a class, and
     what exactly right scores would read on those rows (``edge.metrics.calibration_noise``)."""
     from edge.metrics import calibration_error, calibration_noise
@@ -152,7 +150,7 @@ def score_ece(
     ]
     scores = [c for c, _ in kept]
     error = round(calibration_error(scores, [ok for _, ok in kept]), 4)
-    return error, calibration_noise(scores)["median"]
+    return {"int8_ece": error, "int8_ece_noise": calibration_noise(scores)["median"]}
 
 
 def confidence_figures(
@@ -210,7 +208,7 @@ def confidence_figures(
     figures: Dict[str, Any] = {
         "keras_ece_before": round(float(before), 4),
         "keras_ece_after": round(float(after), 4),
-        **dict(zip(("int8_ece", "int8_ece_noise"), score_ece(ordered, truth, classes))),
+        **score_ece(ordered, truth, classes),
         "temperature": config.get("temperature"),
         "floor": promise.get("floor"),
         "promised_precision": promise.get("min_precision"),

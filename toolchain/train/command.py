@@ -207,9 +207,9 @@ def _fine_tuned_already(run: RunDir, model: Any, across_workers: bool, log: Log)
 
     Keras deletes a phase's per-epoch backups when the phase ends, so without them a
     kill while the calibration is fitted or the files are written would fine-tune
-    again from the head. One process only: the workers of a multi-worker run must
-    all train the phase or none, and one killed a moment earlier than another would
-    have no such file, so those redo the phase together as before.
+    again from the head. Not for tasks training together (``across_workers``): they
+    must all train the phase or none, so a task killed within the phase redoes it with
+    the others; a chief whose cluster had finished completes alone (see ``train``).
     """
     kept = run.checkpoints / runstate.AFTER_FINE_TUNE
     if across_workers or not runstate.read_state(run).get("fine_tune_done"):

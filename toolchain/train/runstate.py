@@ -47,6 +47,8 @@ from toolchain.train.checks import checked_options
 STATE = "state.json"
 # The fine-tuned weights, kept from the end of the phase to the commit (see train.command).
 AFTER_FINE_TUNE = "after_fine_tune.weights.h5"
+# What a kill inside that save left before 2026-12-07 (its own temporary name then).
+LEGACY_WRITING = "writing_" + AFTER_FINE_TUNE
 # What a file manager leaves in a folder a user just made: it stays "empty".
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
@@ -233,9 +235,7 @@ def commit(run: RunDir, log) -> List[str]:
         shutil.rmtree(run.checkpoints / phase, ignore_errors=True)
     # and the fine-tuned weights kept for a kill before the commit (model.keras has them)
     kept = run.checkpoints / AFTER_FINE_TUNE
-    legacy = run.checkpoints / (
-        "writing_" + AFTER_FINE_TUNE
-    )  # what a kill inside the save left before 2026-12-07
+    legacy = run.checkpoints / LEGACY_WRITING
     for path in [kept, legacy, *atomic.left_by_a_kill(kept, time.time())]:
         path.unlink(missing_ok=True)
     return removed

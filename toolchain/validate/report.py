@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edge.gate import SIGNIFICANCE
-from edge.metrics import CALIBRATION_BINS, WORST_SHOWN
+from edge.metrics import CALIBRATION_BINS, NOISE_DRAWS, WORST_SHOWN
 from toolchain.core import plots
 from toolchain.core.rundir import RunDir
 from toolchain.core.text import markdown_cell
@@ -127,7 +127,7 @@ def _calibration_lines(report: Dict[str, Any]) -> List[str]:
         "",
         f"Calibration error of the top score ({CALIBRATION_BINS} bins): {', '.join(figures)}. "
         "In brackets, what exactly right scores would read on the same images from sampling "
-        "alone (median of 200 draws; `calibration_noise` in parity.json has the 90th "
+        f"alone (median of {NOISE_DRAWS} draws; `calibration_noise` in parity.json has the 90th "
         "percentile): only a figure well past it says the scores are off.",
     ]
 
